@@ -20,6 +20,7 @@ from pydantic import Field
 from ray_jobs.common import Job, JobConfig
 from sepcore import storage
 from sepcore.config import Config
+from sepcore.errors import SepError, StorageError
 from sepcore.slakh import METADATA
 
 log = logging.getLogger("sep.render")
@@ -66,8 +67,6 @@ def _sources(cfg: RenderConfig) -> list[tuple[str, bytes | None]]:
         return [(p, open(p, "rb").read()) for p in sorted(paths)]
     uris = [u for u in storage.list_files(cfg.midi) if u.lower().endswith(MIDI_SUFFIXES)]
     if not uris:
-        from sepcore.errors import StorageError
-
         raise StorageError(cfg.midi, "no .mid files found")
     return [(u, None) for u in uris[: cfg.tracks]]
 
@@ -89,8 +88,10 @@ def _render_one(name: str, data: bytes | None, track_uri: str, params: dict[str,
     try:
         midi = data if data is not None else storage.read_bytes(name)
         meta = render_track(midi, name, track_uri, **params)
+    except SepError as exc:  # names the file and the problem already
+        return {"item": name, "track": track_uri, "node": node, "error": str(exc)}
     except Exception as exc:  # one bad song must not stop the job
-        return {"item": name, "track": track_uri, "node": node, "error": f"{type(exc).__name__}: {exc}"}
+        return {"item": name, "track": track_uri, "node": node, "error": f"{name}: {type(exc).__name__}: {exc}"}
     return {
         "item": name, "track": track_uri, "node": node, "stems": len(meta["stems"]),
         "seconds": meta["seconds"], "wall_s": round(time.monotonic() - t0, 3),
@@ -140,9 +141,9 @@ def summarize(results: list[dict], skipped: int, total: int, max_failed_fraction
         "failed": failed,
         "nodes": sorted({r["node"] for r in results}),
     }
-    if results and len(failed) > max_failed_fraction * len(results):
+    if failed and len(failed) > max_failed_fraction * total:
         summary["status"] = "failed"
-        summary["error"] = f"{len(failed)} of {len(results)} songs failed to render"
+        summary["error"] = f"{len(failed)} of {total} songs failed to render"
     return summary
 
 

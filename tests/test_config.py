@@ -125,3 +125,16 @@ def test_module_and_sep_give_identical_errors():
     b = subprocess.run([sys.executable, "-m", "ray_jobs.cli", "render", *args], capture_output=True, text=True, timeout=120)
     assert a.returncode == b.returncode == 2
     assert a.stderr == b.stderr and "'tracks'" in a.stderr
+
+
+def test_every_shipped_config_validates():
+    import glob
+    import importlib
+    import os
+
+    files = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml")))
+    assert files
+    for path in files:
+        job_name = os.path.basename(path).split("_", 1)[0].removesuffix(".yaml")
+        job = importlib.import_module(cli.JOBS[job_name][0]).JOB
+        load_config(job.config_cls, path)

@@ -1,0 +1,71 @@
+"""The render job on a real local Ray: summary, failures recorded, reruns skip done work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import ray
+
+from ray_jobs import render
+from sepcore import slakh, storage
+from sepcore.testing.midi import DEFAULT_PARTS, multitrack_midi
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def midi_folder(tmp_path):
+    folder = tmp_path / "midi"
+    folder.mkdir()
+    (folder / "a_song.mid").write_bytes(multitrack_midi(seconds=1.5))
+    (folder / "b_broken.mid").write_bytes(b"MThd garbage")
+    (folder / "c_song.midi").write_bytes(multitrack_midi(seconds=1.0, parts=DEFAULT_PARTS[1:]))
+    (folder / "notes.txt").write_text("not a MIDI file, ignored")
+    return folder
+
+
+def _summary(out) -> dict:
+    return json.loads(storage.read_text(storage.join(str(out), "summary.json")))
+
+
+def test_render_job_renders_good_songs_and_records_bad_ones(midi_folder, tmp_path):
+    out = tmp_path / "out"
+    argv = [f"midi={midi_folder}", f"output={out}", "sample_rate=22050", "channels=1"]
+    assert render.main(argv) == 0
+    summary = _summary(out)
+    assert summary["status"] == "ok"
+    assert summary["counts"] == {"songs": 3, "rendered": 2, "skipped_done": 0, "failed": 1}
+    (bad,) = summary["failed"]
+    assert bad["item"].endswith("b_broken.mid") and "not a readable MIDI file" in bad["error"]
+    assert summary["config"]["sample_rate"] == 22050 and summary["nodes"]
+    tracks = slakh.list_tracks(str(out))
+    # Track numbers follow the sorted MIDI names, so the broken song leaves a gap.
+    assert [t.track_id for t in tracks] == ["Track00001", "Track00003"]
+    assert [len(t.stems) for t in tracks] == [4, 3]
+    assert tracks[1].extra["source_midi"].endswith("c_song.midi")
+
+    # A rerun renders nothing new and retries only the failure.
+    assert render.main(argv) == 0
+    again = _summary(out)
+    assert again["counts"] == {"songs": 3, "rendered": 0, "skipped_done": 2, "failed": 1}
+
+
+def test_render_job_fails_when_too_many_songs_fail(tmp_path):
+    folder = tmp_path / "midi"
+    folder.mkdir()
+    for i in range(2):
+        (folder / f"bad{i}.mid").write_bytes(b"")
+    out = tmp_path / "out"
+    assert render.main([f"midi={folder}", f"output={out}"]) == 1
+    assert _summary(out)["status"] == "failed"
+
+
+def test_render_job_reports_missing_input(tmp_path, capsys):
+    assert render.main([f"midi={tmp_path / 'nothing'}", f"output={tmp_path / 'out'}"]) == 1
+    assert "no .mid files found" in capsys.readouterr().err
