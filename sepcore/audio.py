@@ -88,3 +88,30 @@ def write_audio(uri: str, audio: Audio, fmt: str | None = None) -> None:
     if not np.all(np.isfinite(audio.samples)):
         raise AudioError(uri, "refusing to write NaN or Inf samples")
     storage.write_bytes(uri, encode_bytes(audio, fmt))
+
+
+def resample(audio: Audio, sample_rate: int, quality: str = "HQ") -> Audio:
+    """``audio`` at ``sample_rate`` (soxr; a no-op when the rate already matches)."""
+    if sample_rate == audio.sample_rate:
+        return audio
+    import soxr
+
+    out = soxr.resample(audio.samples.T, audio.sample_rate, sample_rate, quality=quality)
+    return Audio(np.ascontiguousarray(out.T, dtype=np.float32), sample_rate)
+
+
+def to_channels(audio: Audio, channels: int) -> Audio:
+    """Downmix (mean of all channels) to mono, or lay mono/multichannel out as stereo.
+
+    Stereo from mono duplicates the channel; stereo from more than two channels keeps
+    the first two (front left/right in WAV and FLAC channel order).
+    """
+    if channels == audio.channels:
+        return audio
+    if channels == 1:
+        return Audio(audio.samples.mean(axis=0, keepdims=True, dtype=np.float32), audio.sample_rate)
+    if channels == 2:
+        x = audio.samples
+        pair = np.repeat(x, 2, axis=0) if x.shape[0] == 1 else x[:2]
+        return Audio(np.ascontiguousarray(pair, dtype=np.float32), audio.sample_rate)
+    raise ValueError(f"channels must be 1 or 2, got {channels}")

@@ -56,3 +56,39 @@ def test_unit_conversions_share_one_rounding_rule():
     assert units.db_to_gain(-6.0) == pytest.approx(0.501187, rel=1e-5)
     with pytest.raises(ValueError):
         units.seconds_to_samples(1.0, 0)
+
+
+def test_resample_changes_rate_and_length_and_keeps_a_tone():
+    from sepcore.audio import resample
+
+    rate = 44100
+    t = np.arange(rate) / rate
+    tone = Audio(np.stack([np.sin(2 * np.pi * 440 * t)] * 2).astype(np.float32), rate)
+    out = resample(tone, 22050)
+    assert out.sample_rate == 22050 and out.samples.shape == (2, 22050)
+    spectrum = np.abs(np.fft.rfft(out.samples[0]))
+    assert np.argmax(spectrum) == 440  # 1 Hz bins over one second
+    assert resample(tone, rate) is tone
+
+
+def test_to_channels_downmix_and_upmix():
+    from sepcore.audio import to_channels
+
+    six = Audio(np.arange(6 * 4, dtype=np.float32).reshape(6, 4), 8000)
+    mono = to_channels(six, 1)
+    np.testing.assert_allclose(mono.samples[0], six.samples.mean(axis=0))
+    assert to_channels(six, 2).samples.shape == (2, 4)
+    up = to_channels(mono, 2)
+    np.testing.assert_array_equal(up.samples[0], up.samples[1])
+    with pytest.raises(ValueError):
+        to_channels(six, 3)
+
+
+def test_canonical_classes():
+    from sepcore.classes import canonical_class
+
+    assert canonical_class("Strings (continued)") == "strings"
+    assert canonical_class("Guitar") == "guitar"
+    assert canonical_class("vocals") == "vocals"
+    assert canonical_class("Synth Pad") == "other"
+    assert canonical_class("Drums") == "drums"
