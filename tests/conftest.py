@@ -1,0 +1,32 @@
+"""Fixtures shared by the test modules; the reusable logic lives in :mod:`sepcore.testing`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from sepcore import storage
+from sepcore.testing.s3 import S3Server, s3_environment, temporary_bucket
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """Endpoint URL of an S3 server on loopback (moto), started once per session."""
+    with S3Server() as server:
+        yield server.endpoint_url
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str) -> Iterator[str]:
+    """``s3://<fresh bucket>``, with the environment pointing storage at the server."""
+    with s3_environment(s3_server), temporary_bucket() as uri:
+        yield uri
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage_root(request: pytest.FixtureRequest, tmp_path) -> str:
+    """An empty location on each backend: ``file://<tmp_path>`` or ``s3://<fresh bucket>/root``."""
+    if request.param == "local":
+        return storage.normalize_uri(str(tmp_path))
+    return storage.join(request.getfixturevalue("s3_bucket"), "root")
