@@ -62,7 +62,7 @@ def _sources(cfg: RenderConfig) -> list[tuple[str, bytes | None]]:
         )
         paths = build_demo_midi(
             storage.local_path(folder), tracks=n, seed=cfg.seed,
-            min_seconds=d.min_seconds, max_seconds=d.max_seconds, workers=cfg.num_cpus or 2,
+            min_seconds=d.min_seconds, max_seconds=d.max_seconds,
         )  # fmt: skip
         return [(p, open(p, "rb").read()) for p in sorted(paths)]
     uris = [u for u in storage.list_files(cfg.midi) if u.lower().endswith(MIDI_SUFFIXES)]

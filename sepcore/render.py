@@ -43,6 +43,8 @@ SOUNDFONT_CANDIDATES = (
 )
 DEBIAN_PACKAGES = ("fluidsynth", "fluid-soundfont-gm")
 FLUIDSYNTH_GAIN = 0.5
+#: Audio kept after the last MIDI event (note releases, reverb); FluidSynth renders more.
+RELEASE_S = 1.5
 
 
 @dataclass(frozen=True)
@@ -249,9 +251,10 @@ def render_track(
     if not instruments:
         raise RenderError(midi_name, "the MIDI file has no notes")
     rendered = [render_midi(single, font, sample_rate, f"{midi_name} [{inst.name}]") for inst, single in instruments]
-    length = max(r.shape[1] for r in rendered)
+    length = min(max(r.shape[1] for r in rendered), int((midi.length + RELEASE_S) * sample_rate))
     stems = np.zeros((len(rendered), channels, length), dtype=np.float32)
     for i, r in enumerate(rendered):
+        r = r[:, :length]
         stems[i, :, : r.shape[1]] = r.mean(axis=0, keepdims=True) if channels == 1 else r
     staged, mix, overall_gain, factor = mix_stems(stems, target_peak_db)
 

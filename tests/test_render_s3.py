@@ -1,0 +1,45 @@
+"""The render job with its input and output on the loopback S3 server."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import ray
+
+from ray_jobs import render
+from sepcore import slakh, storage
+from sepcore.audio import read_audio
+from sepcore.testing.midi import DEFAULT_PARTS, multitrack_midi
+from sepcore.testing.s3 import bucket_of, list_keys
+
+
+@pytest.fixture
+def ray_in_s3_env(s3_bucket):
+    """Ray started inside the S3 environment, so its workers inherit the endpoint."""
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        yield s3_bucket
+    finally:
+        ray.shutdown()
+
+
+def test_render_job_reads_and_writes_s3(ray_in_s3_env):
+    bucket = ray_in_s3_env
+    storage.write_bytes(storage.join(bucket, "midi", "one.mid"), multitrack_midi(seconds=1.0))
+    storage.write_bytes(storage.join(bucket, "midi", "two.mid"), multitrack_midi(seconds=1.0, parts=DEFAULT_PARTS[:2]))
+    out = storage.join(bucket, "rendered")
+    assert render.main([f"midi={bucket}/midi", f"output={out}", "sample_rate=16000", "channels=1"]) == 0
+
+    summary = json.loads(storage.read_text(storage.join(out, "summary.json")))
+    assert summary["counts"]["rendered"] == 2 and summary["failed"] == []
+    tracks = slakh.list_tracks(out)
+    assert [len(t.stems) for t in tracks] == [4, 2]
+    track = tracks[1]
+    mix = read_audio(track.mix_uri)
+    stems = [read_audio(s.audio_uri).samples for s in track.stems]
+    assert np.abs(mix.samples - track.extra["normalization_factor"] * sum(stems)).max() < 1e-4
+    keys = list_keys(bucket_of(bucket))
+    assert not [k for k in keys if storage.is_temporary(k)]
+    assert all(k.startswith(("midi/", "rendered/")) for k in keys)
