@@ -9,6 +9,7 @@ import sys
 JOBS = {
     "demo": ("ray_jobs.demo", "the main job end to end on the embedded default"),
     "render": ("ray_jobs.render", "render MIDI files into Slakh-layout multitrack audio"),
+    "prepare": ("ray_jobs.prepare", "mix sources and compute feature shards for training"),
 }
 
 

@@ -30,3 +30,14 @@ def storage_root(request: pytest.FixtureRequest, tmp_path) -> str:
     if request.param == "local":
         return storage.normalize_uri(str(tmp_path))
     return storage.join(request.getfixturevalue("s3_bucket"), "root")
+
+
+@pytest.fixture(scope="session")
+def demo_data() -> str:
+    """A small rendered demo set in the Slakh layout (6 songs of 10-14 s, 22.05 kHz mono).
+
+    Rendered once per machine into the cache (``$SEP_CACHE_DIR``) and reused.
+    """
+    from sepcore.testing.demo import demo_dataset
+
+    return demo_dataset(tracks=6, min_seconds=10.0, max_seconds=14.0)

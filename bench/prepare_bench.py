@@ -1,0 +1,160 @@
+"""Benchmark of the prepare job: per-core throughput and whole-cluster peak memory.
+
+    .venv/bin/python bench/prepare_bench.py --data out/demo/data --tracks 10 --scale 8
+
+(a) Seconds of audio prepared per second per CPU core, through the Ray job
+    (``python -m ray_jobs.prepare`` on a local Ray with ``--cpus`` CPUs; the job's own
+    timing, which excludes Ray's start-up) and through a plain single-process loop over
+    the same ``sepcore.prepare`` functions that also writes the same shards and markers.
+(b) Peak memory of the whole Ray cluster (driver, raylet, GCS, workers and the object
+    store, as the summed proportional set size of the job's process tree, so shared
+    object-store pages count once) for N and scale x N tracks.
+
+Data sets of any size are made from the given Slakh-layout folder by hard-linking
+its tracks again and again under new track ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+
+def pss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        return 0
+    return 0
+
+
+def tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as fh:
+                todo.extend(int(c) for c in fh.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def run_measured(cmd: list[str]) -> tuple[int, float]:
+    """Run ``cmd``; return (peak summed PSS of its process tree in MiB, wall seconds).
+
+    Ray's local cluster is started by the job process, so raylet, GCS, workers and
+    the object store are all in its process tree.
+    """
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    peak = [0]
+
+    def sample() -> None:
+        while proc.poll() is None:
+            peak[0] = max(peak[0], sum(pss_kib(p) for p in tree(proc.pid)))
+            time.sleep(0.2)
+
+    t0 = time.monotonic()
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    code = proc.wait()
+    thread.join()
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd)} exited {code}")
+    # Ray's detached processes outlive the job by a moment; make sure none keep running.
+    subprocess.run(["pkill", "-f", "ray::"], check=False)
+    return peak[0] // 1024, time.monotonic() - t0
+
+
+def make_dataset(source: str, dest: str, tracks: int) -> str:
+    names = sorted(n for n in os.listdir(source) if os.path.exists(os.path.join(source, n, "metadata.yaml")))
+    if os.path.exists(dest):
+        shutil.rmtree(dest)
+    for i in range(tracks):
+        src = os.path.join(source, names[i % len(names)])
+        dst = os.path.join(dest, f"Track{i + 1:05d}")
+        shutil.copytree(src, dst, copy_function=os.link)
+    return dest
+
+
+def plain_loop(data: str, out: str) -> tuple[float, float]:
+    """(audio seconds, wall seconds) of the per-track step in one process, shards written."""
+    import torch
+
+    from sepcore import storage
+    from sepcore.mixing import assign_splits
+    from sepcore.prepare import PrepareSpec, SkipTrack, process_track, rows_to_parquet, shard_name
+    from sepcore.sources import slakh_tracks
+
+    torch.set_num_threads(1)
+    spec = PrepareSpec()
+    extractor = spec.extractor()
+    t0 = time.monotonic()
+    tracks = slakh_tracks(data)
+    splits = assign_splits([t.track_id for t in tracks])
+    audio = 0.0
+    for track in tracks:
+        try:
+            rows, info = process_track(track, splits[track.track_id], spec, extractor)
+        except SkipTrack:
+            continue
+        name = shard_name(track.track_id)
+        storage.write_bytes(storage.join(out, "shards", name + ".parquet"), rows_to_parquet(rows))
+        storage.write_text(storage.join(out, "_done", name + ".json"), json.dumps({"rows": len(rows)}))
+        audio += info["seconds"]
+    return audio, time.monotonic() - t0
+
+
+def ray_job(data: str, out: str, cpus: int) -> tuple[float, float, int]:
+    """(audio seconds, job seconds, peak MiB) of the Ray job."""
+    cmd = [sys.executable, "-m", "ray_jobs.prepare", "-c", "configs/prepare_demo.yaml",
+           f"sources=[{{kind: slakh, uri: {data}}}]", f"output={out}", f"num_cpus={cpus}"]  # fmt: skip
+    peak, _ = run_measured(cmd)
+    with open(os.path.join(out, "summary.json")) as fh:
+        summary = json.load(fh)
+    return summary["figures"]["audio_seconds"], summary["seconds"], peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="out/demo/data", help="Slakh-layout folder (sep demo makes one)")
+    parser.add_argument("--tracks", type=int, default=10, help="N")
+    parser.add_argument("--scale", type=int, default=8, help="memory is compared for N and scale x N")
+    parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--work", default=None, help="scratch folder (default: a temp dir)")
+    args = parser.parse_args()
+    os.chdir(os.path.join(os.path.dirname(__file__), ".."))
+    work = args.work or tempfile.mkdtemp(prefix="prepare-bench-")
+    small = make_dataset(args.data, os.path.join(work, "data_n"), args.tracks)
+    large = make_dataset(args.data, os.path.join(work, "data_8n"), args.tracks * args.scale)
+
+    audio_p, wall_p = plain_loop(small, os.path.join(work, "plain"))
+    plain_rate = audio_p / wall_p
+    audio_r, wall_r, peak_n = ray_job(small, os.path.join(work, "ray_n"), args.cpus)
+    ray_rate = audio_r / wall_r / args.cpus
+    audio_l, wall_l, peak_l = ray_job(large, os.path.join(work, "ray_8n"), args.cpus)
+    ray_rate_l = audio_l / wall_l / args.cpus
+    print(f"plain loop, 1 process      : {audio_p:8.1f} s audio in {wall_p:6.1f} s = {plain_rate:6.1f} x real time per core")
+    print(f"ray job, {args.tracks:4d} tracks, {args.cpus} CPUs: {audio_r:8.1f} s audio in {wall_r:6.1f} s = {ray_rate:6.1f} x real time per core")
+    print(f"ray job, {args.tracks * args.scale:4d} tracks, {args.cpus} CPUs: {audio_l:8.1f} s audio in {wall_l:6.1f} s = {ray_rate_l:6.1f} x real time per core")
+    print(f"ray / plain per core       : {ray_rate / plain_rate:.2f} (N), {ray_rate_l / plain_rate:.2f} ({args.scale}N)")
+    print(f"peak cluster memory (PSS)  : {peak_n} MiB for {args.tracks} tracks, {peak_l} MiB for {args.tracks * args.scale} tracks, ratio {peak_l / peak_n:.2f}")
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

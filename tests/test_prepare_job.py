@@ -1,0 +1,138 @@
+"""The prepare job end to end on a local Ray over rendered demo tracks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import defaultdict
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from ray_jobs import prepare
+from sepcore import storage
+from sepcore.config import load_config
+from sepcore.prepare import decode_column
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def _args(data: str, out, *extra: str) -> list[str]:
+    return [f"sources=[{{kind: slakh, uri: '{data}'}}]", f"output={out}", *extra]
+
+
+def _json(out, name: str) -> dict:
+    return json.loads(storage.read_text(storage.join(storage.normalize_uri(str(out)), name)))
+
+
+def _read_shards(manifest: dict) -> list[dict]:
+    rows = []
+    for shard in manifest["shards"]:
+        table = pq.read_table(storage.local_path(shard["uri"]))
+        assert table.column_names == manifest["columns"]
+        assert table.num_rows == shard["rows"]
+        batch = table.to_pydict()
+        arrays = {k: decode_column(batch[k], manifest["shapes"][k], manifest["dtype"]) for k in manifest["shapes"]}
+        for i in range(table.num_rows):
+            rows.append({"track_id": batch["track_id"][i], "split": batch["split"][i], "shard": shard,
+                         **{k: v[i] for k, v in arrays.items()}})  # fmt: skip
+    return rows
+
+
+def test_guitar_target_shards_schema_splits_and_resume(demo_data, tmp_path):
+    out = tmp_path / "shards"
+    args = _args(demo_data, out, "outputs=[target, irm, ibm, activations]",
+                 "split={train: 0.5, validation: 0.25, test: 0.25}")  # fmt: skip
+    assert prepare.main(args) == 0
+    summary, manifest = _json(out, "summary.json"), _json(out, "dataset.json")
+    counts = summary["counts"]
+    assert counts["tracks"] == 6 and counts["failed"] == 0
+    assert counts["prepared"] + counts["skipped"] == 6 and counts["skipped"] >= 1  # one song has no guitar
+    assert all("no usable 'guitar' stem" in r for r in manifest["skipped"].values())
+    assert len(manifest["shards"]) == counts["prepared"] == counts["shards"]
+    assert manifest["shapes"] == {"mix": [1, 769, 64], "target": [1, 769, 64], "irm": [1, 769, 64],
+                                  "ibm": [1, 769, 64], "activations": [8, 64]}  # fmt: skip
+    assert manifest["feature"]["n_fft"] == 1536 and manifest["sample_rate"] == 22050
+
+    rows = _read_shards(manifest)
+    assert len(rows) == counts["rows"] == sum(manifest["rows_per_split"].values())
+    splits_of = defaultdict(set)
+    for row in rows:
+        splits_of[row["track_id"]].add(row["split"])
+        assert f"/shards/{row['split']}/" in row["shard"]["uri"]
+        assert np.all((row["irm"] >= 0) & (row["irm"] <= 1)) and set(np.unique(row["ibm"])) <= {0, 1}
+        assert np.all((row["activations"] >= 0) & (row["activations"] <= 1))
+        assert np.all(np.isfinite(row["mix"].astype(np.float32)))
+    assert all(len(s) == 1 for s in splits_of.values())  # no track in two splits
+    listed = [t for ids in manifest["splits"].values() for t in ids]
+    assert len(listed) == len(set(listed)) == counts["prepared"]
+    guitar = manifest["classes"].index("guitar")
+    assert max(r["activations"][guitar].max() for r in rows) > 0.5  # the guitar does play
+
+    # A rerun skips every finished track and rewrites nothing.
+    shard_files = [storage.local_path(s["uri"]) for s in manifest["shards"]]
+    mtimes = [os.stat(p).st_mtime_ns for p in shard_files]
+    assert prepare.main(args) == 0
+    again = _json(out, "summary.json")["counts"]
+    assert again["done_before"] == 6 and again["rows"] == counts["rows"]
+    assert [os.stat(p).st_mtime_ns for p in shard_files] == mtimes
+
+    # Other parameters into the same output are refused.
+    assert prepare.main([*args, "features.n_fft=1024", "features.hop=256"]) == 1
+
+
+def test_corrupt_stem_skips_track_with_reason(demo_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(storage.local_path(demo_data), data)
+    bad = data / "Track00003" / "stems" / "S00.flac"
+    bad.write_bytes(b"fLaC" + os.urandom(2000))
+    out = tmp_path / "out"
+    assert prepare.main(_args(str(data), out, "silence.enabled=true", "silence.target_ratio=0.9")) == 0
+    summary = _json(out, "summary.json")
+    (failure,) = summary["failed"]
+    assert failure["item"] == "slakh:Track00003" and "Track00003/stems/S00.flac" in failure["error"]
+    hist = summary["silence_histogram"]
+    assert sum(r["tracks"] for r in hist["before"]) == summary["counts"]["prepared"]
+    assert sum(r["tracks"] for r in hist["after"]) == summary["counts"]["prepared"]
+
+
+def test_stream_dataset_yields_the_same_rows_lazily(demo_data, tmp_path):
+    cfg = load_config(prepare.PrepareConfig, None, _args(demo_data, tmp_path / "unused", "target=piano"))
+    ds = prepare.stream_dataset(cfg)
+    rows = ds.take_all()
+    assert not (tmp_path / "unused").exists()  # nothing written
+    assert rows and {r["split"] for r in rows} <= {"train", "validation", "test"}
+    mix = decode_column([r["mix"] for r in rows], [1, 769, 64], "float16")
+    assert mix.shape == (len(rows), 1, 769, 64)
+    # Same rows as the written shards of the same configuration.
+    out = tmp_path / "written"
+    assert prepare.main(_args(demo_data, out, "target=piano")) == 0
+    assert len(rows) == _json(out, "summary.json")["counts"]["rows"]
+
+
+def test_random_mixes_with_levels_and_disjoint_splits(demo_data, tmp_path):
+    out = tmp_path / "mix"
+    args = _args(demo_data, out, "target=random_mix", "random_mix={segment_seconds: 2.0, epochs: 2, batch_mixes: 16}",
+                 "split={train: 0.5, validation: 0.25, test: 0.25}")  # fmt: skip
+    assert prepare.main(args) == 0
+    summary, manifest = _json(out, "summary.json"), _json(out, "dataset.json")
+    assert manifest["shapes"] == {"mix": [1, 769, 64], "activations": [8, 64], "levels": [8]}
+    assert {s["epoch"] for s in manifest["shards"]} == {0, 1}
+    rows = _read_shards(manifest)
+    assert len(rows) == summary["counts"]["rows"] > 0
+    for row in rows:
+        levels = row["levels"].astype(np.float64)
+        assert 0 < levels.sum() <= 1 + 1e-3 and np.count_nonzero(levels) <= 4
+    tracks = [t for ids in manifest["splits"].values() for t in ids]
+    assert len(tracks) == len(set(tracks))
+    # A rerun finds every (split, epoch) done.
+    assert prepare.main(args) == 0
+    assert _json(out, "summary.json")["counts"]["shards"] == summary["counts"]["shards"]
