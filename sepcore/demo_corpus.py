@@ -51,7 +51,7 @@ import random
 import re
 import statistics
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -228,7 +228,7 @@ def _parse_score(piece: str) -> Any:
 def _part_notes(part: Any) -> tuple[tuple[int, int, int], ...]:
     from music21 import chord, note
 
-    notes = []
+    notes: list[tuple[int, int, int]] = []
     for element in part.stripTies().flatten().notes:
         if not isinstance(element, (note.Note, chord.Chord)) or element.quarterLength <= 0:
             continue
@@ -506,7 +506,9 @@ def _backbeat(beats: int, style: _DrumStyle) -> tuple[set[int], set[int]]:
     """Beat indices of the kick and the snare in a bar of ``beats`` beats."""
     if beats == 4 and style.half_time:
         return {0}, {2}
-    kicks, snares, beat = set(), set(), 0
+    kicks: set[int] = set()
+    snares: set[int] = set()
+    beat = 0
     for size in _groups(beats):
         kicks.add(beat)
         snares.update(range(beat + 1, beat + size))
@@ -667,7 +669,7 @@ def _arrange(
     bars = _clip_bars(all_bars, end)
     downbeats = {b.start for b in bars if b.phase == 0}
     channels = [c for c in range(16) if c != gm.DRUM_CHANNEL]
-    tracks = []
+    tracks: list[_Track] = []
     for i, (part, role) in enumerate(zip(parts, [*upper, low], strict=True)):
         kept = [n for n in notes[piece.parts.index(part)] if n[1] < end]
         voice_rng = random.Random(f"{seed}/voice/{i}")
@@ -740,7 +742,7 @@ def _cached(out_dir: Path, parameters: dict) -> list[str] | None:
     return paths if len(paths) == parameters["tracks"] and all(map(os.path.isfile, paths)) else None
 
 
-def _loaded_pieces(order: Sequence[str], workers: int) -> Iterator[_Piece]:
+def _loaded_pieces(order: Sequence[str], workers: int) -> Generator[_Piece, None, None]:
     """Parsed pieces in ``order``, unusable ones skipped; parallel parsing if workers > 1."""
     if workers <= 1:
         results: Iterator[_Piece | str] = map(_load_or_reason, order)
