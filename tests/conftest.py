@@ -41,3 +41,15 @@ def demo_data() -> str:
     from sepcore.testing.demo import demo_dataset
 
     return demo_dataset(tracks=6, min_seconds=10.0, max_seconds=14.0)
+
+
+@pytest.fixture
+def ray_in_s3_env(s3_bucket: str) -> Iterator[str]:
+    """A fresh bucket, with Ray started inside the S3 environment so workers inherit it."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        yield s3_bucket
+    finally:
+        ray.shutdown()

@@ -5,24 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
-import ray
 
 from ray_jobs import render
 from sepcore import slakh, storage
 from sepcore.audio import read_audio
 from sepcore.testing.midi import DEFAULT_PARTS, multitrack_midi
 from sepcore.testing.s3 import bucket_of, list_keys
-
-
-@pytest.fixture
-def ray_in_s3_env(s3_bucket):
-    """Ray started inside the S3 environment, so its workers inherit the endpoint."""
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
-        yield s3_bucket
-    finally:
-        ray.shutdown()
 
 
 def test_render_job_reads_and_writes_s3(ray_in_s3_env):
