@@ -70,6 +70,9 @@ class SilenceConfig(Config):
 class QAConfig(Config):
     detect: bool = Field(True, description="flag silent (missing), inaudible and clipping stems")
     exclude: list[str] = Field(list(qa.DEFAULT_EXCLUDE), description="stems with these flags are left out")
+    flags_csv: str | None = Field(
+        None, description="URI of a CSV 'track,stem,flag' of manual flags (stem: id or class)"
+    )
 
 
 class FeatureConfig(Config):
@@ -256,6 +259,9 @@ def _sources_and_splits(cfg: PrepareConfig) -> tuple[list[SourceTrack], dict[str
     errors: list = []
     specs = [{k: v for k, v in s.model_dump().items() if v is not None} for s in cfg.sources]
     tracks = list_sources(specs, errors)
+    if cfg.qa.flags_csv:
+        manual = qa.read_flags_csv(storage.read_text(cfg.qa.flags_csv), cfg.qa.flags_csv)
+        tracks = P.apply_manual_flags(tracks, manual)
     fixed = {t.track_id: t.split for t in tracks if t.split}
     fractions = cfg.split.model_dump()
     splits = assign_splits([t.track_id for t in tracks], fractions, cfg.seed, fixed)

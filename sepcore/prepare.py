@@ -24,14 +24,14 @@ import hashlib
 import io
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sepcore import features, mixing, qa, silence
+from sepcore import features, mixing, qa, silence, storage
 from sepcore.classes import CLASSES
 from sepcore.sources import SourceTrack, load_track_stems
 
@@ -102,6 +102,30 @@ class TrackPair:
 
 class SkipTrack(Exception):
     """A track that is fine but yields no rows (no target stem, too much silence)."""
+
+
+# ---------------------------------------------------------------- manual flags
+
+
+def apply_manual_flags(tracks: Sequence[SourceTrack], flags: dict[tuple[str, str], set[str]]) -> list[SourceTrack]:
+    """Add flags from a ``track,stem,flag`` table (:func:`sepcore.qa.read_flags_csv`).
+
+    ``track`` matches a track id (``slakh:Track00001``) or its folder or file name
+    (``Track00001``); ``stem`` matches a stem id (``S01``, ``guitar/take1.wav``) or a
+    class (``guitar``: every stem of that class).
+    """
+    out = []
+    for track in tracks:
+        names = {track.track_id, track.track_id.split(":", 1)[-1], storage.basename(track.uri)}
+        stems = []
+        for stem in track.stems:
+            extra: set[str] = set()
+            for (t, s), fl in flags.items():
+                if t in names and s in (stem.stem_id, stem.inst_class):
+                    extra |= fl
+            stems.append(replace(stem, flags=tuple(sorted(set(stem.flags) | extra))) if extra else stem)
+        out.append(replace(track, stems=tuple(stems)))
+    return out
 
 
 # ---------------------------------------------------------------- mixing

@@ -136,3 +136,32 @@ def test_random_mixes_with_levels_and_disjoint_splits(demo_data, tmp_path):
     # A rerun finds every (split, epoch) done.
     assert prepare.main(args) == 0
     assert _json(out, "summary.json")["counts"]["shards"] == summary["counts"]["shards"]
+
+
+def test_curated_folders_with_manual_flags(demo_data, tmp_path):
+    """Seed 002's layout: class folders, mix/excluded never mixed, flag files and a CSV."""
+    from sepcore.slakh import list_tracks
+
+    root = tmp_path / "curated"
+    for track in list_tracks(demo_data)[:3]:
+        folder = root / track.track_id
+        for stem in track.stems:
+            cls = stem.inst_class.lower().replace(" (continued)", "")
+            cls = cls if cls in ("piano", "guitar", "bass", "drums", "strings") else "other"
+            (folder / cls).mkdir(parents=True, exist_ok=True)
+            shutil.copy(storage.local_path(stem.audio_uri), folder / cls / f"{stem.stem_id}.flac")
+        (folder / "mix").mkdir()
+        shutil.copy(storage.local_path(track.mix_uri), folder / "mix" / "mix.flac")
+    (root / "Track00001" / "drums_bleed").write_bytes(b"")
+    csv = tmp_path / "flags.csv"
+    csv.write_text("track,stem,flag\nTrack00001,bass,bad_quality\n")
+    out = tmp_path / "out"
+    args = [f"sources=[{{kind: stems, uri: '{root}'}}]", f"output={out}", "target=piano",
+            f"qa.flags_csv={csv}", "split={train: 0.34, validation: 0.33, test: 0.33}"]  # fmt: skip
+    assert prepare.main(args) == 0
+    flags = _json(out, "dataset.json")["qa_flags"]["stems:Track00001"]
+    assert sorted((k.split("/")[0], v) for k, v in flags.items()) == [("bass", ["bad_quality"]), ("drums", ["bleed"])]
+    markers = {m["track_id"]: m for m in (json.loads(storage.read_text(u)) for u in
+               storage.list_files(storage.join(storage.normalize_uri(str(out)), "_done")))}  # fmt: skip
+    assert sorted(e.split("/")[0] for e in markers["stems:Track00001"]["excluded"]) == ["bass", "drums"]
+    assert not any(e.startswith("mix") for m in markers.values() for e in m.get("excluded", []))
