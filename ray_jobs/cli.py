@@ -10,6 +10,7 @@ JOBS = {
     "demo": ("ray_jobs.demo", "the main job end to end on the embedded default"),
     "render": ("ray_jobs.render", "render MIDI files into Slakh-layout multitrack audio"),
     "prepare": ("ray_jobs.prepare", "mix sources and compute feature shards for training"),
+    "train": ("ray_jobs.train", "train a separator or activation model with Ray Train"),
 }
 
 

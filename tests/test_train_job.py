@@ -1,0 +1,131 @@
+"""The train job on a local Ray: DDP on 2 CPU workers, checkpoints, resume, metrics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from ray_jobs import prepare, train
+from sepcore import checkpoint as ckpt
+from sepcore import storage
+from sepcore.models import SMOKE_CONFIGS, build_model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_shards(demo_data, tmp_path_factory) -> str:
+    """Guitar shards with small STFT chunks (129 bins x 16 frames) for fast training."""
+    out = tmp_path_factory.mktemp("shards")
+    args = [f"sources=[{{kind: slakh, uri: '{demo_data}'}}]", f"output={out}", "target=guitar",
+            "features={name: stft, n_fft: 256, hop: 128}", "chunks={frames: 16}",
+            "split={train: 0.5, validation: 0.5, test: 0.0}"]  # fmt: skip
+    assert prepare.main(args) == 0
+    return storage.normalize_uri(str(out))
+
+
+def _hourglass_args(data: str, out, *extra: str) -> list[str]:
+    config = json.dumps(SMOKE_CONFIGS["hourglass"])
+    return [f"data={data}", f"output={out}", "model.name=hourglass", f"model.config={config}",
+            "optim={batch_size: 8, lr: 0.003, max_steps_per_epoch: 6}", "validation={sdr_tracks: 1}",
+            *extra]  # fmt: skip
+
+
+def _history(out) -> list[dict]:
+    text = storage.read_text(storage.join(storage.normalize_uri(str(out)), train.METRICS_FILE))
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_two_worker_ddp_training_reduces_the_loss(tiny_shards, tmp_path):
+    out = tmp_path / "hg"
+    args = _hourglass_args(tiny_shards, out, "optim.epochs=3",
+                           "scaling={num_workers: 2, cpus_per_worker: 0.5, threads: 1}")  # fmt: skip
+    assert train.main(args) == 0
+    history = _history(out)
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    # Training batches differ between epochs; the validation set does not.
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    assert all(np.isfinite(h["val_loss"]) and "val_sdr" in h and "val_sdr_mixture" in h for h in history)
+    assert (out / train.CURVE_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["epochs"] == 3 and summary["best_checkpoint"].endswith("/best")
+
+    # The output itself is a checkpoint: it loads with everything inference needs.
+    model, meta = ckpt.load_model(str(out))
+    assert meta["task"] == "separator" and meta["target"] == "guitar"
+    assert (meta["sample_rate"], meta["feature"]["n_fft"], meta["feature"]["hop"], meta["frames"]) == (22050, 256, 128, 16)
+    from sepcore.separation import separate
+
+    audio = np.random.default_rng(0).standard_normal((1, 22050)).astype(np.float32) * 0.1
+    parts = separate(model, audio, 22050, 256, 128, 16)
+    assert np.abs(parts["instrument"] + parts["rest"] - audio).max() < 1e-4
+
+
+def test_resume_continues_at_the_next_epoch(tiny_shards, tmp_path):
+    out = tmp_path / "resume"
+    assert train.main(_hourglass_args(tiny_shards, out, "optim.epochs=1")) == 0
+    first = _history(out)
+    assert [h["epoch"] for h in first] == [0]
+    # Started again with more epochs: epoch 0 is not trained again.
+    assert train.main(_hourglass_args(tiny_shards, out, "optim.epochs=2")) == 0
+    second = _history(out)
+    assert [h["epoch"] for h in second] == [0, 1]
+    assert second[0] == first[0]
+    runs = {u.rsplit("/", 2)[0] for u in storage.list_files(storage.join(storage.normalize_uri(str(out)), "runs"),
+                                                            suffix="/meta.json")}  # fmt: skip
+    epochs_per_run = sorted(sorted(ckpt.read_meta(f)["epoch"] for f in
+                                   {u.rsplit("/", 1)[0] for u in storage.list_files(r, suffix="/meta.json")})
+                            for r in runs)  # fmt: skip
+    assert epochs_per_run == [[0], [1]]
+
+
+@pytest.mark.parametrize("name", ["blstm", "activation_cnn"])
+def test_blstm_and_activation_models_train(tiny_shards, tmp_path, name):
+    out = tmp_path / name
+    config = {"blstm": {"hidden": 16, "layers": 2}, "activation_cnn": {"filters": [4, 4, 8]}}[name]
+    args = [f"data={tiny_shards}", f"output={out}", f"model.name={name}", f"model.config={json.dumps(config)}",
+            "optim={epochs: 1, batch_size: 8, max_steps_per_epoch: 4}", "validation={sdr_tracks: 1}"]  # fmt: skip
+    assert train.main(args) == 0
+    model, meta = ckpt.load_model(str(out))
+    assert meta["model"]["name"] == name
+    x = torch.rand(2, 1, 129, 16)
+    y = model(x)
+    assert y.shape == ((2, 1, 129, 16) if name == "blstm" else (2, 8, 16))
+
+
+def test_wrong_data_for_the_model_is_a_clear_error(tmp_path, capsys):
+    assert train.main([f"data={tmp_path}", f"output={tmp_path / 'o'}"]) == 1
+    assert "prepare it first" in capsys.readouterr().err
+
+
+def test_checkpoint_round_trip_and_partial_checkpoints_are_never_loaded(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("hourglass", **SMOKE_CONFIGS["hourglass"]).eval()
+    meta = {"model": {"name": "hourglass", "config": SMOKE_CONFIGS["hourglass"]}, "sample_rate": 22050,
+            "feature": {"name": "stft", "n_fft": 256, "hop": 128}, "frames": 16, "metrics": {}}  # fmt: skip
+    good = str(tmp_path / "runs" / "a" / "checkpoint_0")
+    ckpt.save(good, model, meta, epoch=0)
+    loaded, loaded_meta = ckpt.load_model(good)
+    x = torch.rand(2, 1, 33, 16)
+    with torch.inference_mode():
+        assert torch.equal(model(x), loaded(x))
+    assert loaded_meta["feature"]["n_fft"] == 256 and loaded_meta["sample_rate"] == 22050
+    # A later checkpoint whose model.pt was cut short, and one without meta.json.
+    partial = str(tmp_path / "runs" / "b" / "checkpoint_5")
+    ckpt.save(partial, model, meta, epoch=5)
+    path = storage.local_path(storage.join(partial, ckpt.MODEL_FILE))
+    with open(path, "r+b") as fh:
+        fh.truncate(100)
+    storage.write_bytes(storage.join(str(tmp_path / "runs" / "c" / "checkpoint_9"), ckpt.MODEL_FILE), b"x")
+    assert ckpt.find_latest(str(tmp_path / "runs")) == storage.normalize_uri(good)
+    with pytest.raises(ckpt.CheckpointError, match="no complete checkpoint"):
+        ckpt.resolve(partial)
