@@ -335,18 +335,7 @@ def write_manifest(output: str, cfg: PrepareConfig, spec: P.PrepareSpec, markers
                      for m in ok if m.get("shard")), key=lambda s: s["uri"])  # fmt: skip
     ratios = [m["silence"] for m in ok if m.get("silence")]
     manifest = {
-        "format": "sep-prepare/1",
-        "columns": ["track_id", "split", "chunk", *P.row_shapes(spec)],
-        "shapes": P.row_shapes(spec),
-        "dtype": spec.dtype,
-        "classes": list(CLASSES),
-        "target": spec.target,
-        "sample_rate": spec.sample_rate,
-        "channels": spec.channels,
-        "feature": {"name": spec.feature["name"], **spec.extractor().params()},
-        "frames": spec.frames,
-        "chunk_hop": spec.chunk_hop or spec.frames,
-        "context": spec.context,
+        **P.dataset_schema(spec),
         "shards": shards,
         "splits": {s: sorted(m["track_id"] for m in ok if m["split"] == s) for s in sorted({m["split"] for m in ok})},
         "rows_per_split": _rows_per_split(shards),

@@ -185,18 +185,7 @@ def _finish(cfg, spec, output, shards, good, failed) -> dict[str, Any]:
     for m in good:
         by_split.setdefault(m["split"], set()).add(m["track_id"])
     manifest = {
-        "format": "sep-prepare/1",
-        "columns": ["track_id", "split", "chunk", *P.row_shapes(spec)],
-        "shapes": P.row_shapes(spec),
-        "dtype": spec.dtype,
-        "classes": list(P.CLASSES),
-        "target": "random_mix",
-        "sample_rate": spec.sample_rate,
-        "channels": spec.channels,
-        "feature": {"name": spec.feature["name"], **spec.extractor().params()},
-        "frames": spec.frames,
-        "chunk_hop": spec.chunk_hop or spec.frames,
-        "context": spec.context,
+        **P.dataset_schema(spec),
         "shards": sorted(shards, key=lambda s: s["uri"]),
         "splits": {s: sorted(ids) for s, ids in sorted(by_split.items())},
         "rows_per_split": _rows_per_split(shards),

@@ -250,6 +250,25 @@ def row_shapes(spec: PrepareSpec) -> dict[str, list[int]]:
     return shapes
 
 
+def dataset_schema(spec: PrepareSpec) -> dict[str, Any]:
+    """The part of ``dataset.json`` that says how to read rows and what they hold."""
+    shapes = row_shapes(spec)
+    return {
+        "format": "sep-prepare/1",
+        "columns": ["track_id", "split", "chunk", *shapes],
+        "shapes": shapes,
+        "dtype": spec.dtype,
+        "classes": list(CLASSES),
+        "target": spec.target,
+        "sample_rate": spec.sample_rate,
+        "channels": spec.channels,
+        "feature": {"name": spec.feature["name"], **spec.extractor().params()},
+        "frames": spec.frames,
+        "chunk_hop": spec.chunk_hop or spec.frames,
+        "context": spec.context,
+    }
+
+
 def track_rows(track_id: str, split: str, arrays: dict[str, np.ndarray], extra: dict[str, np.ndarray] | None = None) -> list[dict[str, Any]]:
     """One row per chunk with array columns as bytes."""
     count = len(arrays["mix"])
