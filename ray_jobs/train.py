@@ -415,10 +415,8 @@ def _validation_pairs(tracks: list, meta: dict[str, Any]) -> list:
 def _sdr(net, pairs, meta, device) -> dict[str, float]:
     from sepcore.training import separation_sdr
 
-    f = meta["feature"]
-    result = separation_sdr(net, pairs, meta["sample_rate"], f["n_fft"], f["hop"], meta["frames"], device)
-    net.train()
-    return result
+    f = meta["feature"]  # separation puts the model back in training mode itself
+    return separation_sdr(net, pairs, meta["sample_rate"], f["n_fft"], f["hop"], meta["frames"], device)
 
 
 def _mean_over_workers(stats: dict[str, float], world: int) -> float:
