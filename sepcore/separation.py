@@ -290,12 +290,16 @@ def separate(
     batch_size: int = 8,
     device: str | torch.device | None = None,
     overlap: float = 0.5,
+    downmix: bool = False,
 ) -> dict[str, np.ndarray]:
     """Separate a mixture into ``instrument`` and ``rest`` with a mask model.
 
     STFT (:class:`sepcore.features.Stft`), :func:`predict_mask` on its magnitude,
     :func:`apply_mask` with the mixture phase. ``instrument + rest`` equals ``audio``
-    up to the STFT round trip.
+    up to the STFT round trip. With ``downmix`` a multichannel mixture is separated
+    with one mask, predicted from the mean of its channels (the model's mono input)
+    and applied to every channel, so the channel layout is kept at the cost of one
+    model pass.
     Shape: ``(channels, samples)`` -> ``{"instrument", "rest"}`` each ``(channels, samples)``.
     """
     audio = np.asarray(audio)
@@ -304,7 +308,11 @@ def separate(
     _check_model_params(model, sample_rate, n_fft, hop)
     stft = Stft(n_fft=n_fft, hop=hop, sample_rate=sample_rate)
     spec = stft.stft_complex(audio)
-    mag = np.sqrt(spec.real**2 + spec.imag**2)
+    if downmix and audio.shape[0] > 1:
+        mono = stft.stft_complex(audio.mean(axis=0, keepdims=True, dtype=np.float32))
+        mag = np.abs(mono).astype(np.float32)
+    else:
+        mag = np.sqrt(spec.real**2 + spec.imag**2)
     mask = predict_mask(model, mag, frames, batch_size, device, overlap)
     return apply_mask(stft, spec, mask, audio.shape[1])
 
@@ -333,6 +341,7 @@ def iter_separate_blocks(
     batch_size: int = 8,
     device: str | torch.device | None = None,
     overlap: float = 0.5,
+    downmix: bool = False,
 ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     """:func:`separate` block by block: yields ``(start_sample, {"instrument", "rest"})``.
 
@@ -364,6 +373,7 @@ def iter_separate_blocks(
             batch_size,
             device,
             overlap,
+            downmix,
         )
         yield start, {k: np.ascontiguousarray(v[:, start - lo : stop - lo]) for k, v in seg.items()}
 
@@ -379,6 +389,7 @@ def separate_blocks(
     batch_size: int = 8,
     device: str | torch.device | None = None,
     overlap: float = 0.5,
+    downmix: bool = False,
 ) -> dict[str, np.ndarray]:
     """:func:`iter_separate_blocks` gathered into whole arrays (same result as :func:`separate`).
 
@@ -387,7 +398,17 @@ def separate_blocks(
     """
     out = {k: np.zeros(audio.shape, dtype=np.float32) for k in ("instrument", "rest")}
     blocks = iter_separate_blocks(
-        model, audio, sample_rate, n_fft, hop, frames, block_seconds, batch_size, device, overlap
+        model,
+        audio,
+        sample_rate,
+        n_fft,
+        hop,
+        frames,
+        block_seconds,
+        batch_size,
+        device,
+        overlap,
+        downmix,
     )
     for start, parts in blocks:
         for key, value in parts.items():

@@ -222,6 +222,38 @@ def info(uri: str) -> dict[str, Any]:
     return {"size": int(meta.get("size") or 0), "version": str(version).strip('"')}
 
 
+def list_info(uri: str, suffixes: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """:func:`list_files` with each object's :func:`info`, from one listing.
+
+    Rows ``{"uri", "size", "version"}``, sorted by URI; ``suffixes`` filters names
+    case-insensitively (``(".wav", ".flac")``). The version is the same tag as
+    :func:`info` gives, so either can be compared with the other.
+    """
+    norm = normalize_uri(uri)
+    fs, path = filesystem(norm)
+    try:
+        found = fs.find(path, detail=True)
+    except FileNotFoundError:
+        return []
+    except Exception as exc:
+        raise _wrap(uri, exc) from exc
+    sch = scheme(norm)
+    wanted = tuple(s.lower() for s in suffixes) if suffixes else None
+    rows = []
+    for p, meta in found.items():
+        if is_temporary(p) or (wanted and not p.lower().endswith(wanted)):
+            continue
+        full = _to_uri(sch, p)
+        if is_local(norm):
+            rows.append({"uri": full, **info(full)})
+            continue
+        version = meta.get("ETag") or meta.get("etag") or meta.get("LastModified", "")
+        rows.append(
+            {"uri": full, "size": int(meta.get("size") or 0), "version": str(version).strip('"')}
+        )
+    return sorted(rows, key=lambda r: r["uri"])
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
     try:
