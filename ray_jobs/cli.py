@@ -11,6 +11,7 @@ JOBS = {
     "render": ("ray_jobs.render", "render MIDI files into Slakh-layout multitrack audio"),
     "prepare": ("ray_jobs.prepare", "mix sources and compute feature shards for training"),
     "train": ("ray_jobs.train", "train a separator or activation model with Ray Train"),
+    "separate": ("ray_jobs.separate", "separate a music library into instrument and rest stems"),
 }
 
 
