@@ -195,6 +195,8 @@ def _decode_soundfile(path: str, out: Any, max_seconds: Seconds) -> tuple[int, i
         max_frames = _max_frames(max_seconds, rate)
         for block in f.blocks(blocksize=BLOCK, dtype="float32", always_2d=True):
             frames += block.shape[0]
+            if not np.isfinite(block).all():
+                raise _Reported("error", "the file holds NaN or Inf samples")
             if frames > max_frames:
                 raise _Reported("too_long", f"longer than the limit of {max_seconds:g} s")
             out.write(np.ascontiguousarray(block).tobytes())
@@ -232,6 +234,8 @@ def _decode_pyav(path: str, out: Any, max_seconds: Seconds) -> tuple[int, int, i
             if keep is not None:
                 n = max(0, min(n, keep - frames))
             frames += n
+            if not np.isfinite(data).all():
+                raise _Reported("error", "the file holds NaN or Inf samples")
             if frames > max_frames:
                 raise _Reported("too_long", f"longer than the limit of {max_seconds:g} s")
             out.write(data[: n * channels].astype(np.float32, copy=False).tobytes())

@@ -165,6 +165,53 @@ class SeparationSettings:
         return hashlib.sha256(repr(fields).encode()).hexdigest()[:12]
 
 
+class RawSamples:
+    """Interleaved float32 samples in a local file, read by explicit reads.
+
+    Reads go through the page cache instead of a memory map, so the pages of a long
+    file never count as the process's own memory. ``samples[a:b]`` gives rows ``a`` to
+    ``b - 1``; ``.T`` is a channels-first view. Shape: ``(frames, channels)``.
+    """
+
+    ndim = 2
+
+    def __init__(self, path: str, frames: int, channels: int):
+        self.path, self.frames, self.channels = path, frames, channels
+        self.shape = (frames, channels)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        start, stop = max(0, start), min(stop, self.frames)
+        if stop <= start:
+            return np.zeros((0, self.channels), np.float32)
+        count = (stop - start) * self.channels
+        data = np.fromfile(self.path, np.float32, count, offset=start * self.channels * 4)
+        return data.reshape(-1, self.channels)
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        start, stop, step = index.indices(self.frames)
+        if step != 1:
+            raise ValueError("RawSamples reads contiguous rows only")
+        return self.read(start, stop)
+
+    @property
+    def T(self) -> _ChannelsFirst:  # noqa: N802 (numpy's name)
+        return _ChannelsFirst(self)
+
+
+class _ChannelsFirst:
+    """``(channels, frames)`` view of :class:`RawSamples` for ``view[:, a:b]``."""
+
+    ndim = 2
+
+    def __init__(self, raw: RawSamples):
+        self.raw = raw
+        self.shape = (raw.channels, raw.frames)
+
+    def __getitem__(self, index: tuple[slice, slice]) -> np.ndarray:
+        rows, cols = index
+        return self.raw[cols].T[rows]
+
+
 class _Stream:
     """A resampler fed on demand: ``take(n)`` gives exactly ``n`` samples (fewer at the end)."""
 
@@ -214,15 +261,15 @@ def _layout(block: np.ndarray, channels: int) -> np.ndarray:
     raise ValueError(f"cannot lay {block.shape[1]} channels out as {channels}")
 
 
-def _blocks(samples: np.ndarray, channels: int) -> Iterator[np.ndarray]:
+def _blocks(samples: np.ndarray | RawSamples, channels: int) -> Iterator[np.ndarray]:
     for start in range(0, samples.shape[0], READ_BLOCK):
         yield _layout(np.asarray(samples[start : start + READ_BLOCK]), channels)
 
 
 def _resampled_to_disk(
-    samples: np.ndarray, rate_in: int, rate_out: int, channels: int, path: str
-) -> np.ndarray:
-    """Stream ``samples`` (frames, c) resampled to ``rate_out`` into a raw file; map it back."""
+    samples: np.ndarray | RawSamples, rate_in: int, rate_out: int, channels: int, path: str
+) -> RawSamples:
+    """Stream ``samples`` (frames, c) resampled to ``rate_out`` into a raw file."""
     stream = _Stream(_blocks(samples, channels), rate_in, rate_out, channels)
     frames = 0
     with open(path, "wb") as out:
@@ -232,12 +279,12 @@ def _resampled_to_disk(
                 break
             out.write(np.ascontiguousarray(chunk, dtype=np.float32).tobytes())
             frames += chunk.shape[0]
-    return np.memmap(path, dtype=np.float32, mode="r", shape=(frames, channels))
+    return RawSamples(path, frames, channels)
 
 
 def separate_stream(
     model: nn.Module,
-    samples: np.ndarray,
+    samples: np.ndarray | RawSamples,
     rate: Hertz,
     settings: SeparationSettings,
     paths: dict[str, str],
@@ -259,7 +306,7 @@ def separate_stream(
         )
     blocks = iter_separate_blocks(
         model,
-        model_audio.T,
+        model_audio.T,  # type: ignore[arg-type]  # ndarray or a (channels, frames) reader
         settings.model_rate,
         settings.n_fft,
         settings.hop,
@@ -334,7 +381,12 @@ def separate_file(
         ext = settings.output_format
         paths = {stem: os.path.join(scratch, f"{stem}.{ext}") for stem in STEMS}
         written = separate_stream(
-            model, decoded.samples(), decoded.sample_rate, settings, paths, scratch
+            model,
+            RawSamples(decoded.path, decoded.frames, decoded.channels),
+            decoded.sample_rate,
+            settings,
+            paths,
+            scratch,
         )
         timings["separate_s"] = time.monotonic() - start
         start = time.monotonic()

@@ -20,6 +20,7 @@ from sepcore.decode import (
 )
 from sepcore.library import (
     LibraryFile,
+    RawSamples,
     SeparationSettings,
     list_library,
     output_dir,
@@ -105,6 +106,12 @@ def test_decode_errors_are_classified_and_name_the_file(tmp_path):
         with pytest.raises(DecodeError, match=bad.name) as info:
             decode_isolated(str(bad), out)
         assert "not a decodable audio file" in str(info.value)
+    nan = tmp_path / "nan.wav"
+    y = x.copy()
+    y[100] = np.nan
+    sf.write(nan, y, RATE, subtype="FLOAT")
+    with pytest.raises(DecodeError, match="nan.wav: the file holds NaN or Inf samples"):
+        decode_isolated(str(nan), out)
     with pytest.raises(AudioTooLong, match="limit of 2 s"):
         decode_isolated(str(good), out, max_seconds=2.0)
     assert not os.path.exists(out)  # nothing half-written is left behind
@@ -242,3 +249,20 @@ def test_checkpoint_models_separate_through_the_stream(tmp_path):
     rest, _ = sf.read(paths["rest"], dtype="float32", always_2d=True)
     np.testing.assert_allclose(inst + rest, x, atol=2e-5)  # 24-bit FLAC quantisation
     assert 0.0 < np.std(inst) < np.std(x)
+
+
+def test_raw_file_reader_gives_the_same_stems_as_an_array(tmp_path):
+    """Separating from the decoded file by explicit reads equals separating the array."""
+    x = _music(4.0, 44100, 2)
+    raw = tmp_path / "x.f32"
+    x.tofile(raw)
+    reader = RawSamples(str(raw), x.shape[0], 2)
+    np.testing.assert_array_equal(reader[1000:2000], x[1000:2000])
+    np.testing.assert_array_equal(reader.T[:, 5:9], x[5:9].T)
+    outs = []
+    for i, samples in enumerate((x, reader)):
+        paths = {s: str(tmp_path / f"{s}{i}.wav") for s in ("instrument", "rest")}
+        separate_stream(FixedMaskModel(0.6), samples, 44100, _settings(output_format="wav"),
+                        paths, str(tmp_path))  # fmt: skip
+        outs.append(sf.read(paths["instrument"], dtype="float32")[0])
+    np.testing.assert_array_equal(outs[0], outs[1])
