@@ -25,6 +25,7 @@ whose stems exist; changed and failed files are done again.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import io
@@ -201,7 +202,7 @@ class Separator:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model, _ = checkpoint.load_model(cfg.checkpoint, device)
-        self.settings = SeparationSettings(**{**settings.__dict__, "device": device})
+        self.settings = dataclasses.replace(settings, device=device)
         self.cfg, self.model_id, self.target, self.run_id = cfg, model_id, target, run_id
         self.output = storage.normalize_uri(cfg.output)
 
