@@ -15,8 +15,8 @@ import soundfile as sf
 
 from ray_jobs import separate as job
 from sepcore import checkpoint, storage
-from sepcore.stemfile import decode_any
 from sepcore.models import SMOKE_CONFIGS, build_model
+from sepcore.stemfile import decode_any
 from sepcore.testing.library import FORMATS, add_bad_files, make_library
 
 N_FFT, HOP, FRAMES = 256, 128, 16
