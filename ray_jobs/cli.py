@@ -12,6 +12,7 @@ JOBS = {
     "prepare": ("ray_jobs.prepare", "mix sources and compute feature shards for training"),
     "train": ("ray_jobs.train", "train a separator or activation model with Ray Train"),
     "separate": ("ray_jobs.separate", "separate a music library into instrument and rest stems"),
+    "evaluate": ("ray_jobs.evaluate", "score a checkpoint with mir_eval against oracle and mixture"),
     "classify": ("ray_jobs.classify", "train the LightGBM instrument-presence classifier"),
 }
 
