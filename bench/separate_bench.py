@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,7 @@ import soundfile as sf  # noqa: E402
 import yaml  # noqa: E402
 
 from sepcore import checkpoint, storage  # noqa: E402
+from sepcore.errors import SepError  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 FEATURE = {"name": "stft", "n_fft": 1536, "hop": 384, "sample_rate": 22050}  # prepare_demo.yaml
@@ -75,14 +77,20 @@ def plain_loop(library: str, ckpt: str, out: str) -> tuple[float, float]:
     cfg = SeparateConfig(library=library, checkpoint=ckpt, output=out)
     settings = _settings(cfg, meta)
     files = list_library(library)
+    shutil.rmtree(out, ignore_errors=True)
     start, audio = time.monotonic(), 0.0
-    for f in files:
-        row = separate_file(model, f, output_dir(storage.normalize_uri(out), f.relative), settings)
+    for f in files:  # as the job does: a bad file is counted out and the loop goes on
+        try:
+            row = separate_file(model, f, output_dir(storage.normalize_uri(out), f.relative),
+                                settings)  # fmt: skip
+        except SepError:
+            continue
         audio += row["duration_s"]
     return audio, time.monotonic() - start
 
 
 def ray_job(library: str, ckpt: str, out: str, cpus: int) -> dict:
+    shutil.rmtree(out, ignore_errors=True)  # a rerun into the same output would skip all
     cmd = [sys.executable, "-m", "ray_jobs.separate", f"library={library}", f"checkpoint={ckpt}",
            f"output={out}", f"num_cpus={cpus}", f"inference={{pool_size: {cpus}, threads: 1}}"]  # fmt: skip
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
