@@ -173,8 +173,10 @@ def main() -> int:
     work = args.work or tempfile.mkdtemp(prefix="sep-separate-bench-")
     mixes = [u for u in storage.list_files(args.data) if u.endswith("/mix.flac")][: args.songs]
     library = os.path.join(work, "library")
-    if not os.path.isdir(library):
-        make_library(mixes, library)
+    if not os.path.isdir(library):  # built aside and renamed: a killed build is not reused
+        shutil.rmtree(library + ".part", ignore_errors=True)
+        make_library(mixes, library + ".part")
+        os.rename(library + ".part", library)
     print(f"work folder {work}; library of {len(mixes)} songs")
     if not args.skip_throughput:
         for kind in args.models.split(","):
