@@ -95,6 +95,8 @@ def test_library_of_good_and_bad_files(tmp_path, mixes, tiny_checkpoint):
     summary = _summary(out)
     assert summary["counts"]["ok"] == len(valid) and summary["counts"]["error"] == 3
     assert summary["figures"]["x_realtime"] > 0
+    assert 0 < summary["figures"]["startup_s"] < summary["figures"]["wall_s"]
+    assert summary["nodes"] == [ray.get_runtime_context().get_node_id()]  # one node here
     assert storage.list_files(storage.join(out, job.RECORDS)) == []
 
 

@@ -34,13 +34,22 @@ FORMATS = (
 )
 
 
+#: Frames per write call of :func:`write_any`.
+WRITE_BLOCK = 1 << 16
+
+
 def write_any(path: str, audio: Audio) -> None:
     """Write ``audio`` at ``path`` in the format its suffix names (``.m4a``: AAC)."""
     if path.endswith(".m4a"):
         write_stemfile(path, [audio], codec="aac", bitrate=128_000)
         return
     x = np.clip(audio.samples, -1.0, 1.0).T
-    sf.write(path, x, audio.sample_rate, **({"format": "MP3"} if path.endswith(".mp3") else {}))
+    kwargs = {"format": "MP3"} if path.endswith(".mp3") else {}
+    # In blocks: libsndfile's Vorbis encoder segfaults on one very large write
+    # (a few minutes of 48 kHz stereo at once).
+    with sf.SoundFile(path, "w", audio.sample_rate, x.shape[1], **kwargs) as fh:
+        for start in range(0, len(x), WRITE_BLOCK):
+            fh.write(x[start : start + WRITE_BLOCK])
 
 
 def _layout(audio: Audio, rate: int, channels: int) -> Audio:
