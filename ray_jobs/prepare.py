@@ -188,6 +188,11 @@ class MixActor:
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         track: SourceTrack = pickle.loads(row["track"])
         out = {"track_id": track.track_id, "split": row["split"], "pair": b"", "status": "ok", "reason": ""}
+        missing = track.extra.get("missing_stems")
+        if missing:  # a pair without them would be a different song than the track's mix
+            files = ", ".join(f"{track.uri}/stems/{s}" for s in missing)
+            return {**out, "status": "error", "reason": f"{track.track_id}: stem audio missing "
+                    f"({files}), though metadata.yaml says it was rendered"}
         try:
             pair = P.mix_track(track, self.spec)
         except P.SkipTrack as exc:

@@ -47,6 +47,8 @@ from sepcore.units import Hertz, Seconds
 BLOCK = 1 << 16
 #: Exit status of the child for a decoding error it reported itself.
 EXIT_REPORTED = 3
+#: Most channels accepted: more is a broken header, and would cost gigabytes per block.
+MAX_CHANNELS = 64
 
 
 class DecodeError(AudioError):
@@ -192,6 +194,7 @@ def _decode_soundfile(path: str, out: Any, max_seconds: Seconds) -> tuple[int, i
 
     with sf.SoundFile(path) as f:
         rate, channels, frames = int(f.samplerate), int(f.channels), 0
+        _check_channels(channels)
         max_frames = _max_frames(max_seconds, rate)
         for block in f.blocks(blocksize=BLOCK, dtype="float32", always_2d=True):
             frames += block.shape[0]
@@ -201,6 +204,11 @@ def _decode_soundfile(path: str, out: Any, max_seconds: Seconds) -> tuple[int, i
                 raise _Reported("too_long", f"longer than the limit of {max_seconds:g} s")
             out.write(np.ascontiguousarray(block).tobytes())
     return rate, channels, frames
+
+
+def _check_channels(channels: int) -> None:
+    if channels > MAX_CHANNELS:
+        raise _Reported("error", f"{channels} channels (more than {MAX_CHANNELS}: a broken header?)")
 
 
 def _max_frames(max_seconds: Seconds, rate: int) -> int:
@@ -220,6 +228,7 @@ def _decode_pyav(path: str, out: Any, max_seconds: Seconds) -> tuple[int, int, i
         channels = int(stream.codec_context.channels or 0)
         if rate <= 0 or channels <= 0:
             raise _Reported("error", "the audio stream has no sample rate or channels")
+        _check_channels(channels)
         resampler = av.AudioResampler(format="flt", layout=stream.codec_context.layout, rate=rate)
         frames, max_frames = 0, _max_frames(max_seconds, rate)
         # as sepcore.stemfile does: cut to the length the container states, which

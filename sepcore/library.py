@@ -47,6 +47,7 @@ from torch import nn
 
 from sepcore import storage
 from sepcore.decode import decode_isolated
+from sepcore.errors import AudioError
 from sepcore.units import Hertz, Seconds
 
 #: File name endings the library listing picks up (case-insensitive).
@@ -56,6 +57,7 @@ AUDIO_SUFFIXES = (
 )  # fmt: skip
 #: Output formats: soundfile container and subtype.
 OUTPUT_FORMATS = {"flac": ("FLAC", "PCM_24"), "wav": ("WAV", "FLOAT")}
+FLAC_MAX_CHANNELS = 8
 STEMS = ("instrument", "rest")
 #: Samples per channel read from the decoded file per resampling step.
 READ_BLOCK = 1 << 18
@@ -377,6 +379,10 @@ def separate_file(
             decode_timeout_s, decode_max_memory_mb, max_seconds,
         )  # fmt: skip
         timings["decode_s"] = decoded.seconds
+        channels = settings.channels or decoded.channels
+        if settings.output_format == "flac" and channels > FLAC_MAX_CHANNELS:
+            raise AudioError(source.uri, f"{channels} channels: FLAC holds at most "
+                             f"{FLAC_MAX_CHANNELS} (use format: wav, or channels: 1)")
         start = time.monotonic()
         ext = settings.output_format
         paths = {stem: os.path.join(scratch, f"{stem}.{ext}") for stem in STEMS}
