@@ -225,21 +225,28 @@ def safe_name(track_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", track_id).strip("._") or "track"
 
 
+#: Key of the Ray node id a task adds to its result (removed before the metrics).
+NODE_KEY = "_node"
+
+
 def _guard(fn: Any, track: Any, job: dict[str, Any], flag: bool) -> dict[str, Any]:
     """``fn(track, job, flag)``; a failure becomes ``{"track_id", "error"}`` so the others go on.
 
     A result is also written to ``<output>/tracks/`` (with the job's fingerprint), so a
     rerun of the same evaluation after a kill does only the tracks not done yet.
     """
+    import ray
+
+    node = {NODE_KEY: ray.get_runtime_context().get_node_id()}
     try:
         result = fn(track, job, flag)
         done = {"fingerprint": job["fingerprint"], "result": result}
         storage.write_text(_done_uri(job["output"], track.track_id), json.dumps(done))
-        return result
+        return {**result, **node}
     except SepError as exc:
-        return {"track_id": track.track_id, "error": str(exc)}
+        return {"track_id": track.track_id, "error": str(exc), **node}
     except Exception as exc:  # a bug on one track must not stop the others
-        return {"track_id": track.track_id, "error": f"{track.uri}: {type(exc).__name__}: {exc}"}
+        return {"track_id": track.track_id, "error": f"{track.uri}: {type(exc).__name__}: {exc}", **node}
 
 
 def _done_uri(output: str, track_id: str) -> str:
@@ -459,6 +466,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
         ]
         results = _gather(refs, list(done.values()), len(tracks), _describe_activation)
         sequence = _run_sequence(results, tracks, job_ref, opts)
+    nodes = sorted({r.pop(NODE_KEY) for r in results if NODE_KEY in r})  # this run's tasks only
     doc = metrics_document(
         cfg, meta, checkpoint_dir, task, results, sequence, listing_errors, time.monotonic() - t0
     )
@@ -470,7 +478,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     page = R.write_report(
         output, build_report(doc, results, sequence, meta), title=f"sep evaluate: {task}"
     )
-    return _summary(cfg, doc, metrics_uri, page)
+    return {**_summary(cfg, doc, metrics_uri, page), "nodes": nodes}
 
 
 def load_checked(checkpoint_dir: str) -> dict[str, Any]:

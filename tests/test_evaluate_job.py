@@ -122,6 +122,8 @@ def test_separator_evaluation_writes_metrics_and_a_complete_report(
         "skipped": 1,
     }
     assert summary["figures"]["guitar/irm/instrument"].count("/") == 2
+    assert summary["nodes"] == [ray.get_runtime_context().get_node_id()]  # where the tasks ran
+    assert "_node" not in (out / "metrics.json").read_text()
 
     # Started again, the same evaluation reuses the tracks already done (and retries the failed).
     done = out / evaluate.DONE_FOLDER / "slakh_Track00001.json"
