@@ -14,6 +14,7 @@ JOBS = {
     "separate": ("ray_jobs.separate", "separate a music library into instrument and rest stems"),
     "evaluate": ("ray_jobs.evaluate", "score a checkpoint with mir_eval against oracle and mixture"),
     "classify": ("ray_jobs.classify", "train the LightGBM instrument-presence classifier"),
+    "tune": ("ray_jobs.tune", "sweep FFT size, filters and silence ratio with Ray Tune"),
 }
 
 

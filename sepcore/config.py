@@ -42,7 +42,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``tree[a][b][c] = value`` for ``key`` ``a.b.c``, creating the mappings on the way."""
     node = tree
     parts = key.split(".")
     for part in parts[:-1]:
@@ -84,7 +85,7 @@ def load_config(cls: type[C], path: str | None = None, overrides: list[str] | No
         tree = loaded
     for text in overrides or []:
         key, value = parse_override(text)
-        _set_dotted(tree, key, value)
+        set_dotted(tree, key, value)
     try:
         return cls.model_validate(tree)
     except ValidationError as exc:

@@ -1,0 +1,204 @@
+"""The tune job's plain parts: configuration, data-variant keys, trial settings, results."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from ray_jobs import tune
+from sepcore import report as R
+from sepcore import storage
+from sepcore import tuning as T
+from sepcore.config import load_config
+from sepcore.errors import ConfigError
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+PREPARE = {"sources": [{"kind": "slakh", "uri": "data"}], "target": "guitar",
+           "features": {"name": "stft", "n_fft": 1536, "hop": 384}, "chunks": {"frames": 64}}  # fmt: skip
+TRAIN = {"model": {"name": "hourglass", "config": {"filters": 8, "levels": 3}},
+         "validation": {"sdr_tracks": 2, "metric": "val_sdr"}}  # fmt: skip
+
+
+def _cfg(**overrides) -> tune.TuneConfig:
+    tree = {"output": "out", "prepare": PREPARE, "train": TRAIN, **overrides}
+    return tune.TuneConfig.model_validate(tree)
+
+
+def _key(settings: dict) -> str:
+    return T.variant_key(tune.validate_prepare(settings).model_dump(mode="json"))
+
+
+# ---------------------------------------------------------------- data variants
+
+
+def test_a_data_variant_is_keyed_by_what_shapes_the_data():
+    a = T.variant_settings(PREPARE, 1024, 0.7, 0.25)
+    assert a["features"] == {"name": "stft", "n_fft": 1024, "hop": 256}
+    assert a["silence"] == {"enabled": True, "target_ratio": 0.7}
+    assert PREPARE["features"]["n_fft"] == 1536  # the base settings are not changed
+    same = T.variant_settings({**PREPARE, "actors": {"mix": 1}, "num_cpus": 2}, 1024, 0.7, 0.25)
+    assert _key(a) == _key(same)  # workers and CPUs do not change the data
+    assert _key(a).startswith("guitar-stft1024-256-sil0.7-")
+    others = [T.variant_settings(PREPARE, 1024, None, 0.25), T.variant_settings(PREPARE, 2048, 0.7, 0.25),
+              T.variant_settings(PREPARE, 1024, 0.9, 0.25), {**a, "target": "piano"},
+              {**a, "sources": [{"kind": "slakh", "uri": "other"}]}]  # fmt: skip
+    keys = {_key(s) for s in others}
+    assert len(keys) == len(others) and _key(a) not in keys
+    off = T.variant_settings(PREPARE, None, "base", 0.25)
+    assert off == PREPARE and _key(off).startswith("guitar-stft1536-384-siloff-")
+
+
+def test_every_data_point_of_the_space_is_listed_once():
+    cfg = _cfg(space={"n_fft": [512, 1024, 512], "silence": ["off", 0.7], "filters": [4, 8]})
+    assert tune.data_points(cfg) == [(512, None), (512, 0.7), (1024, None), (1024, 0.7)]
+    assert tune.data_points(_cfg(space={"filters": [4, 8]})) == [(None, "base")]
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_silence_off_is_read_from_yaml_in_every_spelling():
+    cfg = load_config(tune.TuneConfig, None, ["output=o", f"prepare={json.dumps(PREPARE)}",
+                                              "space.silence=[off, 'off', null, 0.5]"])  # fmt: skip
+    assert cfg.space.silence == [None, None, None, 0.5]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"prepare": {**PREPARE, "output": "x"}}, "prepare.output is set by the sweep"),
+        ({"prepare": {**PREPARE, "features": {"bogus": 1}}}, "prepare.features.bogus: unknown key"),
+        ({"train": {**TRAIN, "optim": {"lr": -1}}}, "train.optim.lr"),
+        ({"space": {"lr": {"low": 1e-4, "high": 1e-2}}}, "grid search needs a list"),
+        ({"space": {"silence": [1.5]}}, "ratio must be in (0, 1]"),
+        ({"space": {"filters": []}}, "at least one value"),
+        ({"train": {**TRAIN, "validation": {"sdr_tracks": 0, "metric": "val_sdr"}}}, "sdr_tracks > 0"),
+        ({"train": {"model": {"name": "activation_cnn"}}}, "tune sweeps separators"),
+        ({"space": {"model": ["blstm"], "filters": [8]}, "model_configs": {"blstm": {"bogus": 1}}}, None),
+    ],
+)
+def test_bad_sweep_settings_name_the_key(overrides, message):
+    if message is None:  # constructor arguments are checked when a trial builds its model
+        _cfg(**overrides)
+        return
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        _cfg(**overrides)
+
+
+def test_shipped_tune_configs_validate_and_sweep_the_seed_dimensions():
+    small = load_config(tune.TuneConfig, os.path.join(CONFIGS, "tune_cpu_small.yaml"))
+    points = tune.data_points(small)
+    assert len({n for n, _ in points}) >= 2 and len({s for _, s in points}) >= 2
+    assert len(small.space.filters or []) >= 2
+    full = load_config(tune.TuneConfig, os.path.join(CONFIGS, "tune_hourglass_gpu.yaml"))
+    assert full.space.n_fft == [512, 1024, 1536, 2048]
+    assert full.space.filters == [92, 192, 256]
+    assert full.space.silence == [None, 0.5, 0.7, 0.9]
+    assert full.scheduler.name == "asha"
+
+
+# ---------------------------------------------------------------- trial settings
+
+
+def test_trial_settings_go_to_the_model_family_size_keys():
+    hg = T.train_settings(TRAIN, {"model": "hourglass", "filters": 16, "levels": 4, "lr": 0.01}, {})
+    assert hg["model"] == {"name": "hourglass", "config": {"filters": 16, "levels": 4}}
+    assert hg["optim"]["lr"] == 0.01 and TRAIN["model"]["config"]["filters"] == 8
+    blstm = T.train_settings(TRAIN, {"model": "blstm", "filters": 32, "levels": 2}, {"blstm": {"dropout": 0.1}})
+    assert blstm["model"] == {"name": "blstm", "config": {"dropout": 0.1, "hidden": 32, "layers": 2}}
+    assert T.base_values(PREPARE, TRAIN) == {"model": "hourglass", "n_fft": 1536, "silence": None,
+                                             "filters": 8, "levels": 3, "lr": None}  # fmt: skip
+    label = T.trial_label({"n_fft": 1024, "silence": None, "filters": 8, "lr": 0.002}, ["n_fft", "silence", "filters"])
+    assert label == "fft1024 siloff F8"
+
+
+def test_param_space_scheduler_and_concurrency():
+    from ray.tune.schedulers import ASHAScheduler
+
+    cfg = _cfg(space={"n_fft": [512, 1024], "silence": [None, 0.9], "filters": [4]},
+               train={**TRAIN, "optim": {"epochs": 5}, "scaling": {"cpus_per_worker": 0.5}})  # fmt: skip
+    space = tune.param_space(cfg)
+    assert space["n_fft"] == {"grid_search": [512, 1024]} and space["silence"] == {"grid_search": [None, 0.9]}
+    assert set(space) == {"n_fft", "silence", "filters"}
+    random = tune.param_space(_cfg(space={"lr": {"low": 1e-4, "high": 1e-2}}, search={"algorithm": "random"}))
+    assert 1e-4 <= random["lr"].sample() <= 1e-2
+    assert isinstance(tune.scheduler(cfg, 5), ASHAScheduler)
+    demand = tune.trial_demand(cfg)
+    assert demand == {"CPU": pytest.approx(0.01 + 0.5 + 0.25)}
+    assert tune.concurrency(demand, {"CPU": 2.0}, None) == 2
+    assert tune.concurrency({"CPU": 1.0, "GPU": 1.0}, {"CPU": 64.0, "GPU": 4.0}, None) == 4
+    assert tune.concurrency({"CPU": 4.0}, {"CPU": 2.0}, None) == 1
+    assert tune.concurrency(demand, {"CPU": 2.0}, 5) == 5
+
+
+def test_a_rerun_into_the_same_output_must_sweep_the_same_space(tmp_path):
+    out = storage.normalize_uri(str(tmp_path))
+    cfg = _cfg(space={"filters": [4, 8]})
+    tune.check_spec(out, cfg, resuming=False)
+    tune.check_spec(out, cfg.model_copy(update={"search": tune.SearchConfig(max_concurrent=3)}), resuming=True)
+    with pytest.raises(ConfigError, match="other settings \\(space\\)"):
+        tune.check_spec(out, _cfg(space={"filters": [4, 16]}), resuming=True)
+    tune.check_spec(out, _cfg(space={"filters": [4, 16]}), resuming=False)  # nothing to resume: a new sweep
+
+
+# ---------------------------------------------------------------- results
+
+
+def _history(sdrs: list[float]) -> list[dict]:
+    return [{"epoch": i, "train_loss": 0.1 / (i + 1), "val_loss": 0.2 - 0.01 * s, "val_sdr": s,
+             "val_sdr_mixture": -11.0} for i, s in enumerate(sdrs)]  # fmt: skip
+
+
+def _rows() -> tuple[list[dict], dict]:
+    rows, curves = [], {}
+    specs = [(512, None, 4, [-3.0, -1.0]), (512, 0.9, 8, [-2.0, -2.5]), (1024, None, 8, [0.5, 1.5]),
+             (1024, 0.9, 4, [float("nan")]), (2048, None, 4, [])]  # fmt: skip
+    for i, (n_fft, silence, filters, sdrs) in enumerate(specs):
+        values = {"model": "hourglass", "n_fft": n_fft, "silence": silence, "filters": filters, "levels": 3, "lr": 0.002}
+        label = T.trial_label(values, ["n_fft", "silence", "filters"])
+        rows.append(T.trial_row(f"t{i}", label, "done" if sdrs else "error", values, _history(sdrs), "val_sdr",
+                                hop=n_fft // 4, weights=1000 + i, checkpoint=f"file:///c/t{i}/best"))  # fmt: skip
+        curves[label] = _history(sdrs)
+    return rows, curves
+
+
+def test_rows_table_and_best_trial():
+    rows, _ = _rows()
+    assert rows[0]["best_val_sdr"] == -1.0 and rows[0]["final_val_sdr"] == -1.0 and rows[0]["best_epoch"] == 1
+    assert rows[1]["best_val_sdr"] == -2.0 and rows[1]["final_val_sdr"] == -2.5 and rows[1]["epochs"] == 2
+    assert rows[3]["best_val_sdr"] is None and rows[4]["epochs"] == 0
+    assert T.best_row(rows, "val_sdr")["trial"] == "t2"
+    assert T.best_row(rows, "val_loss")["trial"] == "t2"
+    assert [r["trial"] for r in T.sort_rows(rows, "val_sdr")] == ["t2", "t0", "t1", "t3", "t4"]
+    assert T.best_row([rows[4]], "val_sdr") is None
+    csv_bytes, parquet_bytes = T.table_bytes(rows)
+    lines = list(csv.DictReader(io.StringIO(csv_bytes.decode())))
+    assert list(lines[0]) == list(T.COLUMNS) and len(lines) == 5
+    assert lines[0]["silence"] == "off" and lines[1]["silence"] == "0.9" and lines[3]["best_val_sdr"] == ""
+    table = pq.read_table(io.BytesIO(parquet_bytes)).to_pylist()
+    assert table[1]["silence"] == 0.9 and table[0]["silence"] is None and table[2]["n_fft"] == 1024
+    assert table[2]["checkpoint"] == "file:///c/t2/best"
+
+
+def test_plots_and_report_show_the_comparison(tmp_path):
+    rows, curves = _rows()
+    png = b"\x89PNG\r\n\x1a\n"
+    plots = {"metric_by_nfft.png": T.metric_by_nfft_png(rows, "val_sdr"),
+             "silence_effect.png": T.silence_effect_png(rows, "val_sdr"),
+             "learning_curves.png": T.learning_curves_png(curves, "val_sdr")}  # fmt: skip
+    assert all(p.startswith(png) for p in plots.values())
+    assert T.learning_curves_png(curves, "val_loss").startswith(png)
+    cfg = _cfg(space={"n_fft": [512, 1024, 2048], "silence": [None, 0.9], "filters": [4, 8]})
+    variants = [{"variant": "v1", "n_fft": 512, "hop": 128, "silence": None, "prepared_now": True,
+                 "rows": {"train": 10, "validation": 2}}]  # fmt: skip
+    sections = tune.report_sections(cfg, rows, variants, T.best_row(rows, "val_sdr"), plots, "val_sdr", 12.0)
+    page = R.write_report(str(tmp_path), sections, title="sweep")
+    html = open(storage.local_path(page), encoding="utf-8").read()
+    assert R.missing_files(page) == []
+    for text in ("Best configuration", "fft1024 siloff F8", "metric_by_nfft.png", "Data variants", "5 trials"):
+        assert text in html
