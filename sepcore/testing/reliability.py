@@ -279,6 +279,8 @@ def ray_actor_processes(name: str) -> dict[int, str]:
     from ray._private import ray_constants
 
     node = worker._global_node
+    if node is None:
+        raise RuntimeError("no local Ray started by this process (call ray.init first)")
     raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
     return {pid: cmd for pid, cmd in child_processes(raylet).items() if name in cmd}
 
