@@ -15,8 +15,11 @@ State, in the output:
 * ``stems/<safe name>-<hash>/instrument.<fmt>``, ``rest.<fmt>``: the stems;
 * ``_records/<key>.json``: one record per file, written by the actor as soon as the
   file is finished (``ok`` or ``error``), so a run killed halfway loses no work;
+* ``_started/<key>``: how many times a file was started (by this run and runs killed
+  before their manifest); a worker that dies mid-file is restarted by Ray and the file
+  done again, so ``attempts`` in its row is then 2 or more;
 * ``manifest.parquet``: one row per library file (``ok``, ``error`` or ``skipped``),
-  written last and atomically; the run's records are then removed.
+  written last and atomically; the run's records and start counts are then removed.
 
 A rerun skips a file whose change key (URI, size, mtime or ETag), model id (hash of
 the checkpoint's weights) and settings match a previous ``ok`` (or ``skipped``) row
@@ -56,6 +59,7 @@ log = logging.getLogger("sep.separate")
 
 MANIFEST = "manifest.parquet"
 RECORDS = "_records"
+STARTED = "_started"
 DONE_STATUSES = ("ok", "skipped")
 
 #: Manifest columns, in order. Times are seconds; ``processed_at`` is ISO 8601 UTC.
@@ -88,6 +92,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("processed_at", pa.string()),
         ("run_id", pa.string()),
         ("node", pa.string()),
+        ("attempts", pa.int64()),
     ]
 )
 
@@ -150,8 +155,27 @@ class SeparateConfig(JobConfig):
 # ---------------------------------------------------------------------- state
 
 
+def _key(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()[:24]
+
+
 def _record_uri(output: str, source: str) -> str:
-    return storage.join(output, RECORDS, hashlib.sha256(source.encode()).hexdigest()[:24] + ".json")
+    return storage.join(output, RECORDS, _key(source) + ".json")
+
+
+def _count_start(output: str, source: str) -> int | None:
+    """Count one more start of ``source``; returns the count (1 on the first start).
+
+    Bookkeeping only: when storage fails here the file is still done (count None).
+    """
+    uri = storage.join(output, STARTED, _key(source))
+    try:
+        attempts = 1 + (int(storage.read_text(uri)) if storage.exists(uri) else 0)
+        storage.write_text(uri, str(attempts))
+    except (SepError, ValueError) as exc:
+        log.warning("separate: cannot count the start of %s: %s", source, exc)
+        return None
+    return attempts
 
 
 def read_manifest(output: str) -> list[dict[str, Any]]:
@@ -213,7 +237,8 @@ class Separator:
         source = LibraryFile(row["source"], row["relative"], row["size"], row["version"])
         out = dict(row)
         out.update(model_id=self.model_id, target=self.target, settings=self.settings.key(),
-                   run_id=self.run_id, node=self.node)
+                   run_id=self.run_id, node=self.node,
+                   attempts=_count_start(self.output, source.uri))
         start = time.monotonic()
         limits = self.cfg.decode
         try:
@@ -350,6 +375,7 @@ def run(cfg: SeparateConfig) -> dict[str, Any]:
     manifest = write_manifest(output, ordered)
     for uri in storage.list_files(storage.join(output, RECORDS), suffix=".json"):
         storage.delete(uri)
+    storage.delete(storage.join(output, STARTED), recursive=True)
     counts = {s: sum(r["status"] == s for r in ordered) for s in ("ok", "error", "skipped")}
     cpus = float(ray.cluster_resources().get("CPU", 1))
     xrt = seconds_audio / wall if wall > 0 else 0.0
@@ -369,6 +395,7 @@ def run(cfg: SeparateConfig) -> dict[str, Any]:
         "model_id": model_id,
         "target": target,
         "manifest": manifest,
+        "retried": sum((r.get("attempts") or 1) > 1 for r in ordered if r["status"] != "skipped"),
         "failed": [{"item": r["source"], "error": f"{r['error_class']}: {r['error']}"}
                    for r in ordered if r["status"] == "error"],
     }
