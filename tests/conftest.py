@@ -43,6 +43,21 @@ def demo_data() -> str:
     return demo_dataset(tracks=6, min_seconds=10.0, max_seconds=14.0)
 
 
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """A local Ray for one test module (2 CPUs, no dashboard), shut down after the module.
+
+    Job test modules use it with ``pytestmark = pytest.mark.usefixtures("local_ray")``.
+    """
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 @pytest.fixture
 def ray_in_s3_env(s3_bucket: str) -> Iterator[str]:
     """A fresh bucket, with Ray started inside the S3 environment so workers inherit it."""

@@ -9,7 +9,6 @@ import shutil
 
 import numpy as np
 import pytest
-import ray
 
 from ray_jobs import classify
 from sepcore import checkpoint as ckpt
@@ -19,12 +18,7 @@ from sepcore.audio import read_audio
 from sepcore.classes import CLASSES
 from sepcore.models import build_model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import ray
 from pydantic import Field
 
 from ray_jobs import demo
@@ -15,13 +14,6 @@ from sepcore import report as R
 from sepcore import storage
 from sepcore.config import load_config
 from sepcore.testing.library import make_library
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -22,11 +22,7 @@ from sepcore.models import SMOKE_CONFIGS
 SR = 22050
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 
 
 def _save(folder, name: str, config: dict, meta: dict) -> str:

@@ -10,19 +10,13 @@ from collections import defaultdict
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from ray_jobs import prepare
 from sepcore import storage
 from sepcore.config import load_config
 from sepcore.prepare import decode_column
 
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 
 
 def _args(data: str, out, *extra: str) -> list[str]:

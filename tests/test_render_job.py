@@ -5,18 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import ray
 
 from ray_jobs import render
 from sepcore import slakh, storage
 from sepcore.testing.midi import DEFAULT_PARTS, multitrack_midi
 
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 
 
 @pytest.fixture

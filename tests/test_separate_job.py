@@ -22,11 +22,7 @@ from sepcore.testing.library import FORMATS, add_bad_files, make_library
 N_FFT, HOP, FRAMES = 256, 128, 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

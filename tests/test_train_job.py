@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import ray
 import torch
 
 from ray_jobs import prepare, train
@@ -14,12 +13,7 @@ from sepcore import checkpoint as ckpt
 from sepcore import storage
 from sepcore.models import SMOKE_CONFIGS, build_model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,7 @@ from sepcore import report, storage
 from sepcore.config import load_config
 from sepcore.models import SMOKE_CONFIGS
 
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
