@@ -18,7 +18,6 @@ import mido
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from ray_jobs import prepare, render
 from ray_jobs import separate as job
@@ -36,12 +35,7 @@ from sepcore.testing.reliability import (
     tone_library,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 
 
 def test_separate_reports_each_bad_file_and_does_every_good_one(tmp_path):

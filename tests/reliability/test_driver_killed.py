@@ -35,11 +35,7 @@ from sepcore.testing.reliability import (
 FILES = 30
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 
 
 def test_a_killed_driver_is_finished_by_the_rerun_with_the_same_outputs(tmp_path):

@@ -13,19 +13,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import ray
 
 from ray_jobs import prepare, train
 from sepcore import checkpoint as ckpt
 from sepcore import storage
 from sepcore.models import SMOKE_CONFIGS
 
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import threading
 import time
 
 import pytest
-import ray
 
 from ray_jobs import separate as job
 from sepcore import storage
@@ -34,11 +33,7 @@ from sepcore.testing.reliability import (
 FILES = 50
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 
 
 class Killer(threading.Thread):
