@@ -94,6 +94,11 @@ class Job:
         return 0
 
 
+#: Libraries whose DEBUG records carry request headers (the S3 access key id is in
+#: ``Authorization``): never below INFO, whatever ``SEP_LOG_LEVEL`` says.
+QUIET_LOGGERS = ("botocore", "boto3", "aiobotocore", "s3transfer", "urllib3")
+
+
 def _setup_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(
@@ -101,6 +106,9 @@ def _setup_logging() -> None:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             datefmt="%H:%M:%S",
         )
+    for name in QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.INFO))
 
 
 def init_ray(num_cpus: int | None) -> None:

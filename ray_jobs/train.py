@@ -69,6 +69,9 @@ class OptimConfig(Config):
 class ValidationConfig(Config):
     sdr_tracks: int = Field(3, ge=0, description="validation tracks separated for SDR (separators; 0 = off)")
     metric: Literal["val_loss", "val_sdr"] = Field("val_loss", description="selects the best checkpoint")
+    max_steps: int | None = Field(
+        None, ge=1, description="cap the batches of the validation loss (per worker; the same ones each epoch)"
+    )
 
 
 class ScalingConf(Config):
@@ -332,11 +335,12 @@ def train_loop(config: dict[str, Any]) -> None:
 
     for epoch in range(state["epoch"], opt_cfg["epochs"]):
         tr = run_epoch(task, model, batches("train", True), optimizer, scaler, opt_cfg["max_steps_per_epoch"])
-        va = run_epoch(task, model, batches("validation", False))
+        va = run_epoch(task, model, batches("validation", False), max_steps=config["validation"]["max_steps"])
         metrics = {
             "epoch": epoch, "train_loss": _mean_over_workers(tr, world),
             "val_loss": _mean_over_workers(va, world), "lr": optimizer.param_groups[0]["lr"],
             "samples_per_s": tr["samples"] * world / max(tr["seconds"], 1e-9),
+            "val_samples": va["samples"] * world,
         }  # fmt: skip
         if pairs:
             metrics.update(_sdr(net, pairs, meta, device))

@@ -58,6 +58,19 @@ def local_ray() -> Iterator[None]:
         ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def tiny_shards(local_ray: None, demo_data: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The demo data's guitar prepared small (129-bin STFT, 16-frame chunks), for fast training."""
+    from ray_jobs import prepare
+
+    out = tmp_path_factory.mktemp("shards")
+    args = [f"sources=[{{kind: slakh, uri: '{demo_data}'}}]", f"output={out}", "target=guitar",
+            "features={name: stft, n_fft: 256, hop: 128}", "chunks={frames: 16}",
+            "split={train: 0.5, validation: 0.5, test: 0.0}"]  # fmt: skip
+    assert prepare.main(args) == 0
+    return storage.normalize_uri(str(out))
+
+
 @pytest.fixture
 def ray_in_s3_env(s3_bucket: str) -> Iterator[str]:
     """A fresh bucket, with Ray started inside the S3 environment so workers inherit it."""

@@ -8,23 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from ray_jobs import prepare, train
+from ray_jobs import train
 from sepcore import checkpoint as ckpt
 from sepcore import storage
 from sepcore.models import SMOKE_CONFIGS, build_model
 
 pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
-
-
-@pytest.fixture(scope="module")
-def tiny_shards(demo_data, tmp_path_factory) -> str:
-    """Guitar shards with small STFT chunks (129 bins x 16 frames) for fast training."""
-    out = tmp_path_factory.mktemp("shards")
-    args = [f"sources=[{{kind: slakh, uri: '{demo_data}'}}]", f"output={out}", "target=guitar",
-            "features={name: stft, n_fft: 256, hop: 128}", "chunks={frames: 16}",
-            "split={train: 0.5, validation: 0.5, test: 0.0}"]  # fmt: skip
-    assert prepare.main(args) == 0
-    return storage.normalize_uri(str(out))
 
 
 def _hourglass_args(data: str, out, *extra: str) -> list[str]:
@@ -49,6 +38,7 @@ def test_two_worker_ddp_training_reduces_the_loss(tiny_shards, tmp_path):
     # Training batches differ between epochs; the validation set does not.
     assert history[-1]["val_loss"] < history[0]["val_loss"]
     assert all(np.isfinite(h["val_loss"]) and "val_sdr" in h and "val_sdr_mixture" in h for h in history)
+    assert history[0]["val_samples"] > 16  # every validation row (no validation.max_steps)
     assert (out / train.CURVE_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["epochs"] == 3 and summary["best_checkpoint"].endswith("/best")
@@ -87,8 +77,10 @@ def test_blstm_and_activation_models_train(tiny_shards, tmp_path, name):
     out = tmp_path / name
     config = {"blstm": {"hidden": 16, "layers": 2}, "activation_cnn": {"filters": [4, 4, 8]}}[name]
     args = [f"data={tiny_shards}", f"output={out}", f"model.name={name}", f"model.config={json.dumps(config)}",
-            "optim={epochs: 1, batch_size: 8, max_steps_per_epoch: 4}", "validation={sdr_tracks: 1}"]  # fmt: skip
+            "optim={epochs: 1, batch_size: 8, max_steps_per_epoch: 4}",
+            "validation={sdr_tracks: 1, max_steps: 2}"]  # fmt: skip
     assert train.main(args) == 0
+    assert _history(out)[0]["val_samples"] == 16  # 2 validation batches of 8
     model, meta = ckpt.load_model(str(out))
     assert meta["model"]["name"] == name
     x = torch.rand(2, 1, 129, 16)

@@ -3,6 +3,7 @@
 * :func:`tiny_checkpoint` saves an untrained small hourglass the way ``sep train``
   saves one, so separation costs little;
 * :func:`tone_library` writes N short WAVs (tones and noise) fast;
+* :func:`tiny_sweep_config` writes a ``sep tune`` config that runs in seconds;
 * :func:`bad_inputs` writes the corpus of problem files a nightly job meets: empty,
   truncated, wrong extension, not audio, a header claiming thousands of channels,
   NaN/Inf samples, an Ogg stream without its end, 6 channels, long, too long, and
@@ -42,6 +43,36 @@ def tiny_checkpoint(directory: str, target: str = "guitar", seed: int = 0) -> st
             "feature": {"name": "stft", "n_fft": N_FFT, "hop": HOP}, "frames": FRAMES}  # fmt: skip
     checkpoint.save(directory, model, meta)
     return directory
+
+
+def tiny_sweep_config(path: str, data: str, output: str, variants: str, **extra: Any) -> str:
+    """Write a tiny ``sep tune`` config to ``path`` and return it.
+
+    129-bin STFT chunks of 16 frames of the guitar in ``data``, a smoke-size hourglass,
+    one data variant and 2 trials (filters 4 and 8) of 1 epoch of 2 steps; ``extra``
+    replaces top-level keys (``space``, ``search``, ``train`` ...).
+    """
+    import yaml
+
+    from sepcore.models import SMOKE_CONFIGS
+
+    tree = {
+        "output": output, "variants": variants,
+        "prepare": {"sources": [{"kind": "slakh", "uri": data}], "target": "guitar",
+                    "features": {"name": "stft", "n_fft": 512, "hop": 128}, "chunks": {"frames": 16},
+                    "outputs": ["target"], "split": {"train": 0.5, "validation": 0.5, "test": 0.0}},
+        "train": {"model": {"name": "hourglass", "config": SMOKE_CONFIGS["hourglass"]},
+                  "optim": {"epochs": 1, "batch_size": 8, "lr": 0.003, "max_steps_per_epoch": 2},
+                  "validation": {"sdr_tracks": 1, "metric": "val_sdr"},
+                  "scaling": {"num_workers": 1, "cpus_per_worker": 0.5, "threads": 1}},
+        "space": {"n_fft": [256], "silence": ["off"], "filters": [4, 8]}, "hop_fraction": 0.5,
+        "search": {"algorithm": "grid", "max_concurrent": 2},
+        "scheduler": {"name": "asha", "grace_period": 1},
+        **extra,
+    }  # fmt: skip
+    with open(path, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(tree, fh)
+    return path
 
 
 def tone(seconds: float, rate: int = 22050, channels: int = 1, seed: int = 0) -> np.ndarray:

@@ -14,22 +14,12 @@ import json
 
 import pytest
 
-from ray_jobs import prepare, train
+from ray_jobs import train
 from sepcore import checkpoint as ckpt
 from sepcore import storage
 from sepcore.models import SMOKE_CONFIGS
 
 pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
-
-
-@pytest.fixture(scope="module")
-def tiny_shards(demo_data, tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("shards")
-    args = [f"sources=[{{kind: slakh, uri: '{demo_data}'}}]", f"output={out}", "target=guitar",
-            "features={name: stft, n_fft: 256, hop: 128}", "chunks={frames: 16}",
-            "split={train: 0.5, validation: 0.5, test: 0.0}"]  # fmt: skip
-    assert prepare.main(args) == 0
-    return storage.normalize_uri(str(out))
 
 
 def _args(data: str, out: str, epochs: int) -> list[str]:

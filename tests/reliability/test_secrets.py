@@ -3,10 +3,12 @@
 ``python -m ray_jobs.separate`` runs as its own process, with its own local Ray (whose
 session folder, logs included, goes below a temporary ``RAY_TMPDIR``), against the
 loopback S3 server with recognisable fake credentials (moto accepts any). One file
-is made to fail so the error paths log too. Pass: neither the access key id nor the
-secret appears in the job's stdout or stderr, in any file of Ray's session folder
-(driver, worker, raylet and GCS logs), or in any object the job wrote to the bucket
-(stems, manifest, records, config.yaml, summary.json).
+is made to fail so the error paths log too, and the log level is DEBUG (botocore's
+DEBUG records would carry the signed request headers, access key id included).
+Pass: neither the access key id nor the secret appears in the job's stdout or
+stderr, in any file of Ray's session folder (driver, worker, raylet and GCS logs), or
+in any object the job wrote to the bucket (stems, manifest, records, config.yaml,
+summary.json).
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def test_fake_credentials_appear_in_no_log_and_no_output(s3_server, s3_bucket, t
             env[name] = value
     ray_tmp = tempfile.mkdtemp(prefix="sep-rs-", dir="/tmp")  # short: Ray's socket paths
     env.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY,
-               RAY_TMPDIR=ray_tmp, SEP_FAULTS="decode_raise:*song 002*")  # fmt: skip
+               RAY_TMPDIR=ray_tmp, SEP_FAULTS="decode_raise:*song 002*",
+               SEP_LOG_LEVEL="DEBUG")  # fmt: skip
     try:
         proc = subprocess.run(
             job_command("separate", f"library={storage.join(bucket, 'music')}", f"output={out}",
