@@ -371,7 +371,7 @@ def _summary(manifest, markers, errors, listing_errors, skipped_done, cfg) -> di
     ok = [m for m in markers if m["status"] == "ok"]
     rows = sum(s["rows"] for s in manifest["shards"])
     failed = errors + [{"item": "listing", "error": e} for e in listing_errors]
-    total = len(markers) + len(errors)
+    total = len(markers) + len(errors) + len(listing_errors)  # a track that could not be listed counts
     summary: dict[str, Any] = {
         "counts": {
             "tracks": total, "prepared": len(ok), "skipped": len(manifest["skipped"]),

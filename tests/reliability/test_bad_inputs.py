@@ -127,6 +127,8 @@ def test_prepare_reports_malformed_metadata_and_missing_stems(demo_data, tmp_pat
     assert list(failed) == [f"slakh:{missing}"], failed
     assert f"{missing}/stems/{gone.stem_id}" in failed[f"slakh:{missing}"]
     assert "missing" in failed[f"slakh:{missing}"]
+    # the 2 tracks that could not be listed count among the tracks, for max_failed_fraction too
+    assert summary["counts"]["tracks"] == len(tracks) and summary["counts"]["failed"] == 3
 
     dataset = json.loads((out / "dataset.json").read_text())
     prepared = {s["uri"].rsplit("/", 1)[-1].split("-")[0] for s in dataset["shards"]}
