@@ -234,9 +234,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
 
 def finish(output: str, metric: str) -> dict[str, Any]:
     """Copy the best complete checkpoint to ``best/``, write metrics and the loss curve."""
-    runs = storage.join(output, "runs")
-    folders = sorted({u.rsplit("/", 1)[0] for u in storage.list_files(runs, suffix="/" + ckpt.META_FILE)})
-    complete = [(f, ckpt.read_meta(f)) for f in folders if ckpt.is_complete(f)]
+    complete = ckpt.complete_checkpoints(storage.join(output, "runs"))
     if not complete:
         raise SepError(f"{output}: training wrote no complete checkpoint")
     sign = -1.0 if metric == "val_sdr" else 1.0
@@ -260,6 +258,14 @@ def finish(output: str, metric: str) -> dict[str, Any]:
         "best_checkpoint": storage.join(output, ckpt.BEST),
         "failed": [],
     }
+
+
+def read_history(output: str) -> list[dict[str, Any]]:
+    """The per-epoch metrics of a training output (``metrics.jsonl``); [] before it is written."""
+    uri = storage.join(storage.normalize_uri(output), METRICS_FILE)
+    if not storage.exists(uri):
+        return []
+    return [json.loads(line) for line in storage.read_text(uri).splitlines() if line.strip()]
 
 
 def loss_curve_png(history: list[dict[str, Any]]) -> bytes:

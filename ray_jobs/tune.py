@@ -377,18 +377,11 @@ def run_trial(point: dict[str, Any], sweep: dict[str, Any]) -> None:
         fit_trial(tcfg, sweep["read_cpus"], [_epoch_report_callback()])
         trained = _latest_epoch(out) != before
     result = train.finish(out, tcfg.validation.metric)
-    history = _history(out)
+    history = train.read_history(out)
     if not trained and history:  # finished before (a rerun): tell Tune its result, train nothing
         ray.tune.report({**history[-1], "epochs": len(history)})
     storage.write_text(marker, json.dumps({**record, "status": "done", "finished": _now(),
                                            "best_checkpoint": result["best_checkpoint"]}, indent=1))  # fmt: skip
-
-
-def _history(out: str) -> list[dict[str, Any]]:
-    uri = storage.join(out, train.METRICS_FILE)
-    if not storage.exists(uri):
-        return []
-    return [json.loads(line) for line in storage.read_text(uri).splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------------- the sweep
@@ -557,7 +550,7 @@ def collect(cfg: TuneConfig, output: str, grid: Any) -> tuple[list[dict[str, Any
         best = record.get("best_checkpoint")
         if record["status"] != "done" and _has_checkpoint(out):
             best = train.finish(out, metric)["best_checkpoint"]  # ended by the scheduler: best/ now
-        history = _history(out)
+        history = train.read_history(out)
         status = _status(record["status"], state, history, tcfg)
         if status == "done" and record["status"] != "done":  # ended by the scheduler at its last epoch
             storage.write_text(marker, json.dumps({**record, "status": "done", "best_checkpoint": best}, indent=1))

@@ -109,17 +109,18 @@ def resolve(uri: str) -> str:
     raise CheckpointError(uri, f"no complete checkpoint here or in {BEST}/ (is training finished?)")
 
 
+def complete_checkpoints(root: str) -> list[tuple[str, dict[str, Any]]]:
+    """``(folder, meta)`` of every complete checkpoint below ``root`` (not ``best/``), by folder."""
+    folders = sorted({u.rsplit("/", 1)[0] for u in storage.list_files(root, suffix="/" + META_FILE)})
+    return [(f, read_meta(f)) for f in folders if not re.search(rf"/{BEST}$", f) and is_complete(f)]
+
+
 def find_latest(root: str) -> str | None:
     """The complete checkpoint with the highest epoch below ``root`` (None if none)."""
-    folders = {u.rsplit("/", 1)[0] for u in storage.list_files(root, suffix="/" + META_FILE)}
-    best: tuple[int, str] | None = None
-    for folder in folders:
-        if re.search(rf"/{BEST}$", folder) or not is_complete(folder):
-            continue
-        epoch = int(read_meta(folder).get("epoch", -1))
-        if best is None or epoch > best[0]:
-            best = (epoch, folder)
-    return best[1] if best else None
+    found = complete_checkpoints(root)
+    if not found:
+        return None
+    return max(found, key=lambda item: int(item[1].get("epoch", -1)))[0]
 
 
 def load_state(directory: str, device: str | torch.device = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:

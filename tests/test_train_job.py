@@ -24,8 +24,7 @@ def _hourglass_args(data: str, out, *extra: str) -> list[str]:
 
 
 def _history(out) -> list[dict]:
-    text = storage.read_text(storage.join(storage.normalize_uri(str(out)), train.METRICS_FILE))
-    return [json.loads(line) for line in text.splitlines()]
+    return train.read_history(str(out))
 
 
 def test_two_worker_ddp_training_reduces_the_loss(tiny_shards, tmp_path):

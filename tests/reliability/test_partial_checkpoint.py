@@ -59,8 +59,7 @@ def test_half_written_checkpoints_are_never_resumed_from(tiny_shards, tmp_path):
     # The rerun continues at epoch 1 from the real checkpoint (a planted epoch 7 or 9
     # would leave nothing to train for 2 epochs, or crash on loading).
     assert train.main(_args(tiny_shards, out, 2)) == 0
-    history = [json.loads(line) for line in storage.read_text(storage.join(out, train.METRICS_FILE)).splitlines()]
-    assert [h["epoch"] for h in history] == [0, 1]
+    assert [h["epoch"] for h in train.read_history(out)] == [0, 1]
     latest = ckpt.find_latest(runs)
     assert latest not in (real, None) and ckpt.read_meta(latest)["epoch"] == 1
     summary = json.loads(storage.read_text(storage.join(out, "summary.json")))
