@@ -29,13 +29,24 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 
-# Reinstall only when the dependency declarations change.
+# Reinstall only when the dependency declarations or the lock change. The lock
+# (requirements.lock, refreshed by `make lock`) holds the exact versions CI tested, so a
+# fresh machine gets the same set; the package itself goes on top without resolving again.
 STAMP=.venv/.sep-installed
-WANT=$(cat pyproject.toml constraints.txt | sha1sum | cut -d' ' -f1)
+WANT=$(cat pyproject.toml requirements.lock | sha1sum | cut -d' ' -f1)
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-    echo "setup: installing Python packages (a few minutes the first time)"
-    .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]" 2>&1 \
-        | grep -v "is ignored: it is neither a file nor a directory" || true
-    .venv/bin/python -c "import sepcore, ray_jobs, ray, torch" # fail here, not later
+    echo "setup: installing Python packages from requirements.lock (a few minutes the first time)"
+    set +e
+    {
+        .venv/bin/pip install -q --disable-pip-version-check -r requirements.lock \
+            && .venv/bin/pip install -q --disable-pip-version-check --no-deps -e ".[dev]"
+    } 2>&1 | grep -v "is ignored: it is neither a file nor a directory"
+    status=${PIPESTATUS[0]}
+    set -e
+    if [ "$status" -ne 0 ]; then
+        echo "setup: error: pip failed (exit $status)" >&2
+        exit 1
+    fi
+    .venv/bin/python -c "import sepcore, ray_jobs, ray, torch, pytest_timeout" # fail here, not later
     echo "$WANT" > "$STAMP"
 fi

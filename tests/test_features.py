@@ -117,7 +117,8 @@ def test_silent_input_gives_finite_floor(name: str) -> None:
     feature = make_feature(name)
     out = feature(np.zeros((2, 2 * feature.sample_rate), dtype=np.float32))
     assert np.isfinite(out).all()
-    assert np.all(out == (0.0 if name == "stft" else -100.0))
+    # The dB floor is 10 log10 of 1e-10 in float32 (-100.00001 under numpy 2.4): not exact.
+    np.testing.assert_allclose(out, 0.0 if name == "stft" else -100.0, rtol=0, atol=1e-3)
 
 
 def test_rejects_wrong_waveform_shape() -> None:

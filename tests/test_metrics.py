@@ -73,6 +73,35 @@ def test_shapes_and_bad_values_raise():
         bss_eval(refs, est, backend="museval")  # type: ignore[arg-type]
 
 
+def test_fast_backend_survives_torch_thread_settings(capfd, monkeypatch):
+    """The fast backend's solves stay out of torch's OpenMP team (sepcore.metrics docstring).
+
+    Once ``torch.set_num_threads`` has been called (a worker, a test fixture),
+    ``torch.linalg.solve`` on a batch runs MKL's LU in nested OpenMP teams: MKL printed
+    "Parameter 6 was incorrect on entry to DLASWP", the solve raised (the call fell back
+    to mir_eval) or livelocked. Deterministic: it failed on every call.
+    """
+    import torch
+
+    import sepcore.metrics as M
+
+    def no_fallback(ref, est):
+        raise AssertionError("the fast backend fell back to mir_eval")
+
+    refs, est = tones_and_noise(1.0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # two threads even on one core: the nesting needs a team
+    try:
+        monkeypatch.setattr(M, "_mir_eval", no_fallback)
+        scores = windowed_bss_eval(refs, est, SR, window_s=0.5, hop_s=0.5)  # 2 windows
+        assert torch.get_num_threads() == 2  # no thread setting changed behind the caller
+    finally:
+        torch.set_num_threads(before)
+    out, err = capfd.readouterr()
+    assert "MKL ERROR" not in out + err
+    assert np.isfinite(scores["sdr_windows"]).all() and scores["sdr_windows"].shape == (2, 2)
+
+
 # --------------------------------------------------------------------------- silence
 
 
