@@ -25,6 +25,8 @@ server (MinIO, Ceph, a test server on loopback).
 from __future__ import annotations
 
 import contextlib
+import errno
+import heapq
 import os
 import posixpath
 import re
@@ -171,20 +173,104 @@ def exists(uri: str) -> bool:
         raise _wrap(uri, exc) from exc
 
 
+def _local_files(path: str) -> list[tuple[str, os.stat_result]]:
+    """``(path, stat)`` of the regular files below a local ``path``, following links.
+
+    Symbolic links are followed (``stat`` describes the target); broken links and
+    link loops are skipped. Each folder is walked once, identified by
+    ``(st_dev, st_ino)``, and each file is listed once, under one of its paths:
+
+    * a path that crosses no symbolic link is always listed (hard links stay
+      separate files, as they always were);
+    * a path that crosses a link is listed only when the file it reaches is not
+      listed in place already; of several such paths to one file (or folder), the
+      one that crosses the fewest links wins, then the first in name order, compared
+      folder by folder.
+
+    So a library that links one album folder twice, or links a song that is also
+    present in place, lists that audio once (the ``separate`` job processes it once),
+    and a file in place keeps its own name whatever links are added or removed
+    around it. A missing ``path`` (or a broken link) lists as empty; a ``path`` that
+    is a file lists as itself. Entries that are neither files nor folders (FIFOs,
+    sockets, devices) are left out. A folder below ``path`` that cannot be read is
+    left out, as it always was; ``path`` itself unreadable raises
+    :class:`StorageError`.
+    """
+    try:
+        top = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return []
+        raise _wrap(_to_uri("file", path), exc) from exc
+    if stat.S_ISREG(top.st_mode):
+        return [(path, top)]
+    if not stat.S_ISDIR(top.st_mode):
+        return []
+    # Best-first walk: a path's key (links crossed, path parts) is larger than its
+    # folder's, so each folder is first met by its smallest key and walked then.
+    heap: list[tuple[int, tuple[str, ...], str]] = [(0, (), path)]
+    walked: set[tuple[int, int]] = set()
+    plain: list[tuple[str, os.stat_result]] = []
+    linked: dict[tuple[int, int], tuple[tuple[int, tuple[str, ...]], str, os.stat_result]] = {}
+    while heap:
+        links, parts, folder = heapq.heappop(heap)
+        try:
+            here = os.stat(folder)
+            if (here.st_dev, here.st_ino) in walked:
+                continue  # met before by a smaller key: a link loop or a second link
+            walked.add((here.st_dev, here.st_ino))
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as exc:
+            if not parts and not isinstance(exc, FileNotFoundError | NotADirectoryError):
+                raise _wrap(_to_uri("file", folder), exc) from exc
+            continue  # deleted while walking, or unreadable below the top (as before)
+        for entry in entries:
+            try:
+                st = entry.stat()  # follows links
+            except OSError:
+                continue  # a broken link, a link loop, a target we may not read
+            crossed = links + entry.is_symlink()
+            key = (crossed, (*parts, entry.name))
+            if stat.S_ISDIR(st.st_mode):
+                heapq.heappush(heap, (crossed, key[1], entry.path))
+            elif not stat.S_ISREG(st.st_mode) or is_temporary(entry.name):
+                continue  # not a file, or a write in progress
+            elif not crossed:
+                plain.append((entry.path, st))
+            else:
+                ident = (st.st_dev, st.st_ino)
+                if ident not in linked or key < linked[ident][0]:
+                    linked[ident] = (key, entry.path, st)
+    listed = {(st.st_dev, st.st_ino) for _, st in plain}
+    return plain + [(p, st) for ident, (_, p, st) in linked.items() if ident not in listed]
+
+
+def _local_version(st: os.stat_result) -> str:
+    return f"{st.st_mtime_ns}-{st.st_ino}"
+
+
 def list_files(uri: str, suffix: str | None = None) -> list[str]:
     """All committed objects below ``uri`` (recursive), sorted, as URIs.
 
     Temporary objects of writes in progress are never listed. A missing prefix
-    lists as empty.
+    lists as empty. Local folders follow symbolic links (files and folders), each
+    file listed once; see :func:`_local_files` for which path a file reached twice
+    is listed under. Broken links are skipped.
     """
     norm = normalize_uri(uri)
-    fs, path = filesystem(norm)
-    try:
-        found = fs.find(path)
-    except FileNotFoundError:
-        return []
-    except Exception as exc:
-        raise _wrap(uri, exc) from exc
+    if is_local(norm):
+        found = [p for p, _ in _local_files(local_path(norm))]
+    else:
+        fs, path = filesystem(norm)
+        try:
+            found = fs.find(path)
+        except FileNotFoundError:
+            return []
+        except Exception as exc:
+            raise _wrap(uri, exc) from exc
     sch = scheme(norm)
     out = []
     for p in found:
@@ -210,7 +296,7 @@ def info(uri: str) -> dict[str, Any]:
             raise _wrap(uri, exc) from exc
         if not stat.S_ISREG(st.st_mode):
             raise StorageError(uri, "not a file")
-        return {"size": int(st.st_size), "version": f"{st.st_mtime_ns}-{st.st_ino}"}
+        return {"size": int(st.st_size), "version": _local_version(st)}
     fs, path = filesystem(norm)
     try:
         meta = fs.info(path)
@@ -227,9 +313,26 @@ def list_info(uri: str, suffixes: tuple[str, ...] | None = None) -> list[dict[st
 
     Rows ``{"uri", "size", "version"}``, sorted by URI; ``suffixes`` filters names
     case-insensitively (``(".wav", ".flac")``). The version is the same tag as
-    :func:`info` gives, so either can be compared with the other.
+    :func:`info` gives, so either can be compared with the other. Local folders
+    follow symbolic links as :func:`list_files` does; a linked file has its target's
+    size and version.
     """
     norm = normalize_uri(uri)
+    sch = scheme(norm)
+    wanted = tuple(s.lower() for s in suffixes) if suffixes else None
+
+    def keep(p: str) -> bool:
+        return not is_temporary(p) and not (wanted and not p.lower().endswith(wanted))
+
+    if is_local(norm):
+        return sorted(
+            (
+                {"uri": _to_uri(sch, p), "size": int(st.st_size), "version": _local_version(st)}
+                for p, st in _local_files(local_path(norm))
+                if keep(p)
+            ),
+            key=lambda r: r["uri"],
+        )
     fs, path = filesystem(norm)
     try:
         found = fs.find(path, detail=True)
@@ -237,19 +340,17 @@ def list_info(uri: str, suffixes: tuple[str, ...] | None = None) -> list[dict[st
         return []
     except Exception as exc:
         raise _wrap(uri, exc) from exc
-    sch = scheme(norm)
-    wanted = tuple(s.lower() for s in suffixes) if suffixes else None
     rows = []
     for p, meta in found.items():
-        if is_temporary(p) or (wanted and not p.lower().endswith(wanted)):
-            continue
-        full = _to_uri(sch, p)
-        if is_local(norm):
-            rows.append({"uri": full, **info(full)})
+        if not keep(p):
             continue
         version = meta.get("ETag") or meta.get("etag") or meta.get("LastModified", "")
         rows.append(
-            {"uri": full, "size": int(meta.get("size") or 0), "version": str(version).strip('"')}
+            {
+                "uri": _to_uri(sch, p),
+                "size": int(meta.get("size") or 0),
+                "version": str(version).strip('"'),
+            }
         )
     return sorted(rows, key=lambda r: r["uri"])
 

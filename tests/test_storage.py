@@ -273,6 +273,85 @@ def test_info_of_a_folder_is_an_error(storage_root):
     assert folder in str(err.value)
 
 
+# ---------------------------------------------------------------- symbolic links (local)
+
+
+def _tree(root, files: dict[str, bytes], links: dict[str, str]) -> str:
+    """Files and symbolic links (name -> target, relative to the link) below ``root``."""
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    for name, target in links.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, root / name)
+    return storage.normalize_uri(str(root / "lib"))
+
+
+def _names(root: str, uris: list[str]) -> list[str]:
+    return [u[len(root) + 1 :] for u in uris]
+
+
+def test_local_listing_follows_links_to_folders_and_files(tmp_path):
+    lib = _tree(
+        tmp_path,
+        {"lib/in place.wav": b"a", "elsewhere/album/1.wav": b"bb", "elsewhere/album/cd/2.flac": b"ccc",
+         "elsewhere/solo.wav": b"dddd"},
+        {"lib/album": "../elsewhere/album", "lib/solo.wav": "../elsewhere/solo.wav"},
+    )  # fmt: skip
+    expected = ["album/1.wav", "album/cd/2.flac", "in place.wav", "solo.wav"]
+    assert _names(lib, storage.list_files(lib)) == expected
+    assert _names(lib, storage.list_files(lib, suffix=".flac")) == ["album/cd/2.flac"]
+    rows = storage.list_info(lib)
+    assert _names(lib, [r["uri"] for r in rows]) == expected
+    assert [r["size"] for r in rows] == [2, 3, 1, 4]  # the targets' sizes
+    for row in rows:  # the same version tag as info(), through the link
+        assert {"uri": row["uri"], **storage.info(row["uri"])} == row
+    linked = storage.join(lib, "album")  # a listing that starts at a link
+    assert _names(linked, storage.list_files(linked)) == ["1.wav", "cd/2.flac"]
+    assert _names(lib, [r["uri"] for r in storage.list_info(lib, (".WAV",))]) == [
+        "album/1.wav", "in place.wav", "solo.wav"
+    ]  # fmt: skip
+
+
+def test_local_listing_survives_link_loops(tmp_path):
+    lib = _tree(
+        tmp_path,
+        {"lib/a/1.wav": b"1", "lib/b/2.wav": b"2"},
+        {"lib/a/up": "..", "lib/a/top": str(tmp_path / "lib"), "lib/b/self": "self",
+         "lib/b/ping": "pong", "lib/b/pong": "ping"},
+    )  # fmt: skip
+    assert _names(lib, storage.list_files(lib)) == ["a/1.wav", "b/2.wav"]
+    assert _names(lib, [r["uri"] for r in storage.list_info(lib)]) == ["a/1.wav", "b/2.wav"]
+
+
+def test_local_listing_lists_a_file_reached_twice_once(tmp_path):
+    lib = _tree(
+        tmp_path,
+        {"lib/real/x.wav": b"x", "elsewhere/album/y.wav": b"y", "elsewhere/album/sub/z.wav": b"z"},
+        {"lib/mirror": "../elsewhere/album", "lib/album": "../elsewhere/album",
+         "lib/deep/er/album": "../../../elsewhere/album", "lib/best/x.wav": "../real/x.wav",
+         "lib/best/y.wav": "../../elsewhere/album/y.wav", "lib/a_real": "real"},
+    )  # fmt: skip
+    os.link(tmp_path / "lib/real/x.wav", tmp_path / "lib/real/hard.wav")
+    # A file in place keeps its own path (hard links stay two files); of the paths
+    # through links, the one with the fewest links wins, then the first by name.
+    expected = ["album/sub/z.wav", "album/y.wav", "real/hard.wav", "real/x.wav"]
+    assert _names(lib, storage.list_files(lib)) == expected
+    assert _names(lib, [r["uri"] for r in storage.list_info(lib)]) == expected
+
+
+def test_local_listing_skips_broken_links(tmp_path):
+    lib = _tree(
+        tmp_path,
+        {"lib/ok.wav": b"ok"},
+        {"lib/gone.wav": "../nowhere.wav", "lib/gone folder": "../nowhere", "dangling": "nowhere"},
+    )
+    assert _names(lib, storage.list_files(lib)) == ["ok.wav"]
+    assert _names(lib, [r["uri"] for r in storage.list_info(lib)]) == ["ok.wav"]
+    dangling = storage.normalize_uri(str(tmp_path / "dangling"))
+    assert storage.list_files(dangling) == [] and storage.list_info(dangling) == []
+
+
 def test_other_writers_are_seen_at_once(storage_root):
     """No listing cache: objects written or removed elsewhere show up immediately."""
     uri = storage.join(storage_root, "shared/new.txt")
