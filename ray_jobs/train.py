@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 import tempfile
 import time
@@ -31,16 +30,21 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ray_jobs.common import Job, JobConfig
+from ray_jobs.common import Job, JobConfig, setup_logging
 from sepcore import checkpoint as ckpt
+from sepcore import report as R
 from sepcore import storage
-from sepcore.config import Config
+from sepcore.config import Config, changed_keys, to_plain
 from sepcore.errors import ConfigError, SepError
 
 log = logging.getLogger("sep.train")
 
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "loss_curve.png"
+#: Settings that may change when a run is continued (raising optim.epochs is how it is
+#: continued); any other difference from the checkpoints' settings is refused.
+RESUMABLE_CHANGES = ("optim.epochs", "optim.early_stopping_patience", "scaling.*", "max_failures",
+                     "keep_checkpoints", "num_cpus", "output", "resume")  # fmt: skip
 
 
 class ModelConfig(Config):
@@ -70,8 +74,15 @@ class ValidationConfig(Config):
     sdr_tracks: int = Field(3, ge=0, description="validation tracks separated for SDR (separators; 0 = off)")
     metric: Literal["val_loss", "val_sdr"] = Field("val_loss", description="selects the best checkpoint")
     max_steps: int | None = Field(
-        None, ge=1, description="cap the batches of the validation loss (per worker; the same ones each epoch)"
+        None, ge=1, description="measure the validation loss on the first max_steps x batch_size x workers "
+        "rows of the validation split (in shard order): the same rows every epoch"
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> ValidationConfig:
+        if self.metric == "val_sdr" and self.sdr_tracks == 0:
+            raise ValueError("metric val_sdr needs sdr_tracks > 0 (with no SDR tracks there is no val_sdr)")
+        return self
 
 
 class ScalingConf(Config):
@@ -93,6 +104,9 @@ class TrainConfig(JobConfig):
     keep_checkpoints: int = Field(3, ge=1, description="best checkpoints kept")
     max_failures: int = Field(1, ge=0, description="worker failures recovered automatically")
     seed: int = Field(0)
+    resume: bool = Field(
+        True, description="continue the run already in output (same settings); false: discard it and start fresh"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -134,6 +148,7 @@ def model_meta(cfg: TrainConfig, manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def inference_meta(cfg: TrainConfig, manifest: dict[str, Any], mmeta: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint carries besides the weights, ``settings`` (the training config) included."""
     from sepcore.training import TASK_OF_MODEL
 
     return {
@@ -146,21 +161,112 @@ def inference_meta(cfg: TrainConfig, manifest: dict[str, Any], mmeta: dict[str, 
         "feature": manifest["feature"],
         "frames": manifest["frames"],
         "data": storage.normalize_uri(cfg.data),
+        "settings": run_settings(cfg),
     }
 
 
-def _parquet_dataset(uris: list[str]):
+def run_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as saved with every checkpoint (URIs normalised), to check a resume against."""
+    plain = to_plain(cfg)
+    return {**plain, "data": storage.normalize_uri(cfg.data), "output": storage.normalize_uri(cfg.output)}
+
+
+def check_resume(cfg: TrainConfig, latest: str) -> None:
+    """Refuse to continue the run in ``latest``'s output with other settings (exit status 2)."""
+    saved = ckpt.read_meta(latest).get("settings")
+    if saved is None:  # written before checkpoints carried their settings
+        log.warning("train: %s does not record its settings; resuming without checking them", latest)
+        return
+    diff = changed_keys(saved, run_settings(cfg), RESUMABLE_CHANGES)
+    if diff:
+        raise ConfigError(
+            "output", f"{storage.normalize_uri(cfg.output)} holds a training run with other settings "
+            f"({', '.join(diff)}); use a new output, or resume=false to discard that run"
+        )
+
+
+def shard_dataset(uris: list[str], shuffle: bool, read_cpus: float = 1.0) -> Any:
+    """The rows of prepared shards as a Ray Dataset, one read task of ``read_cpus`` CPUs per shard.
+
+    Shards keep the manifest's order (``shuffle``: random block order, for training).
+    Reads go through :mod:`sepcore.storage`, so any URI works.
+    """
     import ray
 
     if not uris:
         raise ConfigError("data", "the train or validation split has no shards (too few tracks?)")
-    if storage.is_local(uris[0]):
-        return ray.data.read_parquet([storage.local_path(u) for u in uris], shuffle="files")
-    import pyarrow.fs as pafs
+    ds = ray.data.from_items([{"uri": u} for u in uris], override_num_blocks=len(uris))
+    if shuffle:
+        ds = ds.randomize_block_order()
+    return ds.map_batches(_read_shards, batch_size=1, batch_format="numpy", num_cpus=read_cpus)
 
-    fs, _ = storage.filesystem(uris[0])
-    return ray.data.read_parquet([u[len("s3://"):] for u in uris], shuffle="files",
-                                 filesystem=pafs.PyFileSystem(pafs.FSSpecHandler(fs)))  # fmt: skip
+
+def _read_shards(batch: dict[str, Any]) -> Any:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pa.concat_tables([pq.read_table(io.BytesIO(storage.read_bytes(str(u)))) for u in batch["uri"]])
+
+
+def build_datasets(cfg: TrainConfig, manifest: dict[str, Any], read_cpus: float = 1.0) -> dict[str, Any]:
+    """``train`` (shuffled shards) and ``validation`` (fixed order; capped by ``validation.max_steps``)."""
+    uris = {s: [sh["uri"] for sh in manifest["shards"] if sh["split"] == s] for s in ("train", "validation")}
+    datasets = {split: shard_dataset(u, shuffle=split == "train", read_cpus=read_cpus) for split, u in uris.items()}
+    cap = cfg.validation.max_steps
+    if cap is not None:
+        datasets["validation"] = datasets["validation"].limit(cap * cfg.optim.batch_size * cfg.scaling.num_workers)
+    return datasets
+
+
+def data_config() -> Any:
+    """Both splits are sharded over the workers; validation is read in order (a fixed subset when capped)."""
+    import ray.train
+
+    ordered = ray.train.DataConfig.default_ingest_options()
+    ordered.preserve_order = True
+    return ray.train.DataConfig(datasets_to_split=["train", "validation"], execution_options={"validation": ordered})
+
+
+def build_trainer(cfg: TrainConfig, read_cpus: float = 1.0, callbacks: list[Any] | None = None) -> Any:
+    """The TorchTrainer of a training config (train and tune): datasets, loop config, resume point."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from sepcore.selection import metric_mode
+
+    output = storage.normalize_uri(cfg.output)
+    manifest = read_manifest(cfg.data)
+    mmeta = model_meta(cfg, manifest)
+    meta = inference_meta(cfg, manifest, mmeta)
+    if cfg.validation.metric == "val_sdr" and manifest["target"] == "random_mix":
+        raise ConfigError("validation.metric", "val_sdr needs an instrument target; this data is random_mix")
+    latest = ckpt.find_latest(storage.join(output, "runs"))
+    if latest:
+        log.info("train: resuming from %s (epoch %d)", latest, ckpt.read_meta(latest)["epoch"])
+    s, metric = cfg.scaling, cfg.validation.metric
+    loop_config = {
+        "meta": meta, "optim": cfg.optim.model_dump(), "validation": cfg.validation.model_dump(),
+        "shapes": manifest["shapes"], "dtype": manifest["dtype"], "seed": cfg.seed,
+        "threads": s.threads or max(1, round(s.cpus_per_worker)), "output": output,
+        "val_tracks": validation_tracks(manifest, cfg.validation.sdr_tracks) if meta["task"] == "separator" else [],
+        "resume_from": latest,
+    }  # fmt: skip
+    resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
+    return TorchTrainer(
+        train_loop, train_loop_config=loop_config, datasets=build_datasets(cfg, manifest, read_cpus),
+        dataset_config=data_config(),
+        scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=f"run-{int(time.time())}", **storage_args(output), callbacks=callbacks or [],
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute=metric,
+                checkpoint_score_order=metric_mode(metric)),
+        ),
+    )  # fmt: skip
 
 
 def validation_tracks(manifest: dict[str, Any], count: int) -> list:
@@ -187,69 +293,43 @@ def storage_args(output: str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- driver
 
+#: What a fresh start (``resume=false``) discards of an earlier run in the output.
+RUN_OUTPUTS = ("runs", ckpt.BEST, METRICS_FILE, CURVE_FILE)
+
 
 def run(cfg: TrainConfig) -> dict[str, Any]:
     import ray.train
-    from ray.train.torch import TorchTrainer
 
     output = storage.normalize_uri(cfg.output)
-    manifest = read_manifest(cfg.data)
-    mmeta = model_meta(cfg, manifest)
-    meta = inference_meta(cfg, manifest, mmeta)
-    splits = {s: [sh["uri"] for sh in manifest["shards"] if sh["split"] == s] for s in ("train", "validation")}
-    datasets = {name: _parquet_dataset(uris) for name, uris in splits.items()}
+    if not cfg.resume:
+        for name in RUN_OUTPUTS:
+            storage.delete(storage.join(output, name), recursive=True)
     latest = ckpt.find_latest(storage.join(output, "runs"))
     if latest:
-        log.info("train: resuming from %s (epoch %d)", latest, ckpt.read_meta(latest)["epoch"])
-    task_is_separator = meta["task"] == "separator"
-    loop_config = {
-        "meta": meta, "optim": cfg.optim.model_dump(), "validation": cfg.validation.model_dump(),
-        "shapes": manifest["shapes"], "dtype": manifest["dtype"], "seed": cfg.seed,
-        "threads": cfg.scaling.threads or max(1, round(cfg.scaling.cpus_per_worker)), "output": output,
-        "val_tracks": validation_tracks(manifest, cfg.validation.sdr_tracks) if task_is_separator else [],
-        "resume_from": latest,
-    }  # fmt: skip
-    s = cfg.scaling
-    resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
-    metric = cfg.validation.metric
-    trainer = TorchTrainer(
-        train_loop, train_loop_config=loop_config, datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train", "validation"]),
-        scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
-                                               resources_per_worker=resources),
-        run_config=ray.train.RunConfig(
-            name=f"run-{int(time.time())}", **storage_args(output),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute=metric,
-                checkpoint_score_order="max" if metric == "val_sdr" else "min"),
-        ),
-    )  # fmt: skip
+        check_resume(cfg, latest)
+    trainer = build_trainer(cfg)
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as exc:
         raise SepError(f"{output}: training failed after {cfg.max_failures} recoveries: {exc}") from exc
-    return finish(output, metric)
+    return finish(output, cfg.validation.metric)
 
 
 def finish(output: str, metric: str) -> dict[str, Any]:
     """Copy the best complete checkpoint to ``best/``, write metrics and the loss curve."""
+    from sepcore.selection import best_of
+
     complete = ckpt.complete_checkpoints(storage.join(output, "runs"))
     if not complete:
         raise SepError(f"{output}: training wrote no complete checkpoint")
-    sign = -1.0 if metric == "val_sdr" else 1.0
-
-    def score(item: tuple[str, dict]) -> float:
-        value = item[1]["metrics"].get(metric)
-        return sign * value if value is not None and math.isfinite(value) else math.inf
-
-    best_dir, best_meta = min(complete, key=score)
-    latest_meta = max(complete, key=lambda item: item[1]["epoch"])[1]
+    by_epoch = sorted(complete, key=lambda item: item[1]["epoch"])
+    best_dir, best_meta = best_of(by_epoch, metric, lambda item: item[1]["metrics"].get(metric)) or by_epoch[-1]
+    latest_meta = by_epoch[-1][1]
     for name in (ckpt.MODEL_FILE, ckpt.META_FILE):  # meta last: best/ is complete or absent
         storage.write_bytes(storage.join(output, ckpt.BEST, name), storage.read_bytes(storage.join(best_dir, name)))
     history = latest_meta["history"]
-    storage.write_text(storage.join(output, METRICS_FILE), "".join(json.dumps(h) + "\n" for h in history))
-    storage.write_bytes(storage.join(output, CURVE_FILE), loss_curve_png(history))
+    write_history(output, history)
+    storage.write_bytes(storage.join(output, CURVE_FILE), R.loss_curve_png(history))
     last = history[-1]
     figures = {k: round(v, 4) for k, v in last.items() if isinstance(v, float)}
     return {
@@ -260,45 +340,17 @@ def finish(output: str, metric: str) -> dict[str, Any]:
     }
 
 
+def write_history(output: str, history: list[dict[str, Any]]) -> None:
+    """``metrics.jsonl``: one line per finished epoch (rewritten whole, atomically)."""
+    storage.write_text(storage.join(output, METRICS_FILE), "".join(json.dumps(h) + "\n" for h in history))
+
+
 def read_history(output: str) -> list[dict[str, Any]]:
     """The per-epoch metrics of a training output (``metrics.jsonl``); [] before it is written."""
     uri = storage.join(storage.normalize_uri(output), METRICS_FILE)
     if not storage.exists(uri):
         return []
     return [json.loads(line) for line in storage.read_text(uri).splitlines() if line.strip()]
-
-
-def loss_curve_png(history: list[dict[str, Any]]) -> bytes:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    has_sdr = any("val_sdr" in h for h in history)
-    fig, axes = plt.subplots(1, 2 if has_sdr else 1, figsize=(10 if has_sdr else 5.5, 3.8), squeeze=False)
-    ax = axes[0][0]
-    ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
-    ax.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title("loss")
-    ax.legend()
-    if has_sdr:
-        ax = axes[0][1]
-        ax.plot(epochs, [h.get("val_sdr") for h in history], marker="o", label="model")
-        ax.plot(epochs, [h.get("val_sdr_mixture") for h in history], linestyle="--", label="mixture as estimate")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("median SDR (dB)")
-        ax.set_title("validation SDR of the target")
-        ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
 
 
 # ---------------------------------------------------------------- per-worker loop
@@ -310,24 +362,21 @@ def train_loop(config: dict[str, Any]) -> None:
     import torch
     from ray.train.torch import get_device, prepare_model
 
-    from sepcore.training import columns_for, decode_batch, run_epoch
+    from sepcore.training import build_for_training, columns_for, decode_batch, run_epoch
 
+    setup_logging()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(config["seed"] + rank)
     torch.set_num_threads(config["threads"])
     meta, opt_cfg = config["meta"], config["optim"]
     device = get_device()
-    net = ckpt.build(meta["model"])
-    optimizer = torch.optim.Adam(net.parameters(), lr=opt_cfg["lr"], weight_decay=opt_cfg["weight_decay"])
-    scheduler = None
-    if opt_cfg["scheduler"] == "plateau":
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, factor=opt_cfg["plateau_factor"], patience=opt_cfg["plateau_patience"],
-            min_lr=opt_cfg["min_lr"])  # fmt: skip
-    state = _restore(net, optimizer, scheduler, config["resume_from"])
-    model = prepare_model(net)
-    scaler = torch.amp.GradScaler("cuda") if opt_cfg["amp"] and device.type == "cuda" else None
+    saved, state = _resume_point(config["resume_from"])
+    # Placed on the device before the optimizer is built and its state loaded (see build_for_training).
+    net, optimizer, scheduler, scaler = build_for_training(
+        meta["model"], opt_cfg, lambda m: m.to(device), saved,
+        scaler_device="cuda" if opt_cfg["amp"] and device.type == "cuda" else None)  # fmt: skip
+    model = prepare_model(net, move_to_device=False)
     task = meta["task"]
     columns = columns_for(task)
     pairs = _validation_pairs(config["val_tracks"], meta) if rank == 0 else []
@@ -339,28 +388,38 @@ def train_loop(config: dict[str, Any]) -> None:
                                     local_shuffle_buffer_size=bs * 16 if shuffle else None):  # fmt: skip
             yield decode_batch(b, config["shapes"], config["dtype"], columns, device)
 
+    metric = config["validation"]["metric"]
     for epoch in range(state["epoch"], opt_cfg["epochs"]):
         tr = run_epoch(task, model, batches("train", True), optimizer, scaler, opt_cfg["max_steps_per_epoch"])
-        va = run_epoch(task, model, batches("validation", False), max_steps=config["validation"]["max_steps"])
-        metrics = {
-            "epoch": epoch, "train_loss": _mean_over_workers(tr, world),
-            "val_loss": _mean_over_workers(va, world), "lr": optimizer.param_groups[0]["lr"],
-            "samples_per_s": tr["samples"] * world / max(tr["seconds"], 1e-9),
-            "val_samples": va["samples"] * world,
-        }  # fmt: skip
+        va = run_epoch(task, model, batches("validation", False))  # validation.max_steps: the dataset is capped
+        metrics = {"epoch": epoch, **_sum_over_workers(tr, va, world), "lr": optimizer.param_groups[0]["lr"]}
         if pairs:
             metrics.update(_sdr(net, pairs, meta, device))
         if scheduler is not None:
             scheduler.step(metrics["val_loss"])
-        state = _update_progress(state, metrics, config["validation"]["metric"])
+        state = _update_progress(state, metrics, metric)
         stop = _broadcast_flag(state["stale"] >= opt_cfg["early_stopping_patience"], world)
-        _report(net, optimizer, scheduler, meta, metrics, state, epoch, rank)
+        if rank == 0:  # before the checkpoint: a killed run keeps its history (a resume rewrites it)
+            write_history(config["output"], state["history"])
+        _report(net, (optimizer, scheduler, scaler), meta, metrics, state, epoch, rank)
+        if rank == 0:
+            log.info("train epoch %d/%d: %s%s", epoch + 1, opt_cfg["epochs"], _epoch_line(metrics),
+                     " (early stop)" if stop else "")  # fmt: skip
         if stop:
             break
 
 
-def _restore(net, optimizer, scheduler, resume_from: str | None) -> dict[str, Any]:
-    """Load the latest state: Ray's (after a worker failure) or the rerun's ``resume_from``."""
+def _epoch_line(metrics: dict[str, Any]) -> str:
+    parts = [f"{k} {metrics[k]:.4g}" for k in ("train_loss", "val_loss", "val_sdr") if k in metrics]
+    return ", ".join(parts) + f", {metrics['samples_per_s']:.1f} samples/s"
+
+
+def _resume_point(resume_from: str | None) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The saved state to restore and the progress to continue from.
+
+    Ray's checkpoint after a worker failure (``max_failures``), else the rerun's
+    ``resume_from``, else nothing (a fresh start).
+    """
     import ray.train
 
     state: dict[str, Any] = {"epoch": 0, "history": [], "best": None, "stale": 0}
@@ -371,36 +430,33 @@ def _restore(net, optimizer, scheduler, resume_from: str | None) -> dict[str, An
     elif resume_from:
         meta, saved = ckpt.load_state(resume_from)
     else:
-        return state
-    net.load_state_dict(saved["state_dict"])
-    opt = saved.get("optimizer") or {}
-    if opt.get("optimizer"):
-        optimizer.load_state_dict(opt["optimizer"])
-    if scheduler is not None and opt.get("scheduler"):
-        scheduler.load_state_dict(opt["scheduler"])
+        return None, state
     progress = meta.get("progress", {})
-    return {"epoch": saved["epoch"] + 1, "history": meta.get("history", []),
-            "best": progress.get("best"), "stale": progress.get("stale", 0)}  # fmt: skip
+    return saved, {"epoch": saved["epoch"] + 1, "history": meta.get("history", []),
+                   "best": progress.get("best"), "stale": progress.get("stale", 0)}  # fmt: skip
 
 
 def _update_progress(state: dict[str, Any], metrics: dict[str, Any], metric: str) -> dict[str, Any]:
+    from sepcore.selection import is_better
+
     value = metrics.get(metric, metrics["val_loss"])
-    better = state["best"] is None or (value > state["best"] if metric == "val_sdr" else value < state["best"])
+    better = is_better(metric, value, state["best"])
     return {"epoch": metrics["epoch"] + 1, "history": [*state["history"], metrics],
             "best": value if better else state["best"], "stale": 0 if better else state["stale"] + 1}  # fmt: skip
 
 
-def _report(net, optimizer, scheduler, meta, metrics, state, epoch: int, rank: int) -> None:
+def _report(net, trainers: tuple, meta, metrics, state, epoch: int, rank: int) -> None:
+    """Report the epoch to Ray Train, with rank 0's checkpoint (weights, optimizer, scheduler, scaler)."""
     import ray.train
+
+    from sepcore.training import training_state
 
     with tempfile.TemporaryDirectory(prefix="sep-ckpt-") as folder:
         checkpoint = None
         if rank == 0:
             full = {**meta, "metrics": metrics, "history": state["history"],
                     "progress": {"best": state["best"], "stale": state["stale"]}}  # fmt: skip
-            opt_state = {"optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict() if scheduler is not None else None}  # fmt: skip
-            ckpt.save(folder, net, full, opt_state, epoch)
+            ckpt.save(folder, net, full, training_state(*trainers), epoch)
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -429,15 +485,25 @@ def _sdr(net, pairs, meta, device) -> dict[str, float]:
     return separation_sdr(net, pairs, meta["sample_rate"], f["n_fft"], f["hop"], meta["frames"], device)
 
 
-def _mean_over_workers(stats: dict[str, float], world: int) -> float:
-    if world == 1:
-        return stats["loss"]
-    import torch
-    import torch.distributed as dist
+def _sum_over_workers(tr: dict[str, float], va: dict[str, float], world: int) -> dict[str, Any]:
+    """Epoch figures over all workers: each worker's own counts, summed (all-reduce).
 
-    t = torch.tensor([stats["loss"] * stats["samples"], stats["samples"]], dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t[0] / max(t[1], 1.0))
+    Losses are sample-weighted means; ``samples_per_s`` is the train samples of all
+    workers over the slowest worker's time.
+    """
+    t = [tr["loss"] * tr["samples"], tr["samples"], va["loss"] * va["samples"], va["samples"]]
+    seconds = tr["seconds"]
+    if world > 1:
+        import torch
+        import torch.distributed as dist
+
+        summed = torch.tensor(t, dtype=torch.float64)
+        dist.all_reduce(summed)
+        slowest = torch.tensor([seconds], dtype=torch.float64)
+        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+        t, seconds = summed.tolist(), float(slowest.item())
+    return {"train_loss": t[0] / max(t[1], 1.0), "val_loss": t[2] / max(t[3], 1.0),
+            "samples_per_s": t[1] / max(seconds, 1e-9), "train_samples": int(t[1]), "val_samples": int(t[3])}  # fmt: skip
 
 
 def _broadcast_flag(flag: bool, world: int) -> bool:

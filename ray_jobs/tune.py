@@ -43,7 +43,7 @@ from sepcore import checkpoint as ckpt
 from sepcore import report as R
 from sepcore import storage
 from sepcore import tuning as T
-from sepcore.config import Config
+from sepcore.config import Config, changed_keys
 from sepcore.errors import ConfigError, SepError
 
 log = logging.getLogger("sep.tune")
@@ -147,11 +147,8 @@ class TuneConfig(JobConfig):
             if tcfg.model.name not in SEPARATORS:
                 raise ValueError(f"train.model.name: tune sweeps separators {SEPARATORS}, not {tcfg.model.name}")
         tcfg = validate_train(self.train)
-        if tcfg.validation.metric == "val_sdr":
-            if tcfg.validation.sdr_tracks == 0:
-                raise ValueError("train.validation.metric val_sdr needs train.validation.sdr_tracks > 0")
-            if self.prepare.get("target") == "random_mix":
-                raise ValueError("train.validation.metric val_sdr needs an instrument target; use val_loss")
+        if tcfg.validation.metric == "val_sdr" and self.prepare.get("target") == "random_mix":
+            raise ValueError("train.validation.metric val_sdr needs an instrument target; use val_loss")
         return self
 
 
@@ -267,66 +264,9 @@ def _epoch_report_callback() -> Any:
     return EpochReport()
 
 
-def _read_shards(batch: dict[str, Any]) -> Any:
-    import io
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    return pa.concat_tables([pq.read_table(io.BytesIO(storage.read_bytes(str(u)))) for u in batch["uri"]])
-
-
-def shard_dataset(uris: list[str], read_cpus: float, shuffle: bool) -> Any:
-    """The rows of prepared shards as a Ray Dataset, read by tasks of ``read_cpus`` CPUs.
-
-    (``ray.data.read_parquet`` lists files in a task that needs a whole CPU, which
-    concurrent trials sharing two cores cannot always get.)
-    """
-    import ray
-
-    if not uris:
-        raise ConfigError("data", "the train or validation split has no shards (too few tracks?)")
-    ds = ray.data.from_items([{"uri": u} for u in uris], override_num_blocks=len(uris))
-    if shuffle:
-        ds = ds.randomize_block_order()
-    return ds.map_batches(_read_shards, batch_size=1, batch_format="numpy", num_cpus=read_cpus)
-
-
 def fit_trial(tcfg: train.TrainConfig, read_cpus: float, callbacks: list[Any]) -> None:
-    """Train ``tcfg`` with the train job's loop in a TorchTrainer; resumes from the latest checkpoint."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    output = storage.normalize_uri(tcfg.output)
-    manifest = train.read_manifest(tcfg.data)
-    mmeta = train.model_meta(tcfg, manifest)
-    meta = train.inference_meta(tcfg, manifest, mmeta)
-    datasets = {split: shard_dataset([sh["uri"] for sh in manifest["shards"] if sh["split"] == split],
-                                     read_cpus, shuffle=split == "train")
-                for split in ("train", "validation")}  # fmt: skip
-    latest = ckpt.find_latest(storage.join(output, "runs"))
-    s, metric = tcfg.scaling, tcfg.validation.metric
-    loop_config = {
-        "meta": meta, "optim": tcfg.optim.model_dump(), "validation": tcfg.validation.model_dump(),
-        "shapes": manifest["shapes"], "dtype": manifest["dtype"], "seed": tcfg.seed,
-        "threads": s.threads or max(1, round(s.cpus_per_worker)), "output": output,
-        "val_tracks": train.validation_tracks(manifest, tcfg.validation.sdr_tracks), "resume_from": latest,
-    }  # fmt: skip
-    resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
-    trainer = TorchTrainer(
-        train.train_loop, train_loop_config=loop_config, datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train", "validation"]),
-        scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
-                                               resources_per_worker=resources),
-        run_config=ray.train.RunConfig(
-            name=f"run-{int(time.time())}", **train.storage_args(output), callbacks=callbacks,
-            failure_config=ray.train.FailureConfig(max_failures=tcfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=tcfg.keep_checkpoints, checkpoint_score_attribute=metric,
-                checkpoint_score_order="max" if metric == "val_sdr" else "min"),
-        ),
-    )  # fmt: skip
-    trainer.fit()
+    """Train ``tcfg`` with the train job's trainer; resumes from the latest checkpoint."""
+    train.build_trainer(tcfg, read_cpus, callbacks).fit()
 
 
 def _latest_epoch(output: str) -> int:
@@ -462,8 +402,8 @@ def check_spec(output: str, cfg: TuneConfig, resuming: bool) -> None:
     wanted = json.loads(json.dumps(_spec(cfg)))
     if resuming and storage.exists(uri):
         found = json.loads(storage.read_text(uri))
-        if found != wanted:
-            diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+        diff = changed_keys(found, wanted)
+        if diff:
             raise ConfigError("output", f"{output} holds a sweep with other settings ({', '.join(diff)}); "
                                         "use a new output")  # fmt: skip
         return

@@ -126,3 +126,29 @@ def describe(cls: type[Config], prefix: str = "") -> list[str]:
 def to_plain(cfg: Config) -> dict[str, Any]:
     """The resolved configuration as plain data (for summary.json and config.yaml)."""
     return cfg.model_dump(mode="json")
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists and scalars are leaves."""
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def changed_keys(found: dict[str, Any], wanted: dict[str, Any], may_differ: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys whose values differ between two plain settings trees, sorted.
+
+    ``may_differ`` names keys left out of the comparison: ``"optim.epochs"`` (that key),
+    ``"scaling.*"`` (everything below ``scaling``). A key present on one side only counts
+    as a difference. This is the one check behind every "this output holds other
+    settings" refusal (prepare, train, tune).
+    """
+
+    def allowed(key: str) -> bool:
+        return any(key == p or (p.endswith(".*") and key.startswith(p[:-1])) for p in may_differ)
+
+    a, b = _flatten(found), _flatten(wanted)
+    return sorted(k for k in set(a) | set(b) if a.get(k, ...) != b.get(k, ...) and not allowed(k))

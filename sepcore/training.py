@@ -15,7 +15,7 @@ Tasks:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,47 @@ from torch import nn
 from sepcore.models.losses import activation_bce, masked_l1
 
 TASK_OF_MODEL = {"hourglass": "separator", "blstm": "separator", "activation_cnn": "activation"}
+def build_for_training(model_meta: dict[str, Any], optim: dict[str, Any],
+                       place: Callable[[nn.Module], nn.Module], saved: dict[str, Any] | None = None,
+                       scaler_device: str | None = None) -> tuple[nn.Module, Any, Any, Any]:  # fmt: skip
+    """Model, optimizer, LR scheduler and AMP scaler, restored from ``saved`` when given.
+
+    The order matters: the model is placed first (``place``: moved to its device, or
+    cast), then the optimizer is built on the placed parameters and only then is its
+    state loaded, so Adam's moments end up on the parameters' device and dtype
+    (``Optimizer.load_state_dict`` casts them to the parameters it holds).
+    ``saved`` is the state of a checkpoint's ``model.pt`` (:func:`sepcore.checkpoint.load_state`):
+    ``state_dict``, and ``optimizer`` = ``{"optimizer", "scheduler", "scaler"}``.
+    ``scaler_device``: a ``torch.amp.GradScaler`` for that device (None: no AMP scaler).
+    """
+    from sepcore.checkpoint import build
+
+    net = build(model_meta)
+    if saved is not None:
+        net.load_state_dict(saved["state_dict"])
+    net = place(net)
+    optimizer = torch.optim.Adam(net.parameters(), lr=optim["lr"], weight_decay=optim["weight_decay"])
+    scheduler = None
+    if optim["scheduler"] == "plateau":
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=optim["plateau_factor"], patience=optim["plateau_patience"],
+            min_lr=optim["min_lr"])  # fmt: skip
+    scaler = torch.amp.GradScaler(scaler_device) if scaler_device else None
+    opt = (saved or {}).get("optimizer") or {}
+    if opt.get("optimizer"):
+        optimizer.load_state_dict(opt["optimizer"])
+    if scheduler is not None and opt.get("scheduler"):
+        scheduler.load_state_dict(opt["scheduler"])
+    if scaler is not None and opt.get("scaler"):
+        scaler.load_state_dict(opt["scaler"])
+    return net, optimizer, scheduler, scaler
+
+
+def training_state(optimizer: Any, scheduler: Any, scaler: Any) -> dict[str, Any]:
+    """What a checkpoint saves beside the weights to resume exactly (see :func:`build_for_training`)."""
+    return {"optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None}  # fmt: skip
 
 
 def decode_batch(batch: dict[str, Any], shapes: dict[str, Sequence[int]], dtype: str,

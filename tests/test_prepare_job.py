@@ -41,7 +41,7 @@ def _read_shards(manifest: dict) -> list[dict]:
     return rows
 
 
-def test_guitar_target_shards_schema_splits_and_resume(demo_data, tmp_path):
+def test_guitar_target_shards_schema_splits_and_resume(demo_data, tmp_path, capsys):
     out = tmp_path / "shards"
     args = _args(demo_data, out, "outputs=[target, irm, ibm, activations]",
                  "split={train: 0.5, validation: 0.25, test: 0.25}")  # fmt: skip
@@ -79,8 +79,9 @@ def test_guitar_target_shards_schema_splits_and_resume(demo_data, tmp_path):
     assert again["done_before"] == 6 and again["rows"] == counts["rows"]
     assert [os.stat(p).st_mtime_ns for p in shard_files] == mtimes
 
-    # Other parameters into the same output are refused.
-    assert prepare.main([*args, "features.n_fft=1024", "features.hop=256"]) == 1
+    # Other parameters into the same output are refused as a configuration error.
+    assert prepare.main([*args, "features.n_fft=1024", "features.hop=256"]) == 2
+    assert "other parameters (feature.hop, feature.n_fft)" in capsys.readouterr().err
 
 
 def test_corrupt_stem_skips_track_with_reason(demo_data, tmp_path):
@@ -159,3 +160,32 @@ def test_curated_folders_with_manual_flags(demo_data, tmp_path):
                storage.list_files(storage.join(storage.normalize_uri(str(out)), "_done")))}  # fmt: skip
     assert sorted(e.split("/")[0] for e in markers["stems:Track00001"]["excluded"]) == ["bass", "drums"]
     assert not any(e.startswith("mix") for m in markers.values() for e in m.get("excluded", []))
+
+
+def test_a_track_that_hangs_is_failed_at_its_time_limit(demo_data, tmp_path, monkeypatch):
+    import time
+
+    import ray
+
+    out = tmp_path / "out"
+    # Ray workers read SEP_FAULTS from the environment they start with.
+    monkeypatch.setenv("SEP_FAULTS", "item_hang:*Track00002")
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        start = time.monotonic()
+        args = _args(demo_data, out, "features={name: stft, n_fft: 256, hop: 128}", "chunks={frames: 16}",
+                     "item_timeout_s=6", "max_failed_fraction=1")  # fmt: skip
+        assert prepare.main(args) == 0
+        wall = time.monotonic() - start
+    finally:
+        monkeypatch.delenv("SEP_FAULTS")
+        ray.shutdown()
+        ray.init(num_cpus=2, include_dashboard=False)
+    summary = _json(out, "summary.json")
+    assert summary["failed"] == [{"item": "slakh:Track00002", "error": "slakh:Track00002: no result within 6 s "
+                                  "(time limit per item, key item_timeout_s); its worker process was ended"}]  # fmt: skip
+    counts = summary["counts"]
+    assert counts["tracks"] == 6 and counts["prepared"] + counts["skipped"] == 5
+    assert not (out / "_timeouts").exists()
+    assert wall < 60, wall

@@ -37,7 +37,11 @@ def test_two_worker_ddp_training_reduces_the_loss(tiny_shards, tmp_path):
     # Training batches differ between epochs; the validation set does not.
     assert history[-1]["val_loss"] < history[0]["val_loss"]
     assert all(np.isfinite(h["val_loss"]) and "val_sdr" in h and "val_sdr_mixture" in h for h in history)
-    assert history[0]["val_samples"] > 16  # every validation row (no validation.max_steps)
+    # Every validation row once: each worker counts its own rows and the counts are summed;
+    # an equal split over 2 workers may drop one row.
+    rows = json.loads(storage.read_text(storage.join(tiny_shards, "dataset.json")))["rows_per_split"]
+    assert all(rows["validation"] - 1 <= h["val_samples"] <= rows["validation"] for h in history)
+    assert all(h["train_samples"] == 2 * 6 * 8 for h in history)  # 2 workers x 6 steps x batch 8
     assert (out / train.CURVE_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["epochs"] == 3 and summary["best_checkpoint"].endswith("/best")
@@ -53,22 +57,77 @@ def test_two_worker_ddp_training_reduces_the_loss(tiny_shards, tmp_path):
     assert np.abs(parts["instrument"] + parts["rest"] - audio).max() < 1e-4
 
 
-def test_resume_continues_at_the_next_epoch(tiny_shards, tmp_path):
+def _adam_steps(checkpoint: str) -> set[float]:
+    state = ckpt.load_state(checkpoint)[1]["optimizer"]["optimizer"]["state"]
+    return {float(s["step"]) for s in state.values()}
+
+
+def test_resume_continues_the_run_and_refuses_other_settings(tiny_shards, tmp_path, capsys):
+    # A model without batch norm and a learning rate too small to change a float32 weight:
+    # the model stays the same, so the capped validation loss is the same in every epoch
+    # exactly when the same validation rows are measured each time.
     out = tmp_path / "resume"
-    assert train.main(_hourglass_args(tiny_shards, out, "optim.epochs=1")) == 0
+    args = [f"data={tiny_shards}", f"output={out}", "model.name=activation_cnn", "model.config={filters: [4, 4, 8]}",
+            "optim={batch_size: 8, lr: 1.0e-12, max_steps_per_epoch: 6}", "validation={sdr_tracks: 0, max_steps: 1}"]
+    assert train.main([*args, "optim.epochs=1"]) == 0
     first = _history(out)
     assert [h["epoch"] for h in first] == [0]
-    # Started again with more epochs: epoch 0 is not trained again.
-    assert train.main(_hourglass_args(tiny_shards, out, "optim.epochs=2")) == 0
+    # Started again with more epochs: epoch 0 is not trained again, the optimizer goes on.
+    assert train.main([*args, "optim.epochs=3"]) == 0
     second = _history(out)
-    assert [h["epoch"] for h in second] == [0, 1]
+    assert [h["epoch"] for h in second] == [0, 1, 2]
     assert second[0] == first[0]
-    runs = {u.rsplit("/", 2)[0] for u in storage.list_files(storage.join(storage.normalize_uri(str(out)), "runs"),
-                                                            suffix="/meta.json")}  # fmt: skip
-    epochs_per_run = sorted(sorted(ckpt.read_meta(f)["epoch"] for f in
-                                   {u.rsplit("/", 1)[0] for u in storage.list_files(r, suffix="/meta.json")})
-                            for r in runs)  # fmt: skip
-    assert epochs_per_run == [[0], [1]]
+    by_epoch = {meta["epoch"]: folder for folder, meta in ckpt.complete_checkpoints(storage.join(
+        storage.normalize_uri(str(out)), "runs"))}  # fmt: skip
+    assert sorted(by_epoch) == [0, 1, 2]
+    assert [_adam_steps(by_epoch[e]) for e in (0, 1, 2)] == [{6.0}, {12.0}, {18.0}]  # 6 steps per epoch
+    assert all(h["val_samples"] == 8 for h in second)  # max_steps 1 x batch 8 x 1 worker
+    assert second[1]["val_loss"] == pytest.approx(second[0]["val_loss"], rel=1e-6)
+    assert second[2]["val_loss"] == pytest.approx(second[0]["val_loss"], rel=1e-6)
+
+    # Other settings into the same output: refused, naming the keys; nothing trained.
+    assert train.main([*args, "optim.epochs=4", "optim.lr=0.01"]) == 2
+    assert "other settings (optim.lr)" in capsys.readouterr().err
+    assert [h["epoch"] for h in _history(out)] == [0, 1, 2]
+
+    # resume=false starts afresh: the earlier run's checkpoints and history are gone.
+    assert train.main([*args, "optim.epochs=1", "optim.lr=0.01", "resume=false"]) == 0
+    assert [h["epoch"] for h in _history(out)] == [0]
+    fresh = ckpt.complete_checkpoints(storage.join(storage.normalize_uri(str(out)), "runs"))
+    assert [meta["epoch"] for _, meta in fresh] == [0] and _adam_steps(fresh[0][0]) == {6.0}
+
+
+def test_each_row_goes_to_one_worker(tiny_shards, tmp_path):
+    """The datasets and sharding the train job uses: no row read twice in an epoch."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    folder = tmp_path / "keys"
+    folder.mkdir()
+
+    def loop(config):
+        ctx = ray.train.get_context()
+        keys = []
+        for split in ("train", "validation"):
+            for b in ray.train.get_dataset_shard(split).iter_batches(batch_size=8, batch_format="numpy"):
+                keys += [[split, str(t), int(c)] for t, c in zip(b["track_id"], b["chunk"], strict=True)]
+        with open(f"{config['folder']}/{ctx.get_world_rank()}.json", "w") as fh:
+            json.dump(keys, fh)
+
+    cfg = train.TrainConfig(data=tiny_shards, output=str(tmp_path / "o"))
+    manifest = train.read_manifest(tiny_shards)
+    TorchTrainer(loop, train_loop_config={"folder": str(folder)},
+                 datasets=train.build_datasets(cfg, manifest, read_cpus=0.25), dataset_config=train.data_config(),
+                 scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+                 run_config=ray.train.RunConfig(storage_path=str(tmp_path / "runs"))).fit()  # fmt: skip
+    per_rank = [[tuple(k) for k in json.loads((folder / f"{r}.json").read_text())] for r in (0, 1)]
+    for split, count in manifest["rows_per_split"].items():
+        if split not in ("train", "validation"):
+            continue
+        seen = [k for keys in per_rank for k in keys if k[0] == split]
+        assert len(seen) == len(set(seen))  # no row twice
+        assert count - 1 <= len(seen) <= count  # an equal split may drop up to (workers - 1) rows
+        assert all(any(k[0] == split for k in keys) for keys in per_rank)  # both workers got rows
 
 
 @pytest.mark.parametrize("name", ["blstm", "activation_cnn"])
@@ -88,7 +147,7 @@ def test_blstm_and_activation_models_train(tiny_shards, tmp_path, name):
 
 
 def test_wrong_data_for_the_model_is_a_clear_error(tmp_path, capsys):
-    assert train.main([f"data={tmp_path}", f"output={tmp_path / 'o'}"]) == 1
+    assert train.main([f"data={tmp_path}", f"output={tmp_path / 'o'}"]) == 2
     assert "prepare it first" in capsys.readouterr().err
 
 

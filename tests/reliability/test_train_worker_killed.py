@@ -46,9 +46,10 @@ def _registered_epoch(runs: str) -> int | None:
 class Killer(threading.Thread):
     """Kills the training worker once epoch 0's checkpoint is registered; then watches."""
 
-    def __init__(self, runs: str):
+    def __init__(self, runs: str, output: str):
         super().__init__(daemon=True)
-        self.runs = runs
+        self.runs, self.output = runs, output
+        self.history_at_kill: list[dict] | None = None
         self.victim: int | None = None
         self.epoch_at_kill: int | None = None
         self.successors: set[int] = set()
@@ -60,6 +61,7 @@ class Killer(threading.Thread):
                 epoch = _registered_epoch(self.runs)
                 workers = ray_actor_processes(WORKER)
                 if epoch is not None and workers:
+                    self.history_at_kill = train.read_history(self.output)
                     self.victim = min(workers)
                     os.kill(self.victim, signal.SIGKILL)
                     self.epoch_at_kill = _registered_epoch(self.runs)
@@ -71,7 +73,7 @@ class Killer(threading.Thread):
 def test_a_killed_training_worker_resumes_from_its_last_checkpoint(tiny_shards, tmp_path):
     out = storage.normalize_uri(str(tmp_path / "train"))
     runs = storage.local_path(storage.join(out, "runs"))
-    killer = Killer(runs)
+    killer = Killer(runs, out)
     killer.start()
     try:
         code = train.main([f"data={tiny_shards}", f"output={out}", "model.name=hourglass",
@@ -84,6 +86,7 @@ def test_a_killed_training_worker_resumes_from_its_last_checkpoint(tiny_shards, 
         killer.join()
     assert killer.victim is not None, "no training worker was found to kill"
     assert killer.epoch_at_kill == 0, f"killed after epoch {killer.epoch_at_kill}, not during epoch 1"
+    assert [h["epoch"] for h in killer.history_at_kill or []] == [0]  # metrics.jsonl grows as epochs end
     assert code == 0
     assert killer.successors, "no new training worker took over"
 
