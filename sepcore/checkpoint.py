@@ -4,10 +4,11 @@ A checkpoint is a folder with
 
 * ``model.pt``: ``{"state_dict", "optimizer", "epoch"}`` (torch.save);
 * ``meta.json``: the model (registry name and constructor arguments), the task, the
-  feature parameters (sample rate, n_fft, hop, frames, channels), the target class,
-  the epoch and its metrics, and the size and SHA-256 of ``model.pt``. It is written
-  last: a folder whose ``meta.json`` is missing or does not match ``model.pt`` is
-  incomplete and is never loaded.
+  feature parameters (sample rate, n_fft, hop, frames, channels: the count the model
+  takes, see :func:`load_model`), the target class, the epoch and its metrics, and
+  the size and SHA-256 of ``model.pt``. It is written last: a folder whose
+  ``meta.json`` is missing or does not match ``model.pt`` is incomplete and is never
+  loaded.
 
 A training job's output holds ``best/`` (the best checkpoint by the validation metric)
 and ``runs/.../checkpoint_*`` folders; :func:`resolve` accepts either the output
@@ -46,12 +47,20 @@ class LogMagnitude(nn.Module):
     """Input compression in front of a mask model: ``log1p(magnitude)``.
 
     Shape: any -> same. The mask the wrapped model returns still applies to the
-    linear magnitude.
+    linear magnitude. ``in_channels`` is the wrapped model's channel count, so the
+    separation's channel rule sees through the wrapper.
     """
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+
+    @property
+    def in_channels(self) -> int | None:
+        """Channels the wrapped model takes (:func:`sepcore.separation.model_channels`)."""
+        from sepcore.separation import model_channels
+
+        return model_channels(self.model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(torch.log1p(x))
@@ -134,12 +143,25 @@ def load_state(directory: str, device: str | torch.device = "cpu") -> tuple[dict
 
 
 def load_model(uri: str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The trained model in eval mode and its meta, from a checkpoint or a training output."""
+    """The trained model in eval mode and its meta, from a checkpoint or a training output.
+
+    ``meta["channels"]`` is the channel count the model takes; when an old
+    checkpoint's meta does not say, the model's own (``in_channels``), else 1. A meta
+    and a model that disagree raise :class:`CheckpointError`.
+    """
+    from sepcore.separation import model_channels
+
     directory = resolve(uri)
     meta, state = load_state(directory, device)
     model = build(meta["model"])
     model.load_state_dict(state["state_dict"])
     model.to(device).eval()
+    stated = model_channels(model)
+    channels = int(meta.get("channels", stated or 1))
+    if stated is not None and stated != channels:
+        raise CheckpointError(directory, f"{META_FILE} says {channels} channel(s), its model "
+                              f"takes {stated} channels")  # fmt: skip
+    meta["channels"] = channels
     meta["checkpoint"] = directory
     return model, meta
 

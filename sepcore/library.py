@@ -10,12 +10,17 @@ What the ``separate`` job does per file, without Ray:
    plus a short hash of the original relative path so two sources never share one.
 3. :func:`separate_file`: fetch (S3 objects are downloaded to scratch), decode in an
    isolated child process (:mod:`sepcore.decode`) into a raw float32 file, then
-   stream it: resample to the model's rate (soxr, streaming), separate block by block
-   (:func:`sepcore.separation.iter_separate_blocks`, the model sees the mean of the
-   channels and its mask is applied to every channel), resample the instrument to
-   the output rate and write both stems to local FLAC/WAV as the blocks come, and
-   upload them atomically. No step holds the whole file's spectrogram; the working
-   set is a few blocks of ``block_seconds`` whatever the file's length.
+   stream it: lay it out as ``settings.channels`` (1: the mean of the channels) or
+   else the source's channels, resample to the model's rate (soxr, streaming),
+   separate block by block (:func:`sepcore.separation.iter_separate_blocks`, with the
+   channel rule of :mod:`sepcore.separation`: a model taking that many channels sees
+   them all, so a stereo model gives stereo stems of a stereo file; otherwise the
+   model sees the mean of the channels, repeated to its channel count, and one mask
+   is applied to every channel: a mono model on a stereo file, a stereo model on a
+   mono file), resample the instrument to the output rate and write both stems,
+   with that layout, to local FLAC/WAV as the blocks come, and upload them
+   atomically. No step holds the whole file's spectrogram; the working set is a few
+   blocks of ``block_seconds`` whatever the file's length.
 
 Stems. ``instrument`` is the masked mixture (seed 002 §5.1). ``rest`` is the input
 minus the instrument at the output rate, which at the model's rate is exactly the
@@ -295,7 +300,9 @@ def separate_stream(
     """Separate decoded ``samples`` ``(frames, channels)`` at ``rate`` into stem files.
 
     ``paths`` maps ``instrument`` and ``rest`` to local files that are written as the
-    blocks come. Returns the output ``sample_rate``, ``channels`` and ``frames``.
+    blocks come. The audio is laid out as ``settings.channels`` (None: the source's)
+    before the model, which applies its channel rule (module docstring); the stems
+    have that layout. Returns the output ``sample_rate``, ``channels`` and ``frames``.
     """
     from sepcore.separation import iter_separate_blocks  # torch-heavy; imported on use
 
@@ -317,7 +324,6 @@ def separate_stream(
         settings.batch_size,
         settings.device,
         settings.overlap,
-        downmix=True,
     )
     instrument = _Stream(
         (parts["instrument"].T for _, parts in blocks), settings.model_rate, out_rate, channels

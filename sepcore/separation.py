@@ -26,11 +26,22 @@ no attenuation at the edges. (The normalisation is still done, with a floor of
 ``1e-8``, so any overlap gives a weighted mean of the chunk outputs.)
 
 Channels. A model states how many channels it takes by an ``in_channels`` (or
-``channels``) attribute; without one it is given the audio's channels as they are.
-A 1-channel model on multichannel audio runs each channel as its own batch item (the
-channels are separated independently); a model that takes C > 1 channels needs audio
-with exactly C channels (lay it out with :func:`sepcore.audio.to_channels`). A model
-may return one mask channel for all input channels; it is broadcast.
+``channels``) attribute (a checkpoint's model always does:
+:func:`sepcore.checkpoint.load_model`); a model that states none takes the audio's
+channels as they are. :func:`separate` (and so the blocks, the ``separate`` job,
+evaluation and validation) then follows one rule, and its stems always have the
+audio's channels:
+
+* the audio has the model's channel count: the model sees every channel and its mask
+  (one channel per audio channel, or one for all) is applied channel by channel; a
+  stereo model separates stereo audio into stereo stems;
+* any other count: the model sees the mean of the audio's channels (the STFT of the
+  mean signal), repeated to its channel count, and the mean of its mask channels is
+  applied to every channel of the audio. A mono model on stereo audio: the mask of
+  the channel mean on both channels. A stereo model on mono audio: the mono channel
+  duplicated, mono stems.
+
+:func:`predict_mask` applies no rule: it needs a magnitude with the model's channels.
 
 Masks are clipped to [0, 1] after stitching, so ``instrument`` and ``rest`` are both
 bounded by the mixture. Whatever the mask, ``instrument + rest`` reproduces the
@@ -159,19 +170,15 @@ def _run_model(
     return out
 
 
-def _check_mag(mag: np.ndarray, in_channels: int | None) -> bool:
-    """Validate the magnitude; True when channels run as separate batch items."""
+def _check_mag(mag: np.ndarray, in_channels: int | None) -> None:
+    """Validate a magnitude for a model that takes ``in_channels`` (None: any)."""
     if mag.ndim != 3:
         raise ValueError(f"expected a magnitude (channels, bins, frames), got shape {mag.shape}")
-    channels = mag.shape[0]
-    if in_channels is None or in_channels == channels:
-        return False
-    if in_channels == 1:
-        return True
-    raise ValueError(
-        f"model takes {in_channels} channels, audio has {channels}: lay the audio out "
-        "with sepcore.audio.to_channels first"
-    )
+    if in_channels is not None and mag.shape[0] != in_channels:
+        raise ValueError(
+            f"model takes {in_channels} channels, the magnitude has {mag.shape[0]}: "
+            "separate() lays the audio out for the model (module docstring, Channels)"
+        )
 
 
 def predict_mask(
@@ -189,10 +196,11 @@ def predict_mask(
     in eval mode under ``torch.inference_mode()`` on ``device`` (default: where its
     parameters are; the model is moved there otherwise) and its training mode is
     restored afterwards. Memory: one batch of ``batch_size`` chunks at a time, added
-    into the output as it comes; nothing holds all chunks at once.
+    into the output as it comes; nothing holds all chunks at once. ``mag`` must have
+    the channels the model takes (:func:`model_channels`; any when it states none).
     Shape: ``(channels, bins, n_frames)`` -> ``(channels, bins, n_frames)``, float32.
     """
-    per_channel = _check_mag(mag, model_channels(model))
+    _check_mag(mag, model_channels(model))
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     channels, bins, n_frames = mag.shape
@@ -207,8 +215,6 @@ def predict_mask(
         lo, hi = max(k * hop - pad, 0), min(k * hop - pad + frames, n_frames)
         weights[lo:hi] += window[lo - (k * hop - pad) : hi - (k * hop - pad)]
 
-    # Batch items are (chunk, channel) pairs; channel None means all channels at once.
-    items = [(k, c) for k in range(n_chunks) for c in (range(channels) if per_channel else [None])]
     model_device, dtype = _model_device_dtype(model)
     target = torch.device(device) if device is not None else model_device
     if target != model_device:
@@ -217,8 +223,8 @@ def predict_mask(
     model.eval()
     try:
         with torch.inference_mode():
-            for first in range(0, len(items), batch_size):
-                group = items[first : first + batch_size]
+            for first in range(0, n_chunks, batch_size):
+                group = range(first, min(first + batch_size, n_chunks))
                 _accumulate(model, mag, out, window, group, frames, hop, pad, target, dtype)
     finally:
         model.train(was_training)
@@ -231,22 +237,21 @@ def _accumulate(
     mag: np.ndarray,
     out: np.ndarray,
     window: np.ndarray,
-    group: list[tuple[int, int | None]],
+    group: range,
     frames: int,
     hop: int,
     pad: int,
     device: torch.device,
     dtype: torch.dtype,
 ) -> None:
-    """Run one batch of (chunk, channel) items and add the windowed masks into ``out``."""
-    cuts = [_cut(mag if c is None else mag[c : c + 1], k * hop - pad, frames) for k, c in group]
+    """Run one batch of chunks (indices ``group``) and add the windowed masks into ``out``."""
+    cuts = [_cut(mag, k * hop - pad, frames) for k in group]
     masks = _run_model(model, np.stack(cuts), device, dtype) * window
     n_frames = out.shape[2]
-    for (k, c), mask in zip(group, masks, strict=True):
+    for k, mask in zip(group, masks, strict=True):
         start = k * hop - pad
         lo, hi = max(start, 0), min(start + frames, n_frames)
-        dest = out[:, :, lo:hi] if c is None else out[c : c + 1, :, lo:hi]
-        dest += mask[:, :, lo - start : hi - start]  # (1 or c, bins, f) broadcasts
+        out[:, :, lo:hi] += mask[:, :, lo - start : hi - start]  # (1 or c, bins, f) broadcasts
 
 
 # ---------------------------------------------------------------------------- separate
@@ -280,6 +285,23 @@ def _check_model_params(model: nn.Module, sample_rate: int, n_fft: int, hop: int
             raise ValueError(f"model was made for {key}={stated}, separation asked {value}")
 
 
+def _model_input(
+    stft: Stft, spec: np.ndarray, audio: np.ndarray, in_channels: int | None
+) -> tuple[np.ndarray, bool]:
+    """The magnitude the model sees, and whether its mask channels are averaged into one.
+
+    The channel rule of the module docstring. Shape: spec ``(channels, bins, frames)``,
+    audio ``(channels, samples)`` -> ``(in_channels, bins, frames)``.
+    """
+    channels = audio.shape[0]
+    if in_channels is None or in_channels == channels:
+        return np.sqrt(spec.real**2 + spec.imag**2), False
+    if channels > 1:
+        spec = stft.stft_complex(audio.mean(axis=0, keepdims=True, dtype=np.float32))
+    mag = np.abs(spec).astype(np.float32)
+    return np.repeat(mag, in_channels, axis=0), True
+
+
 def separate(
     model: nn.Module,
     audio: np.ndarray,
@@ -290,16 +312,18 @@ def separate(
     batch_size: int = 8,
     device: str | torch.device | None = None,
     overlap: float = 0.5,
-    downmix: bool = False,
 ) -> dict[str, np.ndarray]:
     """Separate a mixture into ``instrument`` and ``rest`` with a mask model.
 
     STFT (:class:`sepcore.features.Stft`), :func:`predict_mask` on its magnitude,
     :func:`apply_mask` with the mixture phase. ``instrument + rest`` equals ``audio``
-    up to the STFT round trip. With ``downmix`` a multichannel mixture is separated
-    with one mask, predicted from the mean of its channels (the model's mono input)
-    and applied to every channel, so the channel layout is kept at the cost of one
-    model pass.
+    up to the STFT round trip. Channels (module docstring): audio with the model's
+    channel count (:func:`model_channels`) is separated as it is, so a stereo model
+    gives stereo stems of stereo audio; otherwise the model sees the mean of the
+    channels, repeated to its channel count, and the mean of its mask channels is
+    applied to every channel: a mono model on stereo audio applies the mask of the
+    channel mean to both channels, a stereo model on mono audio sees the channel
+    twice. The stems always have the audio's channels.
     Shape: ``(channels, samples)`` -> ``{"instrument", "rest"}`` each ``(channels, samples)``.
     """
     audio = np.asarray(audio)
@@ -308,12 +332,10 @@ def separate(
     _check_model_params(model, sample_rate, n_fft, hop)
     stft = Stft(n_fft=n_fft, hop=hop, sample_rate=sample_rate)
     spec = stft.stft_complex(audio)
-    if downmix and audio.shape[0] > 1:
-        mono = stft.stft_complex(audio.mean(axis=0, keepdims=True, dtype=np.float32))
-        mag = np.abs(mono).astype(np.float32)
-    else:
-        mag = np.sqrt(spec.real**2 + spec.imag**2)
+    mag, shared = _model_input(stft, spec, audio, model_channels(model))
     mask = predict_mask(model, mag, frames, batch_size, device, overlap)
+    if shared:
+        mask = mask.mean(axis=0, keepdims=True)
     return apply_mask(stft, spec, mask, audio.shape[1])
 
 
@@ -341,7 +363,6 @@ def iter_separate_blocks(
     batch_size: int = 8,
     device: str | torch.device | None = None,
     overlap: float = 0.5,
-    downmix: bool = False,
 ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     """:func:`separate` block by block: yields ``(start_sample, {"instrument", "rest"})``.
 
@@ -373,7 +394,6 @@ def iter_separate_blocks(
             batch_size,
             device,
             overlap,
-            downmix,
         )
         yield start, {k: np.ascontiguousarray(v[:, start - lo : stop - lo]) for k, v in seg.items()}
 
@@ -389,7 +409,6 @@ def separate_blocks(
     batch_size: int = 8,
     device: str | torch.device | None = None,
     overlap: float = 0.5,
-    downmix: bool = False,
 ) -> dict[str, np.ndarray]:
     """:func:`iter_separate_blocks` gathered into whole arrays (same result as :func:`separate`).
 
@@ -408,7 +427,6 @@ def separate_blocks(
         batch_size,
         device,
         overlap,
-        downmix,
     )
     for start, parts in blocks:
         for key, value in parts.items():

@@ -266,3 +266,34 @@ def test_raw_file_reader_gives_the_same_stems_as_an_array(tmp_path):
                         paths, str(tmp_path))  # fmt: skip
         outs.append(sf.read(paths["instrument"], dtype="float32")[0])
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def _stereo_checkpoint(tmp_path) -> str:
+    """A saved stereo hourglass checkpoint (log1p input), as the train job writes one."""
+    config = {**SMOKE_CONFIGS["hourglass"], "in_channels": 2}
+    meta = {"model": {"name": "hourglass", "config": config, "log_input": True},
+            "task": "separator", "target": "guitar", "sample_rate": RATE, "channels": 2,
+            "feature": {"name": "stft", "n_fft": 64, "hop": 16}, "frames": 16}  # fmt: skip
+    path = str(tmp_path / "stereo_ckpt")
+    checkpoint.save(path, checkpoint.build(meta["model"]), meta)
+    return path
+
+
+@pytest.mark.parametrize(("source", "configured", "stems"), [(2, None, 2), (1, None, 1), (2, 1, 1)])
+def test_a_stereo_checkpoint_separates_through_the_stream(tmp_path, source, configured, stems):
+    """Stereo in, stereo stems out; a mono source (or ``channels: 1``) gives mono stems."""
+    loaded, _ = checkpoint.load_model(_stereo_checkpoint(tmp_path))
+    x = _music(2.0, RATE, source)
+    x[:, -1] *= 0.5
+    paths = {s: str(tmp_path / f"{s}.wav") for s in ("instrument", "rest")}
+    settings = _settings(n_fft=64, hop=16, output_format="wav", channels=configured)
+    out = separate_stream(loaded, x, RATE, settings, paths, str(tmp_path))
+    assert out["channels"] == stems
+    inst, _ = sf.read(paths["instrument"], dtype="float32", always_2d=True)
+    rest, _ = sf.read(paths["rest"], dtype="float32", always_2d=True)
+    laid_out = x if stems == source else x.mean(axis=1, keepdims=True)
+    assert inst.shape == rest.shape == laid_out.shape
+    np.testing.assert_allclose(inst + rest, laid_out, atol=1e-6)
+    whole = separate(loaded, laid_out.T, RATE, 64, 16, 16)  # the one apply, in one pass
+    np.testing.assert_allclose(inst.T, whole["instrument"], atol=1e-5)
+    assert 0.0 < np.std(inst) < np.std(laid_out)

@@ -7,12 +7,15 @@ import pytest
 import torch
 from torch import nn
 
+from sepcore import checkpoint
 from sepcore.metrics import bss_eval
+from sepcore.models import SMOKE_CONFIGS
 from sepcore.separation import (
     FixedMaskModel,
     apply_mask,
     chunk_hop,
     iter_separate_blocks,
+    model_channels,
     oracle_masks,
     predict_mask,
     separate,
@@ -163,33 +166,30 @@ def test_stitching_is_a_hann_weighted_mean_on_the_documented_grid(n_frames):
 
 def test_batches_are_bounded_and_training_mode_restored():
     mag = magnitude(2, 100)
-    model = FrameModel()
+    model = FrameModel(in_channels=2)
     model.train()
     predict_mask(model, mag, frames=FRAMES, batch_size=5)
     assert model.training
     n_chunks = (FRAMES // 2 + 100 - 1) // (FRAMES // 2) + 1
-    assert sum(shape[0] for shape in model.seen) == 2 * n_chunks  # one item per channel
+    assert sum(shape[0] for shape in model.seen) == n_chunks  # one item per chunk
     assert max(shape[0] for shape in model.seen) <= 5
-    assert all(shape[1:] == (1, BINS, FRAMES) for shape in model.seen)
+    assert all(shape[1:] == (2, BINS, FRAMES) for shape in model.seen)
 
 
-def test_stereo_audio_with_a_mono_model_runs_each_channel_alone():
-    mag = np.concatenate([magnitude(1, 45, seed=4), 3.0 * magnitude(1, 45, seed=5)])
-    model = FrameModel(in_channels=1)
-    got = predict_mask(model, mag, frames=FRAMES)
-    with torch.inference_mode():
-        for c in range(2):
-            expected = model(torch.from_numpy(mag[c : c + 1])[None])[0].numpy()
-            np.testing.assert_allclose(got[c : c + 1], expected, atol=1e-6, rtol=0)
-    assert not np.allclose(got[0], got[1], atol=1e-3)
+def test_predict_mask_needs_the_models_channels():
+    """No channel rule below separate(): a magnitude of another channel count raises."""
+    with pytest.raises(ValueError, match="takes 1 channels, the magnitude has 2"):
+        predict_mask(FrameModel(in_channels=1), magnitude(2, 45), frames=FRAMES)
+    with pytest.raises(ValueError, match="takes 2 channels, the magnitude has 1"):
+        predict_mask(FrameModel(in_channels=2), magnitude(1, 45), frames=FRAMES)
 
 
 def test_a_stereo_model_gets_both_channels_and_may_return_one_mask():
     x = noise(2, 1.0)
     out = separate(FixedMaskModel(0.25, in_channels=2), x, SR, N_FFT, HOP, FRAMES)
     np.testing.assert_allclose(out["instrument"], 0.25 * x, atol=ROUND_TRIP_ATOL, rtol=0)
-    with pytest.raises(ValueError, match="takes 2 channels, audio has 1"):
-        separate(FixedMaskModel(0.25, in_channels=2), x[:1], SR, N_FFT, HOP, FRAMES)
+    mono = separate(FixedMaskModel(0.25, in_channels=2), x[:1], SR, N_FFT, HOP, FRAMES)
+    np.testing.assert_allclose(mono["instrument"], 0.25 * x[:1], atol=ROUND_TRIP_ATOL, rtol=0)
 
 
 def test_bad_model_outputs_and_parameters_raise():
@@ -263,3 +263,90 @@ def test_oracle_masks_separate_two_tones():
     np.testing.assert_allclose(
         out["irm"]["instrument"] + out["irm"]["rest"], inst + rest, atol=ROUND_TRIP_ATOL, rtol=0
     )
+
+
+# -------------------------------------------------------------------------- channels
+
+
+def production_model(in_channels: int, seed: int = 0) -> nn.Module:
+    """The production separator as a checkpoint rebuilds it: log1p input, tiny hourglass."""
+    torch.manual_seed(seed)
+    config = {**SMOKE_CONFIGS["hourglass"], "in_channels": in_channels}
+    return checkpoint.build({"name": "hourglass", "config": config, "log_input": True}).eval()
+
+
+def seen_shapes(model: nn.Module) -> list[tuple[int, ...]]:
+    """Input shapes the wrapped hourglass is called with (a forward pre-hook records them)."""
+    seen: list[tuple[int, ...]] = []
+    inner = model.model  # type: ignore[union-attr]
+    inner.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape)))
+    return seen
+
+
+def test_a_wrapped_model_states_its_channels():
+    assert model_channels(production_model(2)) == 2
+    assert model_channels(production_model(1)) == 1
+
+
+def test_stereo_model_on_stereo_audio_gives_stereo_stems():
+    model = production_model(2)
+    seen = seen_shapes(model)
+    x = noise(2, 1.0, seed=8)
+    x[1] *= 0.3  # the channels differ: the model must see both
+    out = separate(model, x, SR, N_FFT, HOP, FRAMES)
+    assert out["instrument"].shape == out["rest"].shape == x.shape
+    assert seen and all(shape[1:] == (2, BINS, FRAMES) for shape in seen)
+    np.testing.assert_allclose(out["instrument"] + out["rest"], x, atol=ROUND_TRIP_ATOL, rtol=0)
+    assert np.abs(out["instrument"]).max() > 0.01  # a real mask, not silence
+
+
+def test_stereo_model_on_mono_audio_sees_the_channel_twice_and_gives_mono_stems():
+    model = production_model(2)
+    seen = seen_shapes(model)
+    x = noise(1, 1.0, seed=9)
+    out = separate(model, x, SR, N_FFT, HOP, FRAMES)
+    assert out["instrument"].shape == x.shape
+    assert seen and all(shape[1:] == (2, BINS, FRAMES) for shape in seen)
+    np.testing.assert_allclose(out["instrument"] + out["rest"], x, atol=ROUND_TRIP_ATOL, rtol=0)
+
+
+def test_mono_model_on_stereo_audio_applies_the_mask_of_the_mean_to_every_channel():
+    model = production_model(1)
+    seen = seen_shapes(model)
+    left = noise(1, 1.0, seed=10)
+    x = np.concatenate([left, 0.5 * left])  # right = left / 2, so the mean is 0.75 * left
+    out = separate(model, x, SR, N_FFT, HOP, FRAMES)
+    assert out["instrument"].shape == x.shape
+    assert seen and all(shape[1:] == (1, BINS, FRAMES) for shape in seen)
+    # One mask for both channels: the right instrument is half the left one, and the
+    # mask is the one the mean (0.75 * left) gets on its own.
+    np.testing.assert_allclose(out["instrument"][1], 0.5 * out["instrument"][0], atol=1e-6)
+    mean = separate(model, 0.75 * left, SR, N_FFT, HOP, FRAMES)["instrument"]
+    np.testing.assert_allclose(0.75 * out["instrument"][:1], mean, atol=1e-6)
+    np.testing.assert_allclose(out["instrument"] + out["rest"], x, atol=ROUND_TRIP_ATOL, rtol=0)
+
+
+def test_blocks_follow_the_same_channel_rule():
+    x = noise(1, 3.0, seed=11)
+    for model, audio in ((production_model(2), np.concatenate([x, 0.2 * x])),
+                         (production_model(2), x), (production_model(1), np.concatenate([x, -x]))):
+        whole = separate(model, audio, SR, N_FFT, HOP, FRAMES)
+        blocks = separate_blocks(model, audio, SR, N_FFT, HOP, FRAMES, block_seconds=1.0)
+        np.testing.assert_allclose(blocks["instrument"], whole["instrument"], atol=1e-6, rtol=0)
+
+
+def test_a_loaded_checkpoint_states_its_channels(tmp_path):
+    stereo = production_model(2)
+    meta = {"model": {"name": "hourglass", "config": {**SMOKE_CONFIGS["hourglass"], "in_channels": 2},
+                      "log_input": True}, "task": "separator", "channels": 2}  # fmt: skip
+    checkpoint.save(str(tmp_path / "stereo"), stereo, meta)
+    loaded, loaded_meta = checkpoint.load_model(str(tmp_path / "stereo"))
+    assert model_channels(loaded) == 2 and loaded_meta["channels"] == 2
+    old = {"model": {"name": "hourglass", "config": SMOKE_CONFIGS["hourglass"], "log_input": True},
+           "task": "separator"}  # fmt: skip  # written before checkpoints stated channels
+    checkpoint.save(str(tmp_path / "old"), production_model(1), old)
+    loaded, loaded_meta = checkpoint.load_model(str(tmp_path / "old"))
+    assert model_channels(loaded) == 1 and loaded_meta["channels"] == 1
+    checkpoint.save(str(tmp_path / "bad"), stereo, {**meta, "channels": 1})
+    with pytest.raises(checkpoint.CheckpointError, match="2 channels"):
+        checkpoint.load_model(str(tmp_path / "bad"))
