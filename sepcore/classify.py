@@ -31,8 +31,19 @@ the window's edges) and summarised over the window's frames:
 * ``flux_mean`` / ``flux_std``: positive log-mel change between frames (onsets);
 * ``zcr``: zero-crossing rate of the window's waveform.
 
-``*_mean`` / ``*_std`` are taken over the window's non-silent frames; a silent window
-gives NaN there (LightGBM treats NaN as missing).
+Which frames each summary uses (a frame is silent when its power is at most
+:data:`POWER_FLOOR`):
+
+* Over non-silent frames only: ``centroid_*``, ``bandwidth_*``, ``rolloff_*``,
+  ``flatness_*``, ``ber_*``. These describe the spectrum's shape, which silence does
+  not have: a silent frame would read as a 0 Hz centroid and a flat 0 dB spectrum and
+  drag the window's mean towards values no instrument makes. A window without a
+  sounding frame gives NaN there (LightGBM treats NaN as missing).
+* Over all frames of the window: ``logmel_*``, ``rms_db_*``, ``flux_*`` (and ``zcr``
+  over all samples). These are levels and changes, which silence has (the -100 dB
+  floor, no flux): how much of the window is quiet is evidence of whether a part plays
+  in it, as the labels are the RMS over the whole window. A silent window gives
+  -100 dB levels, zero spread and zero flux.
 
 **Models**: one LightGBM binary booster per class (:class:`Classifier`), saved as
 ``<class>.txt`` plus ``classifier.json`` (written last: the folder's commit marker).
@@ -248,7 +259,7 @@ def _block_features(windows: np.ndarray, spec: SnippetSpec) -> np.ndarray:
     basis = _mel_basis(spec.sample_rate, spec.n_fft, spec.n_mels, float(spec.fmin), float(spec.fmax))
     mel_db = features.power_to_db(np.matmul(basis, mag**2))  # (b, mels, T)
     frame_pow = features.frame_power(windows[:, None, :], spec.n_fft, spec.hop)  # (b, T)
-    valid = frame_pow > POWER_FLOOR
+    valid = frame_pow > POWER_FLOOR  # spectral shape over sounding frames only (module docstring)
     mel_mean, mel_std = mel_db.mean(axis=2), mel_db.std(axis=2)
     cols = [mel_mean, mel_std, mel_mean - mel_mean.mean(axis=1, keepdims=True)]
     freqs = librosa.fft_frequencies(sr=spec.sample_rate, n_fft=spec.n_fft)

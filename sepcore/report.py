@@ -9,8 +9,11 @@ audio); they must exist, or :func:`write_report` raises :class:`ReportError` nam
 them. The page has no scripts and no external resources: it reads as it is, from a
 local folder or an object store's static site.
 
-The plot helpers (:func:`box_plot_png`, :func:`spectrograms_png`, :func:`matrix_png`,
-:func:`activations_png`) return PNG bytes drawn with matplotlib's Agg backend.
+Plots come in pairs: ``X_figure`` returns the matplotlib Figure (what tests check: its
+lines, boxes, images, labels) and ``X_png`` renders it to PNG bytes with
+:func:`figure_png`, the one function that saves figures (tuning's and classify's plots
+use it too). Pairs here: box plots, spectrograms, matrices (heat maps), activations and
+the train job's loss curves (:func:`loss_curve_figure`, :func:`loss_curve_png`).
 
     sections = [Section("Results", [Table("Medians", ["", "SDR"], [["model", 1.2]])])]
     write_report("out/eval", sections, title="evaluation")
@@ -237,36 +240,47 @@ def missing_files(page_uri: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- plots
+#
+# Every plot is a ``*_figure`` function returning a matplotlib Figure (tests read its
+# lines, images and labels) and a ``*_png`` function rendering it with figure_png.
+# Figures are made with matplotlib.figure.Figure, not pyplot: no global figure list to
+# leak or share between threads, and no GUI backend is ever picked.
 
 
-def _pyplot() -> Any:
+def new_figure(width: float, height: float) -> Any:
+    """An empty matplotlib Figure of ``width`` x ``height`` inches, outside pyplot."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
+
+
+def colormap(name: str) -> Any:
+    """A registered matplotlib colormap, e.g. ``"tab10"``."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return matplotlib.colormaps[name]
 
 
-def _png(fig: Any, dpi: int = 100) -> bytes:
+def figure_png(fig: Any, dpi: int = 100) -> bytes:
+    """PNG bytes of a figure (``figsize`` x ``dpi`` pixels); the one place plots are saved."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    _pyplot().close(fig)
     return buf.getvalue()
 
 
-def box_plot_png(
+def box_plot_figure(
     groups: Mapping[str, Mapping[str, Sequence[float]]], ylabel: str = "SDR (dB)", title: str = ""
-) -> bytes:
+) -> Any:
     """Box plots of values per group (e.g. class) and series (e.g. method), side by side.
 
-    ``groups[group][series]`` are the values (NaN and inf are left out). Shape: lists.
+    ``groups[group][series]`` are the values (NaN and inf are left out); one box per
+    group and series with a finite value, centred on the group's tick. Shape: lists.
     """
-    plt = _pyplot()
     series = list(dict.fromkeys(s for g in groups.values() for s in g))
     width = 0.8 / max(len(series), 1)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(groups) * max(len(series), 1) / 2), 4.0))
-    colours = plt.get_cmap("tab10")
+    fig = new_figure(max(5.0, 1.6 * len(groups) * max(len(series), 1) / 2), 4.0)
+    ax = fig.subplots()
+    colours = colormap("tab10")
     for k, name in enumerate(series):
         data, pos = [], []
         for g, group in enumerate(groups.values()):
@@ -295,30 +309,36 @@ def box_plot_png(
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small", ncol=min(len(series), 4))
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
-def spectrograms_png(
+def box_plot_png(
+    groups: Mapping[str, Mapping[str, Sequence[float]]], ylabel: str = "SDR (dB)", title: str = ""
+) -> bytes:
+    """:func:`box_plot_figure` as PNG bytes."""
+    return figure_png(box_plot_figure(groups, ylabel, title))
+
+
+def spectrograms_figure(
     signals: Mapping[str, np.ndarray],
     sample_rate: int,
     n_fft: int = 2048,
     hop: int = 512,
     title: str = "",
-) -> bytes:
-    """Log-magnitude spectrograms (dB re the loudest bin of all) of each signal, stacked.
+) -> Any:
+    """Log-magnitude spectrograms (dB re the loudest bin of all, floor -100 dB) of each
+    signal, stacked: one panel per signal, titled with its name.
 
     Shape: each signal ``(channels, samples)`` (channels are averaged) or ``(samples,)``.
     """
     from sepcore.features import Stft
 
-    plt = _pyplot()
     stft = Stft(n_fft=n_fft, hop=hop, sample_rate=sample_rate)
     mags = {k: stft(np.atleast_2d(np.asarray(v, dtype=np.float32)).mean(axis=0, keepdims=True))[0]
             for k, v in signals.items()}  # fmt: skip
     peak = max((float(m.max()) for m in mags.values()), default=1.0) or 1.0
-    fig, axes = plt.subplots(
-        len(mags), 1, figsize=(10, 2.2 * len(mags)), sharex=True, squeeze=False
-    )
+    fig = new_figure(10, 2.2 * len(mags))
+    axes = fig.subplots(len(mags), 1, sharex=True, squeeze=False)
     for ax, (name, mag) in zip(axes[:, 0], mags.items(), strict=True):
         db = 20.0 * np.log10(np.maximum(mag / peak, 1e-5))
         extent = (0.0, mag.shape[1] * hop / sample_rate, 0.0, sample_rate / 2000.0)
@@ -331,17 +351,28 @@ def spectrograms_png(
     fig.colorbar(im, ax=axes[:, 0].tolist(), label="dB", fraction=0.02)
     if title:
         fig.suptitle(title)
-    return _png(fig, dpi=80)
+    return fig
 
 
-def matrix_png(
+def spectrograms_png(
+    signals: Mapping[str, np.ndarray],
+    sample_rate: int,
+    n_fft: int = 2048,
+    hop: int = 512,
+    title: str = "",
+) -> bytes:
+    """:func:`spectrograms_figure` as PNG bytes (80 dpi)."""
+    return figure_png(spectrograms_figure(signals, sample_rate, n_fft, hop, title), dpi=80)
+
+
+def matrix_figure(
     matrix: np.ndarray, rows: Sequence[str], columns: Sequence[str], title: str = "", xlabel: str = "",
     ylabel: str = "", vmin: float = -60.0, vmax: float = 0.0,
-) -> bytes:  # fmt: skip
+) -> Any:  # fmt: skip
     """A heatmap with the value in each cell (NaN cells blank). Shape: ``(rows, columns)``."""
-    plt = _pyplot()
     m = np.asarray(matrix, dtype=np.float64)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(columns), 1.0 + 0.6 * len(rows)))
+    fig = new_figure(1.0 + 0.75 * len(columns), 1.0 + 0.6 * len(rows))
+    ax = fig.subplots()
     im = ax.imshow(np.ma.masked_invalid(m), vmin=vmin, vmax=vmax, cmap="viridis")
     for (i, j), v in np.ndenumerate(m):
         if np.isfinite(v):
@@ -356,21 +387,28 @@ def matrix_png(
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label="dB")
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
-def activations_png(
+def matrix_png(
+    matrix: np.ndarray, rows: Sequence[str], columns: Sequence[str], title: str = "", xlabel: str = "",
+    ylabel: str = "", vmin: float = -60.0, vmax: float = 0.0,
+) -> bytes:  # fmt: skip
+    """:func:`matrix_figure` as PNG bytes."""
+    return figure_png(matrix_figure(matrix, rows, columns, title, xlabel, ylabel, vmin, vmax))
+
+
+def activations_figure(
     pred: np.ndarray, ref: np.ndarray, classes: Sequence[str], frame_seconds: float, title: str = ""
-) -> bytes:
-    """Per instrument, reference (filled) and predicted (line) activations over time.
+) -> Any:
+    """Per instrument (one panel each), reference (filled) and predicted (line) activations
+    over time.
 
     Seed 001's figures 12-14. Shape: ``(classes, frames)`` each.
     """
-    plt = _pyplot()
     t = np.arange(pred.shape[1]) * frame_seconds
-    fig, axes = plt.subplots(
-        len(classes), 1, figsize=(10, 0.9 * len(classes) + 1.0), sharex=True, squeeze=False
-    )
+    fig = new_figure(10, 0.9 * len(classes) + 1.0)
+    axes = fig.subplots(len(classes), 1, sharex=True, squeeze=False)
     for k, (ax, name) in enumerate(zip(axes[:, 0], classes, strict=True)):
         ax.fill_between(t, ref[k], color="tab:blue", alpha=0.35, linewidth=0, label="reference")
         ax.plot(t, pred[k], color="tab:red", linewidth=0.9, label="predicted")
@@ -382,4 +420,52 @@ def activations_png(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _png(fig)
+    return fig
+
+
+def activations_png(
+    pred: np.ndarray, ref: np.ndarray, classes: Sequence[str], frame_seconds: float, title: str = ""
+) -> bytes:
+    """:func:`activations_figure` as PNG bytes."""
+    return figure_png(activations_figure(pred, ref, classes, frame_seconds, title))
+
+
+def _series(history: Sequence[Mapping[str, Any]], key: str) -> list[float]:
+    """One value per epoch; a missing or null value is NaN (a gap in the line)."""
+    return [math.nan if h.get(key) is None else float(h[key]) for h in history]
+
+
+def loss_curve_figure(history: Sequence[Mapping[str, Any]]) -> Any:
+    """The train job's curves, one point per epoch of ``history`` (its ``metrics.jsonl``).
+
+    Left panel: ``train_loss`` and ``val_loss``. With ``val_sdr`` in any epoch, a right
+    panel: median validation SDR of the model (``val_sdr``) and of the mixture as the
+    estimate (``val_sdr_mixture``, the baseline a model has to beat).
+    """
+    epochs = [h["epoch"] for h in history]
+    has_sdr = any("val_sdr" in h for h in history)
+    fig = new_figure(10 if has_sdr else 5.5, 3.8)
+    axes = fig.subplots(1, 2 if has_sdr else 1, squeeze=False)
+    ax = axes[0][0]
+    ax.plot(epochs, [float(h["train_loss"]) for h in history], marker="o", label="train")
+    ax.plot(epochs, [float(h["val_loss"]) for h in history], marker="o", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title("loss")
+    ax.legend()
+    if has_sdr:
+        ax = axes[0][1]
+        ax.plot(epochs, _series(history, "val_sdr"), marker="o", label="model")
+        mixture = _series(history, "val_sdr_mixture")
+        ax.plot(epochs, mixture, linestyle="--", label="mixture as estimate")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("median SDR (dB)")
+        ax.set_title("validation SDR of the target")
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def loss_curve_png(history: Sequence[Mapping[str, Any]]) -> bytes:
+    """:func:`loss_curve_figure` as PNG bytes (110 dpi)."""
+    return figure_png(loss_curve_figure(history), dpi=110)

@@ -16,8 +16,9 @@ touch Ray lives here and is unit-tested on its own:
 * **Results.** :func:`trial_row` summarises one trial's history (the per-epoch
   metrics train records) into a row; :func:`table_bytes` writes rows as CSV and
   Parquet; :func:`best_row` picks the winner.
-* **Plots** (matplotlib Agg, PNG bytes): :func:`metric_by_nfft_png`,
-  :func:`silence_effect_png`, :func:`learning_curves_png`.
+* **Plots**: :func:`metric_by_nfft_figure`, :func:`silence_effect_figure`,
+  :func:`learning_curves_figure` return matplotlib Figures; their ``*_png`` twins
+  render them with :func:`sepcore.report.figure_png`.
 
 A silence value is ``None`` for "off" (no adjustment) or the audio ratio to reach.
 """
@@ -33,7 +34,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sepcore import report as R
 from sepcore.config import set_dotted
+from sepcore.selection import best_of, metric_mode
 
 #: Swept values, in table order. ``silence`` is None (off) or a target audio ratio.
 DIMENSIONS = ("model", "n_fft", "silence", "filters", "levels", "lr")
@@ -186,17 +189,9 @@ def _finite(value: Any) -> float | None:
     return None
 
 
-def _best(history: Sequence[Mapping[str, Any]], key: str, mode: str) -> tuple[float | None, int | None]:
-    values = [(v, h.get("epoch")) for h in history if (v := _finite(h.get(key))) is not None]
-    if not values:
-        return None, None
-    pick = max(values, key=lambda x: x[0]) if mode == "max" else min(values, key=lambda x: x[0])
-    return pick
-
-
-def metric_mode(metric: str) -> str:
-    """``max`` for SDR, ``min`` for losses."""
-    return "max" if metric.endswith("sdr") else "min"
+def _best(history: Sequence[Mapping[str, Any]], key: str) -> tuple[float | None, int | None]:
+    best = best_of(history, key, lambda h: _finite(h.get(key)))
+    return (None, None) if best is None else (_finite(best.get(key)), best.get("epoch"))
 
 
 def trial_row(trial: str, label: str, status: str, values: Mapping[str, Any],
@@ -209,8 +204,8 @@ def trial_row(trial: str, label: str, status: str, values: Mapping[str, Any],
     ``seconds``, ``data``, ``checkpoint``.
     """
     last = history[-1] if history else {}
-    best_sdr, sdr_epoch = _best(history, "val_sdr", "max")
-    best_loss, loss_epoch = _best(history, "val_loss", "min")
+    best_sdr, sdr_epoch = _best(history, "val_sdr")
+    best_loss, loss_epoch = _best(history, "val_loss")
     row: dict[str, Any] = {c: None for c in COLUMNS}
     row.update({dim: values.get(dim) for dim in DIMENSIONS})
     row.update(
@@ -227,13 +222,7 @@ def trial_row(trial: str, label: str, status: str, values: Mapping[str, Any],
 
 def best_row(rows: Sequence[Mapping[str, Any]], metric: str) -> Mapping[str, Any] | None:
     """The row with the best ``best_<metric>`` (None when no trial has a value)."""
-    key = f"best_{metric}"
-    scored = [r for r in rows if _finite(r.get(key)) is not None]
-    if not scored:
-        return None
-    if metric_mode(metric) == "max":
-        return max(scored, key=lambda r: r[key])
-    return min(scored, key=lambda r: r[key])
+    return best_of(rows, metric, lambda r: _finite(r.get(f"best_{metric}")))
 
 
 def sort_rows(rows: Sequence[Mapping[str, Any]], metric: str) -> list[Mapping[str, Any]]:
@@ -283,22 +272,6 @@ def table_bytes(rows: Sequence[Mapping[str, Any]]) -> tuple[bytes, bytes]:
 # ---------------------------------------------------------------- plots
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    _pyplot().close(fig)
-    return buf.getvalue()
-
-
 def _metric_name(metric: str) -> str:
     return "best median validation SDR (dB)" if metric == "val_sdr" else "best validation loss"
 
@@ -308,7 +281,7 @@ def _grouped_lines(ax: Any, rows: Sequence[Mapping[str, Any]], x_key: str, group
     """Every trial as a dot, and per group the mean over the other dimensions as a line."""
     key = f"best_{metric}"
     groups = sorted({r.get(group_key) for r in rows}, key=lambda g: (g is not None, g if g is not None else 0))
-    cmap = _pyplot().get_cmap("tab10")
+    cmap = R.colormap("tab10")
     pos = {x: i for i, x in enumerate(x_order)}
     for k, group in enumerate(groups):
         colour = cmap(k % 10)
@@ -329,40 +302,52 @@ def _grouped_lines(ax: Any, rows: Sequence[Mapping[str, Any]], x_key: str, group
         ax.legend(fontsize="small")
 
 
-def metric_by_nfft_png(rows: Sequence[Mapping[str, Any]], metric: str) -> bytes:
+def metric_by_nfft_figure(rows: Sequence[Mapping[str, Any]], metric: str) -> Any:
     """Best metric versus FFT size, one line per filter count (mean over the other values)."""
-    plt = _pyplot()
     ffts = sorted({r["n_fft"] for r in rows if r.get("n_fft") is not None})
-    fig, ax = plt.subplots(figsize=(6.5, 4.0))
+    fig = R.new_figure(6.5, 4.0)
+    ax = fig.subplots()
     _grouped_lines(ax, rows, "n_fft", "filters", metric, ffts, lambda g: f"filters {g}")
     ax.set_xticklabels([str(f) for f in ffts])
     ax.set_xlabel("FFT size (samples)")
     ax.set_ylabel(_metric_name(metric))
     ax.set_title("metric versus FFT size per filter count")
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
-def silence_effect_png(rows: Sequence[Mapping[str, Any]], metric: str) -> bytes:
+def metric_by_nfft_png(rows: Sequence[Mapping[str, Any]], metric: str) -> bytes:
+    """:func:`metric_by_nfft_figure` as PNG bytes."""
+    return R.figure_png(metric_by_nfft_figure(rows, metric))
+
+
+def silence_effect_figure(rows: Sequence[Mapping[str, Any]], metric: str) -> Any:
     """Best metric versus silence setting (off, then ratios), one line per FFT size."""
-    plt = _pyplot()
     settings = sorted({r.get("silence") for r in rows}, key=lambda s: (s is not None, s or 0.0))
-    fig, ax = plt.subplots(figsize=(6.5, 4.0))
+    fig = R.new_figure(6.5, 4.0)
+    ax = fig.subplots()
     _grouped_lines(ax, rows, "silence", "n_fft", metric, settings, lambda g: f"FFT {g}")
     ax.set_xticklabels([silence_label(s) for s in settings])
     ax.set_xlabel("silence adjustment (target audio ratio)")
     ax.set_ylabel(_metric_name(metric))
     ax.set_title("effect of the silence ratio")
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
-def learning_curves_png(curves: Mapping[str, Sequence[Mapping[str, Any]]], metric: str) -> bytes:
-    """Validation metric and validation loss per epoch of every trial (``label -> history``)."""
-    plt = _pyplot()
+def silence_effect_png(rows: Sequence[Mapping[str, Any]], metric: str) -> bytes:
+    """:func:`silence_effect_figure` as PNG bytes."""
+    return R.figure_png(silence_effect_figure(rows, metric))
+
+
+def learning_curves_figure(curves: Mapping[str, Sequence[Mapping[str, Any]]], metric: str) -> Any:
+    """Per epoch (1-based) of every trial (``label -> history``), one line each: ``metric``
+    in the left panel and the validation loss in the right one (the training loss when
+    ``metric`` is the validation loss). Missing and non-finite values are left out."""
     panels = [metric] + (["val_loss"] if metric != "val_loss" else ["train_loss"])
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
-    cmap = plt.get_cmap("tab20")
+    fig = R.new_figure(12, 4.4)
+    axes = fig.subplots(1, 2)
+    cmap = R.colormap("tab20")
     for k, (label, history) in enumerate(curves.items()):
         for ax, key in zip(axes, panels, strict=True):
             pts = [(h["epoch"] + 1, v) for h in history if (v := _finite(h.get(key))) is not None]
@@ -377,4 +362,9 @@ def learning_curves_png(curves: Mapping[str, Sequence[Mapping[str, Any]]], metri
     if axes[1].get_legend_handles_labels()[0]:
         axes[1].legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
-    return _png(fig)
+    return fig
+
+
+def learning_curves_png(curves: Mapping[str, Sequence[Mapping[str, Any]]], metric: str) -> bytes:
+    """:func:`learning_curves_figure` as PNG bytes."""
+    return R.figure_png(learning_curves_figure(curves, metric))

@@ -82,7 +82,7 @@ def test_silence_has_no_labels_and_finite_rms():
     sums = np.zeros((len(CLASSES), 2, 3 * RATE), dtype=np.float32)
     starts = K.window_starts(sums.shape[-1], SPEC.window, SPEC.hop_samples)
     assert not K.snippet_labels(sums, starts, SPEC).any()
-    assert np.all(K.window_rms_db(sums, starts, SPEC.window) == -100.0)
+    np.testing.assert_allclose(K.window_rms_db(sums, starts, SPEC.window), -100.0, rtol=0, atol=1e-3)
 
 
 def test_window_rms_matches_direct_computation_and_pads_past_the_end():
@@ -149,8 +149,50 @@ def test_spectral_features_describe_the_signal():
     assert f[1, col["zcr"]] > 5 * f[0, col["zcr"]]
     assert f[0, col["rms_db_mean"]] == pytest.approx(20 * np.log10(0.5 / np.sqrt(2)), abs=1.0)
     # A silent window: no spectral shape (NaN, LightGBM's missing value), floor level.
-    assert np.isnan(f[2, col["centroid_mean"]]) and f[2, col["rms_db_max"]] == -100.0
+    assert np.isnan(f[2, col["centroid_mean"]]) and f[2, col["rms_db_max"]] == pytest.approx(-100.0, abs=1e-3)
     assert not np.isnan(np.delete(f[:2], [], axis=1)).any()
+
+
+def _documented_frames() -> dict[str, list[str]]:
+    """The module docstring's two lists: which features use non-silent frames, which all."""
+    import re
+
+    doc = K.__doc__ or ""
+    lists = {}
+    for key, start in (("non-silent", "* Over non-silent frames only:"), ("all", "* Over all frames of the window:")):
+        text = doc[doc.index(start) :].split("\n* ")[0].split("\n\n")[0]
+        lists[key] = re.findall(r"``(\w+)_\*``", text)
+    return lists
+
+
+def test_shape_features_use_sounding_frames_and_level_features_all_frames():
+    names = SPEC.feature_names()
+    col = {n: i for i, n in enumerate(names)}
+    documented = _documented_frames()
+    families = {"logmel" if n.startswith("logmel_") else n.rsplit("_", 1)[0] for n in names} - {"zcr"}
+    assert sorted(documented["non-silent"] + documented["all"]) == sorted(families)  # each listed once
+    # White noise has the same spectral shape in every frame, cut or not: a window of
+    # noise then silence has the shape of noise when the silent frames are left out (with
+    # them, the mean centroid would halve and the flatness and BER move towards 0 dB).
+    noise = np.random.default_rng(7).standard_normal(RATE).astype(np.float32) * 0.1
+    half = noise.copy()
+    half[RATE // 2 :] = 0.0
+    x = np.concatenate([noise, half, np.zeros(RATE, np.float32)])[None]
+    f = K.snippet_features(x, RATE, np.array([0, RATE, 2 * RATE]), SPEC)
+    for name in documented["non-silent"]:
+        mean, std = col[f"{name}_mean"], col[f"{name}_std"]
+        assert f[1, mean] == pytest.approx(f[0, mean], rel=0.05, abs=0.3), name
+        assert f[1, std] == pytest.approx(f[0, std], rel=0.5, abs=0.5), name
+        assert np.isnan(f[2, mean]) and np.isnan(f[2, std])  # no sounding frame: missing
+    # Levels count the silent half at the -100 dB floor.
+    mels = [col[f"logmel_mean_{i:02d}"] for i in range(SPEC.n_mels)]
+    assert (f[1, mels] < f[0, mels] - 20).all()
+    assert f[1, col["rms_db_mean"]] < f[0, col["rms_db_mean"]] - 20
+    assert f[1, col["rms_db_max"]] == pytest.approx(f[0, col["rms_db_max"]], abs=1.0)
+    assert f[1, col["rms_db_std"]] > 10 * f[0, col["rms_db_std"]]
+    levels = [i for n, i in col.items() if n.rsplit("_", 1)[0] not in documented["non-silent"]]
+    assert np.isfinite(f[2, levels]).all()  # a silent window has levels (the floor), not NaN
+    assert (f[2, col["rms_db_mean"]], f[2, col["flux_mean"]], f[2, col["zcr"]]) == pytest.approx((-100.0, 0.0, 0.0), abs=1e-3)
 
 
 # ---------------------------------------------------------------- tracks on disk
@@ -243,6 +285,40 @@ def test_roc_auc_equals_the_pairwise_probability_with_ties():
     assert K.roc_auc([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1]) == 0.0
     assert K.roc_auc([1, 1, 1], [0.1, 0.2, 0.3]) is None
     assert K.youden_threshold([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.9]) == 0.6
+
+
+def test_roc_plot_draws_the_computed_curves_per_split():
+    import pandas as pd
+
+    from ray_jobs.classify import evaluate, roc_figure
+
+    rng = np.random.default_rng(3)
+    frames = {}
+    for split in ("validation", "test"):
+        y = rng.integers(0, 2, 60)
+        piano = 1 - y if split == "validation" else np.zeros(60, dtype=int)  # no piano in the test split
+        frames[split] = pd.DataFrame({"label_bass": y, "score_bass": y * 0.6 + rng.random(60),
+                                      "label_piano": piano, "score_piano": rng.random(60)})  # fmt: skip
+    ev = evaluate(frames, ["bass", "piano"], cnn=False)
+    fig = roc_figure(ev["roc"])
+    assert len(fig.axes) == 2
+    for ax, split in zip(fig.axes, ("validation", "test"), strict=True):
+        assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) == (
+            f"ROC, {split} snippets", "false positive rate", "true positive rate")  # fmt: skip
+        df, classes = frames[split], ["bass", "piano"] if split == "validation" else ["bass"]
+        aucs = {c: K.roc_auc(df[f"label_{c}"].to_numpy(), df[f"score_{c}"].to_numpy()) for c in classes}
+        labels = [f"{c.capitalize()} AUC = {aucs[c]:.2f}" for c in classes]
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == labels  # a class without positives: no curve
+        curves = {ln.get_label(): ln for ln in ax.lines}
+        for c, label in zip(classes, labels, strict=True):
+            fpr, tpr, _ = K.roc_curve(df[f"label_{c}"].to_numpy(), df[f"score_{c}"].to_numpy())
+            x, y = curves[label].get_xdata(), curves[label].get_ydata()
+            np.testing.assert_array_equal(x, fpr)
+            np.testing.assert_array_equal(y, tpr)
+            assert (x[0], y[0], x[-1], y[-1]) == (0, 0, 1, 1)
+            assert np.trapezoid(y, x) == pytest.approx(aucs[c])  # the legend's AUC is the area drawn
+        (chance,) = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
+        assert list(chance.get_xdata()) == list(chance.get_ydata()) == [0, 1]
 
 
 # ---------------------------------------------------------------- a constructed learning problem
@@ -348,6 +424,23 @@ def test_predict_labels_every_second_of_a_new_song(classifier):
     assert rows[-1]["start_s"] == 7.0 and rows[-1]["end_s"] == 8.0 and set(rows[0]) >= {"bass", "piano", "playing"}
     with pytest.raises(ValueError, match="sample_rate is required"):
         K.predict(classifier, audio)
+
+
+def test_importance_plot_shows_the_largest_gain_shares_per_class(classifier):
+    from ray_jobs.classify import importance_figure
+
+    texts = {c: storage.read_text(storage.join(classifier, f"{c}.txt")) for c in ("bass", "piano")}
+    fig = importance_figure(texts, SPEC, top=5)
+    assert [ax.get_title() for ax in fig.axes] == ["bass", "piano"]
+    for ax, text in zip(fig.axes, texts.values(), strict=True):
+        booster = K.load_booster(text, "x.txt")
+        gain = booster.feature_importance("gain")
+        share = np.sort(gain / gain.sum())[::-1][:5]
+        widths = [bar.get_width() for bar in ax.patches]
+        np.testing.assert_allclose(widths[::-1], share, rtol=1e-6)  # the largest share at the top
+        top = booster.feature_name()[int(np.argmax(gain))]
+        assert ax.get_yticklabels()[-1].get_text().split(" ")[0] == top
+        assert ax.get_xlabel() == "share of total gain"
 
 
 def test_model_folder_errors_name_the_file(classifier, tmp_path):

@@ -324,11 +324,33 @@ def test_json_numbers():
     assert math.isinf(E.from_json_number("inf")) and math.isnan(E.from_json_number(None))
 
 
+BOXES = {"guitar": {"model": [1.0, 2.0, np.nan], "irm": [5.0, 6.0, 9.0]}, "piano": {"irm": [3.0]}}
+
+
+def test_box_plot_has_one_box_per_class_and_method():
+    fig = R.box_plot_figure(BOXES, "SDR (dB)", "SDR of the instrument")
+    (ax,) = fig.axes
+    assert (ax.get_title(), ax.get_ylabel()) == ("SDR of the instrument", "SDR (dB)")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["guitar", "piano"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["model", "irm"]
+    # Methods sit side by side around their class's tick (model left, irm right); NaN is
+    # left out and a method without values in a class has no box there.
+    expected = {-0.2: [1.0, 2.0], 0.2: [5.0, 6.0, 9.0], 1.2: [3.0]}
+    boxes = {}
+    for patch in ax.patches:
+        xs, ys = patch.get_path().vertices.T
+        boxes[round((xs.min() + xs.max()) / 2, 6)] = (ys.min(), ys.max(), xs.min(), xs.max())
+    assert sorted(boxes) == sorted(expected)
+    horizontal = {(tuple(ln.get_xdata()), ln.get_ydata()[0]) for ln in ax.lines
+                  if len(ln.get_ydata()) == 2 and ln.get_ydata()[0] == ln.get_ydata()[1]}  # fmt: skip
+    for x, values in expected.items():
+        low, high, left, right = boxes[x]
+        assert (low, high) == pytest.approx(tuple(np.percentile(values, [25, 75])))  # the box: quartiles
+        assert ((left, right), np.median(values)) in horizontal  # the median line across the box
+
+
 def test_report_references_only_files_that_exist(tmp_path):
-    png = R.box_plot_png(
-        {"guitar": {"model": [1.0, 2.0, np.nan], "irm": [5.0, 6.0]}, "piano": {"irm": [3.0]}}
-    )
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    png = R.box_plot_png(BOXES)
     audio = np.zeros((1, SR // 10), dtype=np.float32)
     from sepcore.audio import Audio, encode_bytes
 
@@ -364,10 +386,50 @@ def test_report_references_only_files_that_exist(tmp_path):
         R.write_report(str(tmp_path), [R.Section("x", [R.Image("../up.png", png)])], title="x")
 
 
-def test_plots_draw_matrices_spectrograms_and_activations():
-    m = np.array([[np.nan, -10.0], [-60.0, np.nan]])
-    assert R.matrix_png(m, ["a", "b"], ["a", "b"], "leakage")[:4] == b"\x89PNG"
-    sig = np.random.default_rng(0).standard_normal((1, SR)).astype(np.float32) * 0.1
-    assert R.spectrograms_png({"mix": sig, "silent": np.zeros_like(sig)}, SR)[:4] == b"\x89PNG"
-    act = np.random.default_rng(1).random((3, 50))
-    assert R.activations_png(act, act, ["a", "b", "c"], 0.02)[:4] == b"\x89PNG"
+def test_matrix_plot_shows_the_values_with_labels():
+    m = np.array([[np.nan, -10.0, -41.6], [-60.0, np.nan, -3.2]])
+    fig = R.matrix_figure(m, ["a", "b"], ["x", "y", "z"], "leakage matrix (dB)", "playing", "predicted")
+    ax, colorbar = fig.axes
+    assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) == ("leakage matrix (dB)", "playing", "predicted")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["x", "y", "z"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"]
+    shown = ax.images[0].get_array()
+    assert (shown.mask == np.isnan(m)).all() and (shown.data[~shown.mask] == m[~np.isnan(m)]).all()
+    cells = {(t.get_position(), t.get_text()) for t in ax.texts}
+    assert cells == {((1, 0), "-10"), ((2, 0), "-42"), ((0, 1), "-60"), ((2, 1), "-3")}  # (column, row)
+    assert colorbar.get_ylabel() == "dB"
+
+
+def test_spectrogram_plot_shows_each_signal_in_its_own_panel():
+    tone = np.sin(2 * np.pi * 1000.0 * np.arange(SR) / SR).astype(np.float32)[None] * 0.5
+    signals = {"mix": tone, "quiet": tone * 0.1, "silent": np.zeros_like(tone)}
+    fig = R.spectrograms_figure(signals, SR, title="track 1")
+    *panels, _colorbar = fig.axes
+    assert [ax.get_title(loc="left") for ax in panels] == ["mix", "quiet", "silent"]
+    assert fig.get_suptitle() == "track 1" and panels[-1].get_xlabel() == "time (s)"
+    assert all(ax.get_ylabel() == "kHz" for ax in panels)
+    mix, quiet, silent = (ax.images[0] for ax in panels)
+    frames = 1 + SR // 512
+    assert mix.get_extent() == pytest.approx([0.0, frames * 512 / SR, 0.0, SR / 2000])
+    db = mix.get_array()
+    assert db.shape == (1025, frames) and db.max() == 0.0  # dB re the loudest bin of all
+    row = int(np.argmax(db.mean(axis=1)))
+    assert row * (SR / 2) / 1024 == pytest.approx(1000.0, abs=2 * SR / 2048)  # the tone is at 1 kHz
+    assert quiet.get_array().max() == pytest.approx(-20.0, abs=0.01)  # 20 dB under the mix
+    np.testing.assert_allclose(silent.get_array(), -100.0, atol=1e-3)  # silence sits at the floor
+
+
+def test_activation_plot_shows_reference_and_prediction_per_class():
+    rng = np.random.default_rng(1)
+    pred, ref = rng.random((3, 50)), (rng.random((3, 50)) > 0.5).astype(float)
+    fig = R.activations_figure(pred, ref, ["a", "b", "c"], 0.02, "sequence")
+    assert [ax.get_ylabel() for ax in fig.axes] == ["a", "b", "c"] and fig.get_suptitle() == "sequence"
+    assert fig.axes[-1].get_xlabel() == "time (s)"
+    t = np.arange(50) * 0.02
+    for k, ax in enumerate(fig.axes):
+        (line,) = ax.lines
+        np.testing.assert_allclose(line.get_xdata(), t)
+        np.testing.assert_allclose(line.get_ydata(), pred[k])
+        outline = {tuple(v) for v in np.round(ax.collections[0].get_paths()[0].vertices, 9)}
+        assert {tuple(v) for v in np.round(np.stack([t, ref[k]], axis=1), 9)} <= outline
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["reference", "predicted"]

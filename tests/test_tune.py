@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -68,6 +70,12 @@ def test_silence_off_is_read_from_yaml_in_every_spelling():
     assert cfg.space.silence == [None, None, None, 0.5]
 
 
+#: Known gap: model constructor arguments (model_configs, train.model.config) are not
+#: checked by TuneConfig; a bogus one fails only when each trial builds its model, after
+#: the data variants are prepared. Remove the marks once TuneConfig checks them.
+UNCHECKED_ARGUMENTS = "TuneConfig does not check model constructor arguments yet"
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -79,13 +87,12 @@ def test_silence_off_is_read_from_yaml_in_every_spelling():
         ({"space": {"filters": []}}, "at least one value"),
         ({"train": {**TRAIN, "validation": {"sdr_tracks": 0, "metric": "val_sdr"}}}, "sdr_tracks > 0"),
         ({"train": {"model": {"name": "activation_cnn"}}}, "tune sweeps separators"),
-        ({"space": {"model": ["blstm"], "filters": [8]}, "model_configs": {"blstm": {"bogus": 1}}}, None),
+        *(pytest.param(o, "bogus", marks=pytest.mark.xfail(strict=True, reason=UNCHECKED_ARGUMENTS)) for o in (
+            {"space": {"model": ["blstm"], "filters": [8]}, "model_configs": {"blstm": {"bogus": 1}}},
+            {"train": {**TRAIN, "model": {"name": "hourglass", "config": {"filters": 8, "bogus": 1}}}})),
     ],
 )
 def test_bad_sweep_settings_name_the_key(overrides, message):
-    if message is None:  # constructor arguments are checked when a trial builds its model
-        _cfg(**overrides)
-        return
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         _cfg(**overrides)
 
@@ -141,7 +148,7 @@ def test_a_rerun_into_the_same_output_must_sweep_the_same_space(tmp_path):
     cfg = _cfg(space={"filters": [4, 8]})
     tune.check_spec(out, cfg, resuming=False)
     tune.check_spec(out, cfg.model_copy(update={"search": tune.SearchConfig(max_concurrent=3)}), resuming=True)
-    with pytest.raises(ConfigError, match="other settings \\(space\\)"):
+    with pytest.raises(ConfigError, match="other settings \\(space.filters\\)"):
         tune.check_spec(out, _cfg(space={"filters": [4, 16]}), resuming=True)
     tune.check_spec(out, _cfg(space={"filters": [4, 16]}), resuming=False)  # nothing to resume: a new sweep
 
@@ -185,14 +192,57 @@ def test_rows_table_and_best_trial():
     assert table[2]["checkpoint"] == "file:///c/t2/best"
 
 
+def _lines(ax) -> dict[str, tuple[list, list]]:
+    """Legend label -> (x, y) of each line of a panel."""
+    return {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata())) for ln in ax.lines}
+
+
+def test_sweep_plots_show_the_mean_best_metric_per_setting():
+    rows, _ = _rows()
+    values = {"model": "hourglass", "n_fft": 512, "silence": 0.7, "filters": 4, "levels": 3, "lr": 0.002}
+    rows.append(T.trial_row("t5", "extra", "done", values, _history([-3.0]), "val_sdr"))
+    # Best val_sdr per trial: t0 (512, off, F4) -1, t1 (512, 0.9, F8) -2, t2 (1024, off, F8)
+    # 1.5, t5 (512, 0.7, F4) -3; t3 and t4 have none and are left out.
+    (ax,) = T.metric_by_nfft_figure(rows, "val_sdr").axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["512", "1024", "2048"]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("FFT size (samples)", "best median validation SDR (dB)")
+    assert _lines(ax) == {"filters 4": ([0], [-2.0]), "filters 8": ([0, 1], [-2.0, 1.5])}  # F4 at 512: mean(-1, -3)
+    dots = np.concatenate([c.get_offsets() for c in ax.collections])
+    assert sorted(dots[:, 1]) == [-3.0, -2.0, -1.0, 1.5]  # every trial with a value, as a dot
+
+    (ax,) = T.silence_effect_figure(rows, "val_loss").axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["off", "0.7", "0.9"]
+    assert ax.get_ylabel() == "best validation loss" and ax.get_title() == "effect of the silence ratio"
+    loss = {r["trial"]: r["best_val_loss"] for r in rows}
+    assert _lines(ax) == {"FFT 512": ([0, 1, 2], [loss["t0"], loss["t5"], loss["t1"]]),
+                          "FFT 1024": ([0], [loss["t2"]])}  # fmt: skip
+
+
+def test_learning_curves_show_every_trial_per_epoch():
+    _, curves = _rows()
+
+    def expected(key: str) -> dict[str, tuple[list, list]]:  # epochs 1-based; NaN is left out
+        pts = {label: [(e["epoch"] + 1, e[key]) for e in h if math.isfinite(e[key])] for label, h in curves.items()}
+        return {label: ([p[0] for p in v], [p[1] for p in v]) for label, v in pts.items() if v}
+
+    sdr, loss = T.learning_curves_figure(curves, "val_sdr").axes
+    assert [(ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) for ax in (sdr, loss)] == [
+        ("validation SDR of the target", "epoch", "median SDR (dB)"),
+        ("validation loss", "epoch", "val loss")]  # fmt: skip
+    assert len(expected("val_sdr")) == 3  # the NaN-only and the empty trial have no line
+    assert _lines(sdr) == expected("val_sdr") and _lines(loss) == expected("val_loss")
+    assert [t.get_text() for t in loss.get_legend().get_texts()] == list(expected("val_loss"))
+    loss, train = T.learning_curves_figure(curves, "val_loss").axes
+    assert (loss.get_title(), train.get_title()) == ("validation loss", "training loss")
+    assert _lines(loss) == expected("val_loss") and _lines(train) == expected("train_loss")
+    assert len(expected("train_loss")) == 4  # the NaN-SDR trial has a training loss
+
+
 def test_plots_and_report_show_the_comparison(tmp_path):
     rows, curves = _rows()
-    png = b"\x89PNG\r\n\x1a\n"
     plots = {"metric_by_nfft.png": T.metric_by_nfft_png(rows, "val_sdr"),
              "silence_effect.png": T.silence_effect_png(rows, "val_sdr"),
              "learning_curves.png": T.learning_curves_png(curves, "val_sdr")}  # fmt: skip
-    assert all(p.startswith(png) for p in plots.values())
-    assert T.learning_curves_png(curves, "val_loss").startswith(png)
     cfg = _cfg(space={"n_fft": [512, 1024, 2048], "silence": [None, 0.9], "filters": [4, 8]})
     variants = [{"variant": "v1", "n_fft": 512, "hop": 128, "silence": None, "prepared_now": True,
                  "rows": {"train": 10, "validation": 2}}]  # fmt: skip
