@@ -41,10 +41,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from ray_jobs.common import Job, JobConfig
+from ray_jobs.common import TIMEOUTS, ItemWatchdog, Job, JobConfig, timeout_ledger
 from ray_jobs.prepare import SplitConfig
 from sepcore import checkpoint as ckpt
 from sepcore import classify as K
+from sepcore import report as R
 from sepcore import storage
 from sepcore.classes import CLASSES
 from sepcore.config import Config
@@ -127,6 +128,10 @@ class ClassifyConfig(JobConfig):
     )
     activation_pool: Literal["mean", "max"] = Field("mean", description="pooling of CNN frames to snippets")
     max_failed_fraction: float = Field(0.5, ge=0, le=1, description="fail the job above this share of tracks")
+    item_timeout_s: float = Field(
+        3600.0, gt=0, description="time limit of one track in a feature actor, from its start: then the "
+        "actor's process is ended and the track recorded as failed (an hour of audio takes minutes)",
+    )
 
     @field_validator("classes")
     @classmethod
@@ -162,19 +167,25 @@ def to_spec(cfg: ClassifyConfig) -> K.SnippetSpec:
 class SnippetActor:
     """Feature actor: one track row -> its snippet file, and one result row."""
 
-    def __init__(self, spec: K.SnippetSpec, folder: str, cnn_dir: str | None, pool: str):
+    def __init__(self, spec: K.SnippetSpec, folder: str, cnn_dir: str | None, pool: str, limit_s: float,
+                 ledger: str):  # fmt: skip
         import torch
 
         torch.set_num_threads(1)
         self.spec, self.folder, self.pool = spec, folder, pool
         self.names = spec.feature_names()
         self.cnn = ckpt.load_model(cnn_dir) if cnn_dir else None
+        self.watchdog = ItemWatchdog(limit_s, "item_timeout_s", ledger)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         track: SourceTrack = pickle.loads(row["track"])
         out = {"track_id": track.track_id, "status": "ok", "reason": ""}
         try:
-            marker = self._track(track)
+            timed_out = self.watchdog.recorded(track.track_id)
+            if timed_out is not None:  # this call is Ray's retry after the time limit ended the actor
+                return {**out, "status": "error", "reason": timed_out}
+            with self.watchdog.running(track.track_id):
+                marker = self._track(track)
             storage.write_text(storage.join(self.folder, shard_name(track.track_id) + ".json"), json.dumps(marker))
         except SepError as exc:
             return {**out, "status": "error", "reason": str(exc)}
@@ -214,8 +225,10 @@ def _featurize(cfg: ClassifyConfig, spec: K.SnippetSpec, tracks: list[SourceTrac
     if not tracks:
         return errors
     items = [{"track": pickle.dumps(t)} for t in tracks]
+    output = storage.normalize_uri(cfg.output)
+    args = (spec, folder, cnn_dir, cfg.activation_pool, cfg.item_timeout_s, timeout_ledger(output))
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map(SnippetActor, fn_constructor_args=(spec, folder, cnn_dir, cfg.activation_pool),
+    ds = ds.map(SnippetActor, fn_constructor_args=args,
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.actors.feature),
                 num_cpus=cfg.actors.cpus)  # fmt: skip
     for i, row in enumerate(ds.iter_rows()):
@@ -223,6 +236,7 @@ def _featurize(cfg: ClassifyConfig, spec: K.SnippetSpec, tracks: list[SourceTrac
         log.info("classify [%d/%d] %s: %s", i + 1, len(tracks), row["track_id"], state)
         if row["status"] == "error":
             errors.append({"item": row["track_id"], "error": row["reason"]})
+    storage.delete(storage.join(output, TIMEOUTS), recursive=True)
     return errors
 
 
@@ -406,15 +420,15 @@ def evaluate(frames: dict[str, Any], classes: list[str], cnn: bool) -> dict[str,
     return out
 
 
-def roc_png(roc: dict[str, dict[str, tuple]]) -> bytes:
-    """ROC curves of every class, one panel per split (as seed 000's figure)."""
-    import matplotlib
+def roc_figure(roc: dict[str, dict[str, tuple]]) -> Any:
+    """ROC curves of every class, one panel per split (as seed 000's figure).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    ``roc[split][class]`` is ``(fpr, tpr, auc)`` of :func:`evaluate`; each curve is drawn
+    through its points (from (0, 0) to (1, 1)), labelled with the class and its AUC.
+    """
     splits = [s for s in ("validation", "test") if s in roc]
-    fig, axes = plt.subplots(1, len(splits), figsize=(5.2 * len(splits), 4.8), squeeze=False)
+    fig = R.new_figure(5.2 * len(splits), 4.8)
+    axes = fig.subplots(1, len(splits), squeeze=False)
     for ax, split in zip(axes[0], splits, strict=True):
         for c, (fpr, tpr, auc) in roc[split].items():
             ax.plot(fpr, tpr, label=f"{c.capitalize()} AUC = {auc:.2f}")
@@ -422,7 +436,13 @@ def roc_png(roc: dict[str, dict[str, tuple]]) -> bytes:
         ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.02),
                title=f"ROC, {split} snippets")  # fmt: skip
         ax.legend(loc="lower right")
-    return _png(fig)
+    fig.tight_layout()
+    return fig
+
+
+def roc_png(roc: dict[str, dict[str, tuple]]) -> bytes:
+    """:func:`roc_figure` as PNG bytes."""
+    return R.figure_png(roc_figure(roc), dpi=110)
 
 
 def _label(name: str, centres: np.ndarray) -> str:
@@ -433,18 +453,16 @@ def _label(name: str, centres: np.ndarray) -> str:
     return name
 
 
-def importance_png(texts: dict[str, str], spec: K.SnippetSpec, top: int = 12) -> bytes:
-    """Share of the total gain of the ``top`` features of each class's booster."""
+def importance_figure(texts: dict[str, str], spec: K.SnippetSpec, top: int = 12) -> Any:
+    """Share of the total gain of the ``top`` features of each class's booster, one
+    panel per class (``texts``: class -> booster text), the largest share at the top."""
     import librosa
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     centres = librosa.mel_frequencies(spec.n_mels + 2, fmin=spec.fmin, fmax=min(spec.fmax, spec.sample_rate / 2))[1:-1]
     cols = min(3, len(texts))
     rows = -(-len(texts) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    fig = R.new_figure(4.2 * cols, 3.6 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[len(texts) :]:
         ax.set_axis_off()
     for ax, (c, text) in zip(axes.flat, texts.items(), strict=False):
@@ -455,19 +473,13 @@ def importance_png(texts: dict[str, str], spec: K.SnippetSpec, top: int = 12) ->
         ax.barh([_label(booster.feature_name()[i], centres) for i in order], share[order])
         ax.set(title=c, xlabel="share of total gain")
         ax.tick_params(axis="y", labelsize=7)
-    return _png(fig)
-
-
-def _png(fig) -> bytes:
-    import io
-
-    import matplotlib.pyplot as plt
-
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return fig
+
+
+def importance_png(texts: dict[str, str], spec: K.SnippetSpec, top: int = 12) -> bytes:
+    """:func:`importance_figure` as PNG bytes."""
+    return R.figure_png(importance_figure(texts, spec, top), dpi=110)
 
 
 def _cell(value: Any) -> str:

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from ray_jobs.common import Job, JobConfig
+from ray_jobs.common import ItemTasks, Job, JobConfig
 from sepcore import checkpoint as ckpt
 from sepcore import evaluation as E
 from sepcore import report as R
@@ -116,6 +116,12 @@ class EvaluateConfig(JobConfig):
     activation: ActivationEvalConfig = Field(default_factory=ActivationEvalConfig)
     max_failed_fraction: float = Field(
         0.5, ge=0, le=1, description="the job fails when more tracks than this fail"
+    )
+    item_timeout_s: float = Field(
+        7200.0,
+        gt=0,
+        description="time limit of one track's task (and of the sequence test), from its start: "
+        "then it is cancelled and the track recorded as failed (a 15-minute track takes minutes)",
     )
 
     @model_validator(mode="after")
@@ -395,15 +401,15 @@ def sequence_task(chosen: list[tuple[str, Any, int]], job: dict[str, Any]) -> di
 
 
 def _gather(
-    refs: list, done: list[dict[str, Any]], total: int, describe: Any
+    tasks: ItemTasks, done: list[dict[str, Any]], total: int, describe: Any
 ) -> list[dict[str, Any]]:
-    """``done`` and the results of the task refs as they finish, logged one line each."""
-    import ray
+    """``done`` and the results of the track tasks as they finish, logged one line each.
 
-    results, pending = list(done), list(refs)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        res = ray.get(done[0])
+    A track whose task ran out of time or died gets ``{"track_id", "error"}``.
+    """
+    results = list(done)
+    for fin in tasks.gather():
+        res = fin.value if fin.error is None else {"track_id": fin.item, "error": fin.error}
         results.append(res)
         state = f"FAILED {res['error']}" if "error" in res else describe(res)
         log.info("evaluate [%d/%d] %s: %s", len(results), total, res["track_id"], state)
@@ -446,26 +452,21 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     if done:
         log.info("evaluate: %d tracks done by an earlier run are reused", len(done))
     job_ref = ray.put(job)
-    opts = {"num_cpus": cfg.cpus_per_task}
+    tasks = ItemTasks(cfg.item_timeout_s, "item_timeout_s", num_cpus=cfg.cpus_per_task)
+    todo = [t for t in tracks if t.track_id not in done]
     if task == "separator":
-        remote = ray.remote(separation_task).options(**opts)
         with_target = [t.track_id for t in tracks if target in t.classes]
         shown = set(with_target[: cfg.report.examples])  # the first tracks holding the target
-        refs = [
-            remote.remote(t, job_ref, t.track_id in shown) for t in tracks if t.track_id not in done
-        ]
-        results = _gather(refs, list(done.values()), len(tracks), _describe_separation)
+        for t in todo:
+            tasks.submit(t.track_id, separation_task, t, job_ref, t.track_id in shown)
+        results = _gather(tasks, list(done.values()), len(tracks), _describe_separation)
         sequence = None
     else:
-        remote = ray.remote(activation_task).options(**opts)
         plotted = {t.track_id for t in tracks[: cfg.activation.plots]}
-        refs = [
-            remote.remote(t, job_ref, t.track_id in plotted)
-            for t in tracks
-            if t.track_id not in done
-        ]
-        results = _gather(refs, list(done.values()), len(tracks), _describe_activation)
-        sequence = _run_sequence(results, tracks, job_ref, opts)
+        for t in todo:
+            tasks.submit(t.track_id, activation_task, t, job_ref, t.track_id in plotted)
+        results = _gather(tasks, list(done.values()), len(tracks), _describe_activation)
+        sequence = _run_sequence(results, tracks, job_ref, tasks)
     nodes = sorted({r.pop(NODE_KEY) for r in results if NODE_KEY in r})  # this run's tasks only
     doc = metrics_document(
         cfg, meta, checkpoint_dir, task, results, sequence, listing_errors, time.monotonic() - t0
@@ -508,11 +509,13 @@ def _describe_activation(res: dict[str, Any]) -> str:
 
 
 def _run_sequence(
-    results: list[dict[str, Any]], tracks: list, job_ref: Any, opts: dict
+    results: list[dict[str, Any]], tracks: list, job_ref: Any, tasks: ItemTasks
 ) -> dict[str, Any] | None:
-    """Pick each class's loudest solo stretch in the split and run the sequence task."""
-    import ray
+    """Pick each class's loudest solo stretch in the split and run the sequence task.
 
+    When the task fails (or runs out of time) there is no sequence test, and ``results``
+    gets a failed item ``sequence``.
+    """
     by_id = {t.track_id: t for t in tracks}
     best: dict[str, tuple[float, str, int]] = {}
     for res in results:
@@ -523,9 +526,14 @@ def _run_sequence(
     if not chosen:
         log.warning("evaluate: no class has an audible solo stretch; no sequence test")
         return None
-    res = ray.get(ray.remote(sequence_task).options(**opts).remote(chosen, job_ref))
+    tasks.submit("sequence", sequence_task, chosen, job_ref)
+    (fin,) = tasks.gather()
+    if fin.error is not None:
+        log.warning("evaluate: sequence test FAILED %s", fin.error)
+        results.append({"track_id": "sequence", "error": fin.error})
+        return None
     log.info("evaluate: sequence of %s done", ", ".join(c for c, _, _ in chosen))
-    return res
+    return fin.value
 
 
 def _separation_section(results: list[dict[str, Any]], classes: list[str]) -> dict[str, Any]:
@@ -644,11 +652,9 @@ def _training_section(meta: dict[str, Any]) -> R.Section | None:
     history = meta.get("history")
     if not history:
         return None
-    from ray_jobs.train import loss_curve_png
-
     last = history[-1]
     rows = [[k, v] for k, v in last.items() if isinstance(v, (int, float))]
-    return R.Section("Training", [R.Image("loss_curve.png", loss_curve_png(history), title="loss curves"),
+    return R.Section("Training", [R.Image("loss_curve.png", R.loss_curve_png(history), title="loss curves"),
                                   R.Table(f"last epoch ({len(history)} in all)", ["metric", "value"], rows,
                                           digits=4)])  # fmt: skip
 

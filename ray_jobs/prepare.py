@@ -29,11 +29,11 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ray_jobs.common import Job, JobConfig
+from ray_jobs.common import TIMEOUTS, ItemWatchdog, Job, JobConfig, timeout_ledger
 from sepcore import prepare as P
 from sepcore import qa, silence, storage
 from sepcore.classes import CLASSES
-from sepcore.config import Config
+from sepcore.config import Config, changed_keys
 from sepcore.errors import ConfigError, SepError
 from sepcore.mixing import assign_splits
 from sepcore.sources import SourceTrack, list_sources
@@ -135,6 +135,11 @@ class PrepareConfig(JobConfig):
     random_mix: RandomMixConfig = Field(default_factory=RandomMixConfig)
     actors: ActorsConfig = Field(default_factory=ActorsConfig)
     max_failed_fraction: float = Field(0.2, ge=0, le=1, description="fail the job above this share")
+    item_timeout_s: float = Field(
+        3600.0, gt=0, description="time limit of one track in each actor stage (segment actors in "
+        "random_mix mode), from its start: then the actor's process is ended and the track recorded "
+        "as failed (an hour of audio takes minutes)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PrepareConfig:
@@ -178,12 +183,18 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
+def _watchdog(limit_s: float, ledger: str | None) -> ItemWatchdog:
+    """The time limit per track of an actor; the failures go to ``ledger`` (None: no limit)."""
+    return ItemWatchdog(limit_s, "item_timeout_s", ledger)
+
+
 class MixActor:
     """Mixing actor: one track row -> its instrument/rest pair (pickled) or a status."""
 
-    def __init__(self, spec: P.PrepareSpec):
+    def __init__(self, spec: P.PrepareSpec, limit_s: float, ledger: str | None):
         _one_thread()
         self.spec = spec
+        self.watchdog = _watchdog(limit_s, ledger)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         track: SourceTrack = pickle.loads(row["track"])
@@ -193,8 +204,12 @@ class MixActor:
             files = ", ".join(f"{track.uri}/stems/{s}" for s in missing)
             return {**out, "status": "error", "reason": f"{track.track_id}: stem audio missing "
                     f"({files}), though metadata.yaml says it was rendered"}
+        timed_out = self.watchdog.recorded(track.track_id)
+        if timed_out is not None:  # this call is Ray's retry after the time limit ended the actor
+            return {**out, "status": "error", "reason": timed_out}
         try:
-            pair = P.mix_track(track, self.spec)
+            with self.watchdog.running(track.track_id):
+                pair = P.mix_track(track, self.spec)
         except P.SkipTrack as exc:
             return {**out, "status": "skipped", "reason": str(exc)}
         except SepError as exc:
@@ -208,30 +223,40 @@ class FeatureActor:
     """Feature actor: a pair -> chunk rows; with ``output`` it writes the track's shard
     and done-marker and returns one result row instead."""
 
-    def __init__(self, spec: P.PrepareSpec, output: str | None):
+    def __init__(self, spec: P.PrepareSpec, output: str | None, limit_s: float, ledger: str | None):
         _one_thread()
         self.spec = spec
         self.output = output
         self.extractor = spec.extractor()
+        self.watchdog = _watchdog(limit_s, ledger)
 
     def __call__(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         result = {k: row[k] for k in ("track_id", "split", "status", "reason")}
         rows: list[dict[str, Any]] = []
-        if row["status"] == "ok":
-            pair: P.TrackPair = pickle.loads(row["pair"])
-            try:
-                arrays = P.feature_chunks(pair, self.spec, self.extractor)
-            except (SepError, ValueError) as exc:
-                result.update(status="error", reason=f"{row['track_id']}: {exc}")
-            else:
-                rows = P.track_rows(row["track_id"], row["split"], arrays)
-                result.update(
-                    rows=len(rows), seconds=round(pair.mix.shape[-1] / self.spec.sample_rate, 3),
-                    flags=pair.flags, excluded=pair.excluded, silence=pair.silence,
-                )  # fmt: skip
+        timed_out = self.watchdog.recorded(row["track_id"]) if row["status"] == "ok" else None
+        if timed_out is not None:  # this call is Ray's retry after the time limit ended the actor
+            result.update(status="error", reason=timed_out)
+        elif row["status"] == "ok":
+            with self.watchdog.running(row["track_id"]):
+                rows = self._chunks(row, result)
         if self.output is None:
             return rows
         return [self._commit(result, rows)]
+
+    def _chunks(self, row: dict[str, Any], result: dict[str, Any]) -> list[dict[str, Any]]:
+        """The chunk rows of a pair; ``result`` gets the track's facts, or its error."""
+        pair: P.TrackPair = pickle.loads(row["pair"])
+        try:
+            arrays = P.feature_chunks(pair, self.spec, self.extractor)
+        except (SepError, ValueError) as exc:
+            result.update(status="error", reason=f"{row['track_id']}: {exc}")
+            return []
+        rows = P.track_rows(row["track_id"], row["split"], arrays)
+        result.update(
+            rows=len(rows), seconds=round(pair.mix.shape[-1] / self.spec.sample_rate, 3),
+            flags=pair.flags, excluded=pair.excluded, silence=pair.silence,
+        )  # fmt: skip
+        return rows
 
     def _commit(self, result: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
         name = P.shard_name(result["track_id"])
@@ -251,13 +276,15 @@ def _track_dataset(tracks: list[SourceTrack], splits: dict[str, str]):
     return ray.data.from_items(items, override_num_blocks=max(1, len(items)))
 
 
-def _pipeline(cfg: PrepareConfig, spec: P.PrepareSpec, tracks, splits, output: str | None):
-    a = cfg.actors
+def _pipeline(cfg: PrepareConfig, spec: P.PrepareSpec, tracks, splits, output: str | None,
+              ledger: str | None = None):  # fmt: skip
+    """Mixing and feature actors over ``tracks``; ``ledger`` (a :func:`timeout_ledger`)
+    enables the time limit per track (a stream without an output has none)."""
+    a, limit = cfg.actors, cfg.item_timeout_s
     ds = _track_dataset(tracks, splits)
-    ds = ds.map(MixActor, fn_constructor_args=(spec,), concurrency=(1, a.mix), num_cpus=a.cpus)
-    return ds.flat_map(
-        FeatureActor, fn_constructor_args=(spec, output), concurrency=(1, a.feature), num_cpus=a.cpus
-    )
+    ds = ds.map(MixActor, fn_constructor_args=(spec, limit, ledger), concurrency=(1, a.mix), num_cpus=a.cpus)
+    return ds.flat_map(FeatureActor, fn_constructor_args=(spec, output, limit, ledger),
+                       concurrency=(1, a.feature), num_cpus=a.cpus)  # fmt: skip
 
 
 def _sources_and_splits(cfg: PrepareConfig) -> tuple[list[SourceTrack], dict[str, str], list[str]]:
@@ -294,8 +321,8 @@ def _check_spec_file(output: str, spec: P.PrepareSpec) -> None:
     wanted = json.loads(json.dumps(dataclasses.asdict(spec)))
     if storage.exists(uri):
         found = json.loads(storage.read_text(uri))
-        if found != wanted:
-            diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+        diff = changed_keys(found, wanted)
+        if diff:
             raise ConfigError(
                 "output", f"{output} holds data prepared with other parameters ({', '.join(diff)}); "
                 "use a new output"
@@ -323,12 +350,14 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
     pending = [t for t in tracks if P.shard_name(t.track_id) not in done]
     log.info("prepare: %d tracks, %d done before, %d to prepare", len(tracks), len(tracks) - len(pending), len(pending))
     errors: list[dict[str, str]] = []
-    for i, row in enumerate(_pipeline(cfg, spec, pending, splits, output).iter_rows() if pending else []):
+    ledger = timeout_ledger(output)
+    for i, row in enumerate(_pipeline(cfg, spec, pending, splits, output, ledger).iter_rows() if pending else []):
         res = json.loads(row["result"])
         state = res["reason"] if res["status"] != "ok" else f"{res['rows']} chunks"
         log.info("prepare [%d/%d] %s (%s): %s", i + 1, len(pending), res["track_id"], res["split"], state)
         if res["status"] == "error":
             errors.append({"item": res["track_id"], "error": res["reason"]})
+    storage.delete(storage.join(output, TIMEOUTS), recursive=True)
     markers = _read_markers(output)
     manifest = write_manifest(output, cfg, spec, markers)
     return _summary(manifest, markers, errors, listing_errors, len(tracks) - len(pending), cfg)

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ray_jobs.common import TIMEOUTS, timeout_ledger
 from sepcore import mixing, storage
 from sepcore import prepare as P
 from sepcore.errors import SepError
@@ -38,19 +39,25 @@ log = logging.getLogger("sep.prepare")
 class SegmentActor:
     """Segment actor: one track -> its solo segments (or one error row)."""
 
-    def __init__(self, spec: P.PrepareSpec, seconds: float):
-        from ray_jobs.prepare import _one_thread
+    def __init__(self, spec: P.PrepareSpec, seconds: float, limit_s: float, ledger: str):
+        from ray_jobs.prepare import _one_thread, _watchdog
 
         _one_thread()
         self.spec, self.seconds = spec, seconds
+        self.watchdog = _watchdog(limit_s, ledger)
 
     def __call__(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         track: SourceTrack = pickle.loads(row["track"])
         base = {"track_id": track.track_id, "split": row["split"]}
+        failed = {**base, "segment_id": "", "inst_class": "", "audio": b""}
+        timed_out = self.watchdog.recorded(track.track_id)
+        if timed_out is not None:  # this call is Ray's retry after the time limit ended the actor
+            return [{**failed, "error": timed_out}]
         try:
-            segments = P.solo_segments(track, self.spec, self.seconds)
+            with self.watchdog.running(track.track_id):
+                segments = P.solo_segments(track, self.spec, self.seconds)
         except SepError as exc:
-            return [{**base, "segment_id": "", "inst_class": "", "audio": b"", "error": str(exc)}]
+            return [{**failed, "error": str(exc)}]
         return [{**base, "segment_id": sid, "inst_class": cls, "audio": pickle.dumps(a, protocol=5), "error": ""}
                 for sid, cls, a in segments]  # fmt: skip
 
@@ -147,12 +154,14 @@ def run_random_mix(cfg, spec: P.PrepareSpec, tracks: list[SourceTrack], splits: 
     from ray_jobs.prepare import _track_dataset
 
     a = cfg.actors
+    ledger = timeout_ledger(output)
     segments = (
         _track_dataset(tracks, splits)
-        .flat_map(SegmentActor, fn_constructor_args=(spec, cfg.random_mix.segment_seconds),
-                  concurrency=(1, a.mix), num_cpus=a.cpus)  # fmt: skip
+        .flat_map(SegmentActor, fn_constructor_args=(spec, cfg.random_mix.segment_seconds, cfg.item_timeout_s,
+                                                     ledger), concurrency=(1, a.mix), num_cpus=a.cpus)  # fmt: skip
         .materialize()
     )
+    storage.delete(storage.join(output, TIMEOUTS), recursive=True)
     meta = segments.select_columns(["track_id", "split", "segment_id", "inst_class", "error"]).take_all()
     failed = [{"item": m["track_id"], "error": m["error"]} for m in meta if m["error"]]
     good = [m for m in meta if not m["error"]]

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ray_jobs.common import Job, JobConfig
+from ray_jobs.common import ItemTasks, Job, JobConfig
 from sepcore import storage
 from sepcore.config import Config
 from sepcore.errors import SepError, StorageError
@@ -48,6 +48,10 @@ class RenderConfig(JobConfig):
         0.5, ge=0, le=1, description="the job fails (exit 1) when more songs than this fail"
     )
     demo: DemoCorpusConfig = Field(default_factory=DemoCorpusConfig, description="built-in corpus")
+    item_timeout_s: float = Field(
+        3600.0, gt=0, description="time limit of one song's task, from its start: then it is "
+        "cancelled and the song recorded as failed (an hour of MIDI renders in minutes)",
+    )
 
 
 def _sources(cfg: RenderConfig) -> list[tuple[str, bytes | None]]:
@@ -99,8 +103,6 @@ def _render_one(name: str, data: bytes | None, track_uri: str, params: dict[str,
 
 
 def run(cfg: RenderConfig) -> dict[str, Any]:
-    import ray
-
     output = storage.normalize_uri(cfg.output)
     sources = _sources(cfg)
     done = {u.rsplit("/", 2)[-2] for u in storage.list_files(output, suffix="/" + METADATA)}
@@ -108,19 +110,19 @@ def run(cfg: RenderConfig) -> dict[str, Any]:
         "soundfont": cfg.soundfont, "sample_rate": cfg.sample_rate, "channels": cfg.channels,
         "fmt": cfg.format, "target_peak_db": cfg.target_peak_db,
     }  # fmt: skip
-    task = ray.remote(num_cpus=1, max_retries=2)(_render_one)
-    pending, skipped = [], 0
+    tasks = ItemTasks(cfg.item_timeout_s, "item_timeout_s", num_cpus=1, max_retries=2)
+    tracks, skipped = {}, 0
     for i, (name, data) in enumerate(sources):
         track_id = f"Track{i + 1:05d}"
         if track_id in done:
             skipped += 1
             continue
-        pending.append(task.remote(name, data, storage.join(output, track_id), params))
-    log.info("render: %d songs, %d already done, %d to render", len(sources), skipped, len(pending))
+        tracks[name] = storage.join(output, track_id)
+        tasks.submit(name, _render_one, name, data, tracks[name], params)
+    log.info("render: %d songs, %d already done, %d to render", len(sources), skipped, len(tasks))
     results = []
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        res = ray.get(ready[0])
+    for fin in tasks.gather():
+        res = fin.value if fin.error is None else {"item": fin.item, "track": tracks[fin.item], "error": fin.error}
         results.append(res)
         state = f"FAILED {res['error']}" if "error" in res else f"{res['stems']} stems, {res['seconds']:.1f} s"
         log.info("render [%d/%d] %s: %s", len(results) + skipped, len(sources), res["track"].rsplit("/", 1)[-1], state)
@@ -139,7 +141,7 @@ def summarize(results: list[dict], skipped: int, total: int, max_failed_fraction
             "x_realtime_per_task": round(audio_s / busy_s, 2) if busy_s else None,
         },
         "failed": failed,
-        "nodes": sorted({r["node"] for r in results}),
+        "nodes": sorted({r["node"] for r in results if r.get("node")}),
     }
     if failed and len(failed) > max_failed_fraction * total:
         summary["status"] = "failed"

@@ -24,6 +24,11 @@ State, in the output:
 A rerun skips a file whose change key (URI, size, mtime or ETag), model id (hash of
 the checkpoint's weights) and settings match a previous ``ok`` (or ``skipped``) row
 whose stems exist; changed and failed files are done again.
+
+Exit status: 1 when files were separated and every one of them failed (a model that
+cannot take the audio, a broken decoder): the manifest and ``summary.json`` (status
+``failed``) are still written. Files skipped as done before count neither way; when
+at least one file succeeds the job exits 0 and the failures are in the summary.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from ray_jobs.common import Job, JobConfig
+from ray_jobs.common import ItemWatchdog, Job, JobConfig
 from sepcore import checkpoint, storage
 from sepcore.config import Config
 from sepcore.errors import ConfigError, SepError
@@ -61,6 +66,8 @@ MANIFEST = "manifest.parquet"
 RECORDS = "_records"
 STARTED = "_started"
 DONE_STATUSES = ("ok", "skipped")
+#: ``error_class`` of a file that ran past ``item_timeout_s``.
+ITEM_TIMEOUT = "ItemTimeout"
 
 #: Manifest columns, in order. Times are seconds; ``processed_at`` is ISO 8601 UTC.
 MANIFEST_SCHEMA = pa.schema(
@@ -148,6 +155,13 @@ class SeparateConfig(JobConfig):
     scratch: str | None = Field(
         default=None, description="local folder for temporary files (default: the system's)"
     )
+    item_timeout_s: float = Field(
+        default=4 * 3600.0,
+        gt=0,
+        description="time limit of one file (decode, separation, writing), from its start: then "
+        "the actor's process is ended and the file recorded as failed (ItemTimeout); a 4-hour "
+        "file takes under an hour on one CPU with the small models",
+    )
     decode: DecodeLimits = DecodeLimits()
     inference: Inference = Inference()
 
@@ -232,6 +246,7 @@ class Separator:
         self.settings = dataclasses.replace(settings, device=device)
         self.cfg, self.model_id, self.target, self.run_id = cfg, model_id, target, run_id
         self.output = storage.normalize_uri(cfg.output)
+        self.watchdog = ItemWatchdog(cfg.item_timeout_s, "item_timeout_s")
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         source = LibraryFile(row["source"], row["relative"], row["size"], row["version"])
@@ -239,21 +254,45 @@ class Separator:
         out.update(model_id=self.model_id, target=self.target, settings=self.settings.key(),
                    run_id=self.run_id, node=self.node,
                    attempts=_count_start(self.output, source.uri))
+        if out["attempts"] != 1:  # started before: it may have run out of time in this run
+            earlier = self._timed_out(source.uri)
+            if earlier is not None:
+                return earlier
         start = time.monotonic()
         limits = self.cfg.decode
-        try:
-            result = separate_file(
-                self.model, source, output_dir(self.output, source.relative), self.settings,
-                self.cfg.scratch, limits.timeout_s, limits.max_memory_mb, limits.max_seconds,
-            )  # fmt: skip
-            out.update(result, status="ok", error_class=None, error=None)
-        except Exception as exc:  # a bad file is recorded; the job goes on
-            if not isinstance(exc, SepError):
-                log.exception("separate: unexpected error on %s", source.uri)
-            out.update(status="error", error_class=type(exc).__name__, error=str(exc))
+
+        def record(message: str) -> None:  # the watchdog's, before it ends this process
+            failed = {**out, "status": "error", "error_class": ITEM_TIMEOUT, "error": message,
+                      "total_s": time.monotonic() - start, "processed_at": _now()}  # fmt: skip
+            storage.write_text(_record_uri(self.output, source.uri), json.dumps(failed))
+
+        with self.watchdog.running(source.uri, record):
+            try:
+                result = separate_file(
+                    self.model, source, output_dir(self.output, source.relative), self.settings,
+                    self.cfg.scratch, limits.timeout_s, limits.max_memory_mb, limits.max_seconds,
+                )  # fmt: skip
+                out.update(result, status="ok", error_class=None, error=None)
+            except Exception as exc:  # a bad file is recorded; the job goes on
+                if not isinstance(exc, SepError):
+                    log.exception("separate: unexpected error on %s", source.uri)
+                out.update(status="error", error_class=type(exc).__name__, error=str(exc))
         out.update(total_s=time.monotonic() - start, processed_at=_now())
         storage.write_text(_record_uri(self.output, source.uri), json.dumps(out))
         return out
+
+    def _timed_out(self, source: str) -> dict[str, Any] | None:
+        """This run's record of ``source`` when the file ran out of time (and the process
+        was ended: Ray restarted the actor and retried the file), else None."""
+        uri = _record_uri(self.output, source)
+        try:
+            row = json.loads(storage.read_text(uri)) if storage.exists(uri) else {}
+        except (SepError, ValueError) as exc:
+            log.warning("separate: cannot read the record of %s: %s", source, exc)
+            return None
+        if row.get("run_id") == self.run_id and row.get("error_class") == ITEM_TIMEOUT:
+            return row
+        return None
 
 
 # ---------------------------------------------------------------------- driver
@@ -305,6 +344,20 @@ def _is_done(prev: dict[str, Any] | None, f: LibraryFile, model_id: str, setting
         and prev.get("instrument_uri") in existing
         and prev.get("rest_uri") in existing
     )
+
+
+def every_file_failed(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary's ``status: failed`` and ``error`` when every file this run tried failed.
+
+    Empty when nothing was tried or one file succeeded; ``skipped`` rows count neither way.
+    """
+    tried = [r for r in rows if r["status"] != "skipped"]
+    errors = [r for r in tried if r["status"] == "error"]
+    if not tried or len(errors) < len(tried):
+        return {}
+    first = errors[0]
+    return {"status": "failed", "error": f"every file failed ({len(errors)} of {len(tried)} "
+            f"separated); the first: {first['relative']}: {first['error_class']}: {first['error']}"}  # fmt: skip
 
 
 def run(cfg: SeparateConfig) -> dict[str, Any]:
@@ -398,6 +451,7 @@ def run(cfg: SeparateConfig) -> dict[str, Any]:
         "retried": sum((r.get("attempts") or 1) > 1 for r in ordered if r["status"] != "skipped"),
         "failed": [{"item": r["source"], "error": f"{r['error_class']}: {r['error']}"}
                    for r in ordered if r["status"] == "error"],
+        **every_file_failed(ordered),
     }
 
 

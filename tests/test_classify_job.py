@@ -21,6 +21,14 @@ from sepcore.models import build_model
 pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 
 
+def _pixels(png: bytes) -> np.ndarray:
+    import io
+
+    import matplotlib.image
+
+    return matplotlib.image.imread(io.BytesIO(png), format="png")
+
+
 @pytest.fixture(scope="module")
 def data(demo_data, tmp_path_factory) -> str:
     """The 6 demo songs in Slakh's split folders (4 / 1 / 1) plus a train track whose
@@ -88,8 +96,13 @@ def test_classify_job_end_to_end_with_a_bad_track_and_resume(data, cnn, tmp_path
             assert (auc is not None) == both and (cnn_auc is not None) == both
             assert auc is None or 0 <= auc <= 1
     assert metrics["seed000_auc_slakh"]["drums"] == 0.96 and metrics["training"]["workers"] == 2
-    for png in (classify.ROC_PNG, classify.IMPORTANCE_PNG):
-        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The plots' content is checked in test_classify.py; here: the importance plot is the
+    # saved model's, and the ROC plot has a panel per split (5.2 x 4.8 inches at 110 dpi).
+    saved = {c: (out / classify.MODEL_DIR / f"{c}.txt").read_text() for c in metrics["classes"]}
+    spec = K.Classifier.load(str(out / classify.MODEL_DIR)).spec
+    importance = _pixels((out / classify.IMPORTANCE_PNG).read_bytes())
+    assert np.abs(importance - _pixels(classify.importance_png(saved, spec))).mean() < 1e-3
+    assert _pixels((out / classify.ROC_PNG).read_bytes()).shape[:2] == (round(4.8 * 110), round(2 * 5.2 * 110))
     html = (out / classify.REPORT).read_text()
     assert "activation CNN test" in html and "seed 000" in html and classify.ROC_PNG in html
 
@@ -98,3 +111,34 @@ def test_classify_job_end_to_end_with_a_bad_track_and_resume(data, cnn, tmp_path
     pred = K.predict(str(out / classify.MODEL_DIR), mix)
     assert len(pred.starts_s) == math.ceil(mix.duration) and pred.classes == metrics["classes"]
     assert np.isfinite(pred.probabilities).all()
+
+
+def test_a_track_that_hangs_is_failed_at_its_time_limit(data, tmp_path, monkeypatch):
+    import time
+
+    import ray
+
+    out = tmp_path / "classify"
+    # Ray workers read SEP_FAULTS from the environment they start with.
+    monkeypatch.setenv("SEP_FAULTS", "item_hang:*Track00002")
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        start = time.monotonic()
+        # max_failed_fraction=0: the job ends after featurizing (exit 1), no training.
+        assert classify.main(_args(data, out, "item_timeout_s=6", "max_failed_fraction=0")) == 1
+        wall = time.monotonic() - start
+    finally:
+        monkeypatch.delenv("SEP_FAULTS")
+        ray.shutdown()
+        ray.init(num_cpus=2, include_dashboard=False)
+    summary = json.loads((out / "summary.json").read_text())
+    failed = {f["item"]: f["error"] for f in summary["failed"]}
+    assert sorted(failed) == ["slakh:Track00002", "slakh:Track00099"]  # hung; a corrupt stem
+    assert failed["slakh:Track00002"] == ("slakh:Track00002: no result within 6 s (time limit per item, "
+                                          "key item_timeout_s); its worker process was ended")  # fmt: skip
+    (folder,) = (out / "snippets").iterdir()
+    markers = classify.read_markers(str(folder))
+    assert len(markers) == 5 and "slakh:Track00002" not in markers  # the others are done
+    assert not (out / "_timeouts").exists()
+    assert wall < 60, wall

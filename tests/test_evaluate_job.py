@@ -25,6 +25,14 @@ SR = 22050
 pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 
 
+def _pixels(png: bytes) -> np.ndarray:
+    import io
+
+    import matplotlib.image
+
+    return matplotlib.image.imread(io.BytesIO(png), format="png")
+
+
 def _save(folder, name: str, config: dict, meta: dict) -> str:
     torch.manual_seed(0)
     model_meta = {"name": name, "config": config, "log_input": name == "hourglass"}
@@ -174,9 +182,18 @@ def test_activation_evaluation_writes_matrices_and_plots(demo_data, tmp_path):
     finite = np.concatenate([noise[np.isfinite(noise)], leakage[np.isfinite(leakage)]])
     assert ((finite >= -60) & (finite <= 0)).all()
     assert R.missing_files(str(out / R.REPORT_FILE)) == []
-    for name in ("noise_matrix.png", "leakage_matrix.png", "sequence_activations.png",
-                 "slakh_Track00001_activations.png"):  # fmt: skip
-        assert (out / R.ASSETS / name).read_bytes()[:4] == b"\x89PNG"
+    # The plots' content is checked in test_evaluation.py; here: the heat maps show the
+    # matrices of metrics.json, and the activation plots have a row per class.
+    shown = {name: _pixels((out / R.ASSETS / name).read_bytes()) for name in
+             ("noise_matrix.png", "leakage_matrix.png", "sequence_activations.png",
+              "slakh_Track00001_activations.png")}  # fmt: skip
+    playing, predicted = "instrument playing", "instrument predicted"
+    for name, matrix, title, labels in (("noise_matrix.png", noise, "noise matrix (dB)", (predicted, playing)),
+                                        ("leakage_matrix.png", leakage, "leakage matrix (dB)", (playing, predicted))):  # fmt: skip
+        drawn = _pixels(R.matrix_png(matrix, CLASSES, CLASSES, title, *labels))
+        assert shown[name].shape == drawn.shape and np.abs(shown[name] - drawn).mean() < 1e-3, name
+    for name in ("sequence_activations.png", "slakh_Track00001_activations.png"):
+        assert shown[name].shape[:2] == (round((0.9 * len(CLASSES) + 1.0) * 100), 1000)
 
 
 def test_bad_checkpoint_and_config_are_clear_errors(separator, demo_data, tmp_path, capsys):
@@ -188,9 +205,40 @@ def test_bad_checkpoint_and_config_are_clear_errors(separator, demo_data, tmp_pa
     )
     assert "none" in capsys.readouterr().err
     out = f"output={tmp_path / 'o'}"
-    assert evaluate.main([f"data={demo_data}", f"checkpoint={separator}", out, "target=piano"]) == 1
+    assert evaluate.main([f"data={demo_data}", f"checkpoint={separator}", out, "target=piano"]) == 2
     assert "separates 'guitar', not 'piano'" in capsys.readouterr().err
     assert (
         evaluate.main([f"data={demo_data}", f"checkpoint={separator}", out, "classes=[kazoo]"]) == 2
     )
     assert "unknown class 'kazoo'" in capsys.readouterr().err
+
+
+def test_a_track_that_hangs_is_cancelled_at_its_time_limit(
+    separator, data_with_a_broken_track, tmp_path, monkeypatch
+):
+    import time
+
+    # Ray workers read SEP_FAULTS from the environment they start with.
+    monkeypatch.setenv("SEP_FAULTS", "item_hang:*Track00003")
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        out = tmp_path / "eval"
+        args = [f"data={data_with_a_broken_track}", f"checkpoint={separator}", f"output={out}", "split=all",
+                "backend=fast", "report={examples: 0}", "item_timeout_s=8", "max_failed_fraction=1"]  # fmt: skip
+        start = time.monotonic()
+        assert evaluate.main(args) == 0
+        wall = time.monotonic() - start
+    finally:
+        monkeypatch.delenv("SEP_FAULTS")
+        ray.shutdown()
+        ray.init(num_cpus=2, include_dashboard=False)
+    doc = json.loads((out / "metrics.json").read_text())
+    assert [t["track_id"] for t in doc["separation"]["guitar"]["tracks"]] == ["slakh:Track00001"]
+    failed = {f["item"]: f["error"] for f in doc["failed"]}
+    assert sorted(failed) == ["slakh:Track00003", "slakh:Track00004"]
+    assert failed["slakh:Track00003"] == (
+        "slakh:Track00003: no result within 8 s (time limit per item, key item_timeout_s); "
+        "the task was cancelled"
+    )
+    assert wall < 60, wall

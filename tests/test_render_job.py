@@ -63,3 +63,51 @@ def test_render_job_fails_when_too_many_songs_fail(tmp_path):
 def test_render_job_reports_missing_input(tmp_path, capsys):
     assert render.main([f"midi={tmp_path / 'nothing'}", f"output={tmp_path / 'out'}"]) == 1
     assert "no .mid files found" in capsys.readouterr().err
+
+
+def test_a_song_that_hangs_is_cancelled_at_its_time_limit(midi_folder, tmp_path, monkeypatch):
+    import time
+
+    import ray
+
+    # Ray workers read SEP_FAULTS from the environment they start with.
+    monkeypatch.setenv("SEP_FAULTS", "item_hang:*c_song*")
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        out = tmp_path / "out"
+        start = time.monotonic()
+        argv = [f"midi={midi_folder}", f"output={out}", "sample_rate=22050", "channels=1",
+                "item_timeout_s=4", "max_failed_fraction=1"]
+        assert render.main(argv) == 0
+        wall = time.monotonic() - start
+    finally:
+        monkeypatch.delenv("SEP_FAULTS")
+        ray.shutdown()
+        ray.init(num_cpus=2, include_dashboard=False)
+    summary = _summary(out)
+    assert summary["counts"] == {"songs": 3, "rendered": 1, "skipped_done": 0, "failed": 2}
+    failed = {f["item"].rsplit("/", 1)[-1]: f["error"] for f in summary["failed"]}
+    assert "not a readable MIDI file" in failed["b_broken.mid"]
+    assert failed["c_song.midi"].endswith(
+        "c_song.midi: no result within 4 s (time limit per item, key item_timeout_s); the task was cancelled"
+    )
+    assert [t.track_id for t in slakh.list_tracks(str(out))] == ["Track00001"]
+    assert wall < 60, wall
+
+
+def test_the_time_limit_counts_from_a_task_start_not_its_submission():
+    import time
+
+    from ray_jobs.common import ItemTasks
+
+    # 6 tasks of 2 s on 2 CPUs run in 3 waves: the last start some 4 s (plus worker
+    # start-up) after their submission, yet each runs 2 s, well inside its limit.
+    tasks = ItemTasks(6.0, "item_timeout_s", num_cpus=1)
+    for i in range(6):
+        tasks.submit(f"item {i}", time.sleep, 2.0)
+    start = time.monotonic()
+    finished = list(tasks.gather())
+    assert time.monotonic() - start > 6.0  # really queued
+    assert sorted(f.item for f in finished) == [f"item {i}" for i in range(6)]
+    assert all(f.error is None for f in finished), [f.error for f in finished]

@@ -179,3 +179,37 @@ def test_odd_names_stay_inside_the_output(tmp_path, mixes, tiny_checkpoint):
     for uri in storage.list_files(str(out / "stems")):
         real = os.path.realpath(storage.local_path(uri))
         assert real.startswith(str(out / "stems") + os.sep)
+
+
+def test_a_file_that_hangs_is_failed_at_its_time_limit(tmp_path, tiny_checkpoint, monkeypatch):
+    import time
+
+    from sepcore.testing.reliability import tone_library
+
+    lib = tmp_path / "library"
+    tone_library(str(lib), 3, seconds=2.0)  # 00/song 000.wav ... 00/song 002.wav
+    out = str(tmp_path / "out")
+    # Ray workers read SEP_FAULTS from the environment they start with.
+    monkeypatch.setenv("SEP_FAULTS", "item_hang:*song 001.wav")
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        start = time.monotonic()
+        assert _run(str(lib), out, tiny_checkpoint, "item_timeout_s=5") == 0
+        wall = time.monotonic() - start
+    finally:
+        monkeypatch.delenv("SEP_FAULTS")
+        ray.shutdown()
+        ray.init(num_cpus=2, include_dashboard=False)
+    rows = _manifest(out)
+    assert {rel: r["status"] for rel, r in rows.items()} == {
+        "00/song 000.wav": "ok", "00/song 001.wav": "error", "00/song 002.wav": "ok"}  # fmt: skip
+    hung = rows["00/song 001.wav"]
+    assert hung["error_class"] == "ItemTimeout" and hung["error"] == (
+        f"{hung['source']}: no result within 5 s (time limit per item, key item_timeout_s); "
+        "its worker process was ended"
+    )
+    assert 5 <= hung["total_s"] < 10 and hung["instrument_uri"] is None
+    assert _summary(out)["counts"]["error"] == 1
+    assert storage.list_files(storage.join(out, job.RECORDS)) == []
+    assert wall < 60, wall
