@@ -55,6 +55,18 @@ class ModelConfig(Config):
     )
     log_input: bool = Field(True, description="feed log1p(magnitude) to separators")
 
+    @model_validator(mode="after")
+    def _check_arguments(self) -> ModelConfig:
+        import inspect
+
+        from sepcore.models import MODELS
+
+        try:
+            inspect.signature(MODELS[self.name]).bind_partial(**self.config)
+        except TypeError as exc:  # an unknown or doubled argument: name it now, not in each worker
+            raise ValueError(f"config: {exc} (model {self.name})") from None
+        return self
+
 
 class OptimConfig(Config):
     epochs: int = Field(10, ge=1)

@@ -70,12 +70,6 @@ def test_silence_off_is_read_from_yaml_in_every_spelling():
     assert cfg.space.silence == [None, None, None, 0.5]
 
 
-#: Known gap: model constructor arguments (model_configs, train.model.config) are not
-#: checked by TuneConfig; a bogus one fails only when each trial builds its model, after
-#: the data variants are prepared. Remove the marks once TuneConfig checks them.
-UNCHECKED_ARGUMENTS = "TuneConfig does not check model constructor arguments yet"
-
-
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -87,9 +81,8 @@ UNCHECKED_ARGUMENTS = "TuneConfig does not check model constructor arguments yet
         ({"space": {"filters": []}}, "at least one value"),
         ({"train": {**TRAIN, "validation": {"sdr_tracks": 0, "metric": "val_sdr"}}}, "sdr_tracks > 0"),
         ({"train": {"model": {"name": "activation_cnn"}}}, "tune sweeps separators"),
-        *(pytest.param(o, "bogus", marks=pytest.mark.xfail(strict=True, reason=UNCHECKED_ARGUMENTS)) for o in (
-            {"space": {"model": ["blstm"], "filters": [8]}, "model_configs": {"blstm": {"bogus": 1}}},
-            {"train": {**TRAIN, "model": {"name": "hourglass", "config": {"filters": 8, "bogus": 1}}}})),
+        ({"space": {"model": ["blstm"], "filters": [8]}, "model_configs": {"blstm": {"bogus": 1}}}, "bogus"),
+        ({"train": {**TRAIN, "model": {"name": "hourglass", "config": {"filters": 8, "bogus": 1}}}}, "bogus"),
     ],
 )
 def test_bad_sweep_settings_name_the_key(overrides, message):
