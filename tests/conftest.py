@@ -81,3 +81,26 @@ def ray_in_s3_env(s3_bucket: str) -> Iterator[str]:
         yield s3_bucket
     finally:
         ray.shutdown()
+
+
+@pytest.fixture
+def ray_with_faults(local_ray: None, monkeypatch: pytest.MonkeyPatch):
+    """``with ray_with_faults("item_hang:*x*"):`` runs the block on a local Ray restarted with
+    ``SEP_FAULTS`` set (Ray's workers read it when they start), then restarts it without."""
+    from contextlib import contextmanager
+
+    import ray
+
+    @contextmanager
+    def restarted(spec: str) -> Iterator[None]:
+        monkeypatch.setenv("SEP_FAULTS", spec)
+        ray.shutdown()
+        ray.init(num_cpus=2, include_dashboard=False)
+        try:
+            yield
+        finally:
+            monkeypatch.delenv("SEP_FAULTS")
+            ray.shutdown()
+            ray.init(num_cpus=2, include_dashboard=False)
+
+    return restarted

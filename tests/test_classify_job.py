@@ -113,25 +113,16 @@ def test_classify_job_end_to_end_with_a_bad_track_and_resume(data, cnn, tmp_path
     assert np.isfinite(pred.probabilities).all()
 
 
-def test_a_track_that_hangs_is_failed_at_its_time_limit(data, tmp_path, monkeypatch):
+def test_a_track_that_hangs_is_failed_at_its_time_limit(data, tmp_path, ray_with_faults):
     import time
 
-    import ray
 
     out = tmp_path / "classify"
-    # Ray workers read SEP_FAULTS from the environment they start with.
-    monkeypatch.setenv("SEP_FAULTS", "item_hang:*Track00002")
-    ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
+    with ray_with_faults("item_hang:*Track00002"):
         start = time.monotonic()
         # max_failed_fraction=0: the job ends after featurizing (exit 1), no training.
         assert classify.main(_args(data, out, "item_timeout_s=6", "max_failed_fraction=0")) == 1
         wall = time.monotonic() - start
-    finally:
-        monkeypatch.delenv("SEP_FAULTS")
-        ray.shutdown()
-        ray.init(num_cpus=2, include_dashboard=False)
     summary = json.loads((out / "summary.json").read_text())
     failed = {f["item"]: f["error"] for f in summary["failed"]}
     assert sorted(failed) == ["slakh:Track00002", "slakh:Track00099"]  # hung; a corrupt stem

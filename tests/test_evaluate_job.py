@@ -214,25 +214,17 @@ def test_bad_checkpoint_and_config_are_clear_errors(separator, demo_data, tmp_pa
 
 
 def test_a_track_that_hangs_is_cancelled_at_its_time_limit(
-    separator, data_with_a_broken_track, tmp_path, monkeypatch
+    separator, data_with_a_broken_track, tmp_path, ray_with_faults
 ):
     import time
 
-    # Ray workers read SEP_FAULTS from the environment they start with.
-    monkeypatch.setenv("SEP_FAULTS", "item_hang:*Track00003")
-    ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
+    with ray_with_faults("item_hang:*Track00003"):
         out = tmp_path / "eval"
         args = [f"data={data_with_a_broken_track}", f"checkpoint={separator}", f"output={out}", "split=all",
                 "backend=fast", "report={examples: 0}", "item_timeout_s=8", "max_failed_fraction=1"]  # fmt: skip
         start = time.monotonic()
         assert evaluate.main(args) == 0
         wall = time.monotonic() - start
-    finally:
-        monkeypatch.delenv("SEP_FAULTS")
-        ray.shutdown()
-        ray.init(num_cpus=2, include_dashboard=False)
     doc = json.loads((out / "metrics.json").read_text())
     assert [t["track_id"] for t in doc["separation"]["guitar"]["tracks"]] == ["slakh:Track00001"]
     failed = {f["item"]: f["error"] for f in doc["failed"]}

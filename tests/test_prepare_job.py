@@ -162,26 +162,17 @@ def test_curated_folders_with_manual_flags(demo_data, tmp_path):
     assert not any(e.startswith("mix") for m in markers.values() for e in m.get("excluded", []))
 
 
-def test_a_track_that_hangs_is_failed_at_its_time_limit(demo_data, tmp_path, monkeypatch):
+def test_a_track_that_hangs_is_failed_at_its_time_limit(demo_data, tmp_path, ray_with_faults):
     import time
 
-    import ray
 
     out = tmp_path / "out"
-    # Ray workers read SEP_FAULTS from the environment they start with.
-    monkeypatch.setenv("SEP_FAULTS", "item_hang:*Track00002")
-    ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
+    with ray_with_faults("item_hang:*Track00002"):
         start = time.monotonic()
         args = _args(demo_data, out, "features={name: stft, n_fft: 256, hop: 128}", "chunks={frames: 16}",
                      "item_timeout_s=6", "max_failed_fraction=1")  # fmt: skip
         assert prepare.main(args) == 0
         wall = time.monotonic() - start
-    finally:
-        monkeypatch.delenv("SEP_FAULTS")
-        ray.shutdown()
-        ray.init(num_cpus=2, include_dashboard=False)
     summary = _json(out, "summary.json")
     assert summary["failed"] == [{"item": "slakh:Track00002", "error": "slakh:Track00002: no result within 6 s "
                                   "(time limit per item, key item_timeout_s); its worker process was ended"}]  # fmt: skip

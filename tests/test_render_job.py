@@ -65,26 +65,17 @@ def test_render_job_reports_missing_input(tmp_path, capsys):
     assert "no .mid files found" in capsys.readouterr().err
 
 
-def test_a_song_that_hangs_is_cancelled_at_its_time_limit(midi_folder, tmp_path, monkeypatch):
+def test_a_song_that_hangs_is_cancelled_at_its_time_limit(midi_folder, tmp_path, ray_with_faults):
     import time
 
-    import ray
 
-    # Ray workers read SEP_FAULTS from the environment they start with.
-    monkeypatch.setenv("SEP_FAULTS", "item_hang:*c_song*")
-    ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
+    with ray_with_faults("item_hang:*c_song*"):
         out = tmp_path / "out"
         start = time.monotonic()
         argv = [f"midi={midi_folder}", f"output={out}", "sample_rate=22050", "channels=1",
                 "item_timeout_s=4", "max_failed_fraction=1"]
         assert render.main(argv) == 0
         wall = time.monotonic() - start
-    finally:
-        monkeypatch.delenv("SEP_FAULTS")
-        ray.shutdown()
-        ray.init(num_cpus=2, include_dashboard=False)
     summary = _summary(out)
     assert summary["counts"] == {"songs": 3, "rendered": 1, "skipped_done": 0, "failed": 2}
     failed = {f["item"].rsplit("/", 1)[-1]: f["error"] for f in summary["failed"]}

@@ -181,7 +181,7 @@ def test_odd_names_stay_inside_the_output(tmp_path, mixes, tiny_checkpoint):
         assert real.startswith(str(out / "stems") + os.sep)
 
 
-def test_a_file_that_hangs_is_failed_at_its_time_limit(tmp_path, tiny_checkpoint, monkeypatch):
+def test_a_file_that_hangs_is_failed_at_its_time_limit(tmp_path, tiny_checkpoint, ray_with_faults):
     import time
 
     from sepcore.testing.reliability import tone_library
@@ -189,18 +189,10 @@ def test_a_file_that_hangs_is_failed_at_its_time_limit(tmp_path, tiny_checkpoint
     lib = tmp_path / "library"
     tone_library(str(lib), 3, seconds=2.0)  # 00/song 000.wav ... 00/song 002.wav
     out = str(tmp_path / "out")
-    # Ray workers read SEP_FAULTS from the environment they start with.
-    monkeypatch.setenv("SEP_FAULTS", "item_hang:*song 001.wav")
-    ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
+    with ray_with_faults("item_hang:*song 001.wav"):
         start = time.monotonic()
         assert _run(str(lib), out, tiny_checkpoint, "item_timeout_s=5") == 0
         wall = time.monotonic() - start
-    finally:
-        monkeypatch.delenv("SEP_FAULTS")
-        ray.shutdown()
-        ray.init(num_cpus=2, include_dashboard=False)
     rows = _manifest(out)
     assert {rel: r["status"] for rel, r in rows.items()} == {
         "00/song 000.wav": "ok", "00/song 001.wav": "error", "00/song 002.wav": "ok"}  # fmt: skip
