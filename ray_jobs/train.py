@@ -242,7 +242,10 @@ def data_config() -> Any:
 
 
 def build_trainer(cfg: TrainConfig, read_cpus: float = 1.0, callbacks: list[Any] | None = None) -> Any:
-    """The TorchTrainer of a training config (train and tune): datasets, loop config, resume point."""
+    """The TorchTrainer of a training config (train and tune): datasets, loop config, resume point.
+
+    A run already in the output is continued only with the same settings (:func:`check_resume`).
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -256,6 +259,7 @@ def build_trainer(cfg: TrainConfig, read_cpus: float = 1.0, callbacks: list[Any]
         raise ConfigError("validation.metric", "val_sdr needs an instrument target; this data is random_mix")
     latest = ckpt.find_latest(storage.join(output, "runs"))
     if latest:
+        check_resume(cfg, latest)
         log.info("train: resuming from %s (epoch %d)", latest, ckpt.read_meta(latest)["epoch"])
     s, metric = cfg.scaling, cfg.validation.metric
     loop_config = {
@@ -316,9 +320,6 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     if not cfg.resume:
         for name in RUN_OUTPUTS:
             storage.delete(storage.join(output, name), recursive=True)
-    latest = ckpt.find_latest(storage.join(output, "runs"))
-    if latest:
-        check_resume(cfg, latest)
     trainer = build_trainer(cfg)
     try:
         trainer.fit()
