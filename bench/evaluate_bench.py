@@ -11,7 +11,7 @@ scores the ``[instrument, rest]`` pair once:
 * ``whole``: one ``bss_eval_sources`` call on the whole signal (seed 002's way; grows
   faster than linearly, so only up to ``--whole-up-to`` seconds);
 * ``full``: the evaluate job's full mode, segments of at most 30 s pooled
-  (:func:`sepcore.evaluation.pooled_bss_eval`);
+  (:func:`sepcore.evaluate.tracks.pooled_bss_eval`);
 * ``windowed``: 1-s windows, median over windows (museval's convention).
 
 Figures are CPU seconds of this process (``time.process_time``) per minute of audio,
@@ -33,9 +33,9 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sepcore import evaluation as E  # noqa: E402
-from sepcore import metrics  # noqa: E402
-from sepcore.sources import slakh_tracks  # noqa: E402
+from sepcore.data.sources import slakh_tracks  # noqa: E402
+from sepcore.evaluate import bss as metrics  # noqa: E402
+from sepcore.evaluate import tracks as E  # noqa: E402
 
 SR, N_FFT, HOP = 22050, 1536, 384
 META = {

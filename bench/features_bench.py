@@ -24,7 +24,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sepcore.features import FeatureExtractor, make_feature  # noqa: E402
+from sepcore.prepare.features import FeatureExtractor, make_feature  # noqa: E402
 
 #: (label, feature name, parameters other than the backend)
 CASES = [

@@ -5,7 +5,7 @@
 (a) Seconds of audio prepared per second per CPU core, through the Ray job
     (``python -m ray_jobs.prepare`` on a local Ray with ``--cpus`` CPUs; the job's own
     timing, which excludes Ray's start-up) and through a plain single-process loop over
-    the same ``sepcore.prepare`` functions that also writes the same shards and markers.
+    the same ``sepcore.prepare.pairs`` functions that also writes the same shards and markers.
 (b) Peak memory of the whole Ray cluster (driver, raylet, GCS, workers and the object
     store, as the summed proportional set size of the job's process tree, so shared
     object-store pages count once) for N and scale x N tracks.
@@ -94,10 +94,16 @@ def plain_loop(data: str, out: str) -> tuple[float, float]:
     """(audio seconds, wall seconds) of the per-track step in one process, shards written."""
     import torch
 
-    from sepcore import storage
-    from sepcore.mixing import assign_splits
-    from sepcore.prepare import PrepareSpec, SkipTrack, process_track, rows_to_parquet, shard_name
-    from sepcore.sources import slakh_tracks
+    from sepcore.data.sources import slakh_tracks
+    from sepcore.io import storage
+    from sepcore.prepare.mixing import assign_splits
+    from sepcore.prepare.pairs import (
+        PrepareSpec,
+        SkipTrack,
+        process_track,
+        rows_to_parquet,
+        shard_name,
+    )
 
     torch.set_num_threads(1)
     spec = PrepareSpec()

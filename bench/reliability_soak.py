@@ -31,12 +31,14 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, from any folder
 import ray
 
 from ray_jobs import separate as job
-from sepcore import storage
-from sepcore.testing.reliability import (
+from sepcore.io import storage
+from tests.support.reliability import (
     BAD_INPUTS,
     MAX_SECONDS,
     bad_inputs,
@@ -50,7 +52,7 @@ from sepcore.testing.reliability import (
     tiny_checkpoint,
     tone_library,
 )
-from sepcore.testing.s3 import (
+from tests.support.s3 import (
     S3Server,
     list_keys,
     list_multipart_uploads,
@@ -58,7 +60,7 @@ from sepcore.testing.s3 import (
     s3_environment,
     temporary_bucket,
 )
-from sepcore.testing.s3_faults import FaultyS3Proxy
+from tests.support.s3_faults import FaultyS3Proxy
 
 
 def _args(library: str, ckpt: str, output: str) -> list[str]:

@@ -13,7 +13,7 @@
       the summary's ``startup_s`` (until the first actor was ready) also gives the rate
       after start-up, which is what a library of thousands of songs sees;
     * through a plain single-process loop doing the same work per file
-      (:func:`sepcore.library.separate_file`: isolated decode, resample, separate,
+      (:func:`sepcore.separate.library.separate_file`: isolated decode, resample, separate,
       write, upload), one torch thread on one core.
     Prints both, per core, and their ratio.
 (b) Peak memory of separating one long file (``--memory-minutes``, 44.1 kHz stereo
@@ -39,8 +39,9 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import yaml  # noqa: E402
 
-from sepcore import checkpoint, storage  # noqa: E402
 from sepcore.errors import SepError  # noqa: E402
+from sepcore.io import storage  # noqa: E402
+from sepcore.models import checkpoint
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 FEATURE = {"name": "stft", "n_fft": 1536, "hop": 384, "sample_rate": 22050}  # prepare_demo.yaml
@@ -72,7 +73,7 @@ def plain_loop(library: str, ckpt: str, out: str) -> tuple[float, float]:
     import torch
 
     from ray_jobs.separate import SeparateConfig, _settings
-    from sepcore.library import list_library, output_dir, separate_file
+    from sepcore.separate.library import list_library, output_dir, separate_file
 
     torch.set_num_threads(1)
     model, meta = checkpoint.load_model(ckpt)
@@ -102,7 +103,7 @@ def ray_job(library: str, ckpt: str, out: str, cpus: int) -> dict:
 
 
 def long_file(path: str, source: str, minutes: float) -> None:
-    from sepcore.audio import read_audio, resample
+    from sepcore.io.audio import read_audio, resample
 
     a = read_audio(source)
     a = resample(a, 44100)
@@ -122,7 +123,7 @@ def memory_child(path: str, ckpt: str, out: str) -> None:
     import torch
 
     from ray_jobs.separate import SeparateConfig, _settings
-    from sepcore.library import LibraryFile, separate_file
+    from sepcore.separate.library import LibraryFile, separate_file
 
     torch.set_num_threads(1)
     model, meta = checkpoint.load_model(ckpt)
@@ -170,7 +171,7 @@ def main() -> int:
         memory_child(*args.memory_child)
         return 0
 
-    from sepcore.testing.library import make_library
+    from tests.support.library import make_library
 
     work = args.work or tempfile.mkdtemp(prefix="sep-separate-bench-")
     mixes = [u for u in storage.list_files(args.data) if u.endswith("/mix.flac")][: args.songs]

@@ -6,12 +6,12 @@
 1. **Snippets and features.** Each track of ``data`` (a Slakh-layout set) is one row
    of a Ray Dataset; a pool of *feature actors* loads its stems and mix, cuts 1-second
    windows, labels each class from its stems (RMS relative to the mix) and computes
-   the window features from the mix alone (:mod:`sepcore.classify`). With
+   the window features from the mix alone (:mod:`sepcore.classify.snippets`). With
    ``activation_checkpoint`` the actor also runs that activation CNN over the mix and
    pools its frame activations to the same windows. One Parquet file per track goes
    to ``<output>/snippets/<digest>/``, written atomically, so a rerun computes only
    the missing tracks (the digest names the snippet, label and feature parameters).
-2. **Splits** are track-level, assigned by :func:`sepcore.mixing.assign_splits` as
+2. **Splits** are track-level, assigned by :func:`sepcore.prepare.mixing.assign_splits` as
    prepare does (a dataset's own split wins): no track is in two splits.
 3. **Training**: Ray Train's ``LightGBMTrainer`` trains one binary booster per class on
    the train split, with early stopping on the validation split's log loss; with
@@ -20,7 +20,7 @@
    only scores and labels reach the driver, which computes the ROC curves.
 
 Outputs at ``output``: ``model/`` (``<class>.txt`` boosters and ``classifier.json``,
-for :func:`sepcore.classify.predict`), ``metrics.json``, ``roc.png``,
+for :func:`sepcore.classify.snippets.predict`), ``metrics.json``, ``roc.png``,
 ``importance.png``, ``report.html``, ``snippets/``, ``runs/`` (Ray Train), and
 ``summary.json`` last.
 """
@@ -43,15 +43,15 @@ from pydantic import Field, field_validator, model_validator
 
 from ray_jobs.common import TIMEOUTS, ItemWatchdog, Job, JobConfig, timeout_ledger
 from ray_jobs.prepare import SplitConfig
-from sepcore import checkpoint as ckpt
-from sepcore import classify as K
-from sepcore import report as R
-from sepcore import storage
-from sepcore.classes import CLASSES
+from sepcore.classify import snippets as K
 from sepcore.config import Config
+from sepcore.data.classes import CLASSES
+from sepcore.data.sources import SourceTrack, slakh_tracks
 from sepcore.errors import ConfigError, SepError
-from sepcore.prepare import shard_name
-from sepcore.sources import SourceTrack, slakh_tracks
+from sepcore.io import storage
+from sepcore.models import checkpoint as ckpt
+from sepcore.prepare.pairs import shard_name
+from sepcore.report import html as R
 
 log = logging.getLogger("sep.classify")
 

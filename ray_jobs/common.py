@@ -31,9 +31,9 @@ from typing import Any
 import yaml
 from pydantic import Field
 
-from sepcore import storage
 from sepcore.config import Config, describe, load_config, to_plain
 from sepcore.errors import ConfigError, SepError
+from sepcore.io import storage
 
 log = logging.getLogger("sep")
 
@@ -422,3 +422,116 @@ class ItemWatchdog:
             log.exception("cannot record the time-limit failure of %s", item)
         logging.shutdown()  # flush the log handlers
         os._exit(1)
+
+
+# ---------------------------------------------------------------- the batch-job skeleton
+#
+# What every batch job does around its items: skip what a previous run finished
+# (sepcore.io.ledger.Ledger), refuse an output made with other settings, run each item
+# so that one bad item cannot stop the others, report progress as items end, and judge
+# the run by the share of items that failed.
+
+
+def guarded(item: str, fn: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``fn(*args, **kwargs)``; an exception becomes ``{"item": item, "error": ...}``.
+
+    A :class:`SepError` already names the file and the problem; any other exception is a
+    bug on this item, recorded with its type so the other items go on.
+    """
+    try:
+        return fn(*args, **kwargs)
+    except SepError as exc:
+        return {"item": item, "error": str(exc)}
+    except Exception as exc:  # a bug on one item must not stop the others
+        return {"item": item, "error": f"{item}: {type(exc).__name__}: {exc}"}
+
+
+def verdict(failed: int, total: int, max_failed_fraction: float, what: str) -> dict[str, Any]:
+    """The summary keys of a run whose share of failed items is above the limit, else {}."""
+    if failed and failed > max_failed_fraction * max(total, 1):
+        return {"status": "failed", "error": f"{failed} of {total} {what} failed"}
+    return {}
+
+
+class Progress:
+    """``[i/n]`` lines as items end, and a progress bar on a terminal.
+
+    ``n`` is fixed when the run starts (the items to do now; ``done_before`` were finished
+    by an earlier run and are only mentioned). Each :meth:`update` logs one line: a
+    failure as a warning naming the item, a success at INFO. On a terminal the lines
+    go above a tqdm bar.
+    """
+
+    def __init__(self, job: str, total: int, done_before: int = 0, unit: str = "item"):
+        self.job, self.total, self.count = job, total, 0
+        self.log = logging.getLogger(f"sep.{job}")
+        self.log.info("%s: %d %ss to do, %d done before", job, total, unit, done_before)
+        self._bar: Any = None
+        if total and sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+            except ImportError:  # a plain install without the progress extra: lines only
+                return
+            self._bar = tqdm(total=total, desc=job, unit=unit, leave=False, dynamic_ncols=True)
+
+    def update(self, item: str, state: str, failed: bool = False) -> None:
+        self.count += 1
+        line = f"{self.job} [{self.count}/{self.total}] {item}: {state}"
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.clear()
+        if failed:
+            self.log.warning("%s", line)
+        else:
+            self.log.info("%s", line)
+        if self._bar is not None:
+            self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def check_settings(output: str, name: str, settings: dict[str, Any], what: str = "data") -> None:
+    """Refuse an output that holds work made with other ``settings`` (exit 2); record them else.
+
+    ``<output>/<name>`` holds the settings of the first run (JSON); a rerun with other
+    values raises :class:`ConfigError` naming the keys that differ.
+    """
+    from sepcore.config import changed_keys
+
+    uri = storage.join(output, name)
+    wanted = json.loads(json.dumps(settings, default=str))
+    if storage.exists(uri):
+        diff = changed_keys(json.loads(storage.read_text(uri)), wanted)
+        if diff:
+            raise ConfigError(
+                "output", f"{output} holds {what} made with other settings ({', '.join(diff)}); "
+                "use a new output"
+            )
+        return
+    storage.write_text(uri, json.dumps(wanted, indent=2, sort_keys=True))
+
+
+def settings_fingerprint(settings: Any) -> str:
+    """A short hash of JSON-able ``settings``: the key of work made with them."""
+    import hashlib
+
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def parquet_dataset(uris: list[str], **kwargs: Any) -> Any:
+    """A Ray Data dataset of parquet files given as URIs (local paths or s3:// through fsspec)."""
+    import ray
+
+    if not uris:
+        raise SepError("no parquet files to read")
+    if storage.is_local(uris[0]):
+        return ray.data.read_parquet([storage.local_path(u) for u in uris], **kwargs)
+    import pyarrow.fs as pafs
+
+    fs, _ = storage.filesystem(uris[0])
+    paths = [u.split("://", 1)[1] for u in uris]
+    return ray.data.read_parquet(paths, filesystem=pafs.PyFileSystem(pafs.FSSpecHandler(fs)), **kwargs)

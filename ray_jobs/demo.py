@@ -52,13 +52,13 @@ from ray_jobs import render as render_job
 from ray_jobs import separate as separate_job
 from ray_jobs import train as train_job
 from ray_jobs.common import RESOLVED_CONFIG, SUMMARY, Job, JobConfig, run_job
-from sepcore import checkpoint as ckpt
-from sepcore import evaluation as E
-from sepcore import report as R
-from sepcore import storage
-from sepcore.classes import CLASSES
 from sepcore.config import Config, to_plain
+from sepcore.data.classes import CLASSES
 from sepcore.errors import ConfigError, SepError
+from sepcore.evaluate import tracks as E
+from sepcore.io import storage
+from sepcore.models import checkpoint as ckpt
+from sepcore.report import html as R
 
 log = logging.getLogger("sep.demo")
 
@@ -427,7 +427,7 @@ def _with_key(fn: Callable[[Any], dict[str, Any]], key: str) -> Callable[[Any], 
 
 def prune_extra_tracks(data: str, tracks: int) -> None:
     """Remove rendered tracks numbered above ``tracks`` (left by a run with more songs)."""
-    from sepcore.slakh import METADATA
+    from sepcore.data.slakh import METADATA
 
     for uri in storage.list_files(data, suffix="/" + METADATA):
         name = uri.rsplit("/", 2)[-2]
@@ -867,7 +867,7 @@ def _separated_section(plan: Plan, doc: dict[str, Any]) -> R.Section:
 
 def _library_clips(rows: list[dict[str, Any]], plan: Plan) -> list[Any]:
     """Audio players for the loudest 15 s of the first few separated files of the user's library."""
-    from sepcore.audio import Audio, encode_bytes, read_audio
+    from sepcore.io.audio import Audio, encode_bytes, read_audio
 
     out = []
     ok = [

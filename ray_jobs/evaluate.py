@@ -6,14 +6,14 @@
 
 Separators (seed 002 §6): every track of the chosen split is one Ray task that builds
 the ``[instrument, rest]`` pair as training did, separates the mixture through
-``sepcore.separation`` (as ``sep separate`` does), adds the oracle IRM / IBM and the
-mixture-as-estimate rows and scores them all with BSS Eval (``sepcore.evaluation``).
+``sepcore.separate.apply`` (as ``sep separate`` does), adds the oracle IRM / IBM and the
+mixture-as-estimate rows and scores them all with BSS Eval (``sepcore.evaluate.tracks``).
 The driver gathers the medians. Activation models (seed 001 §5.3-5.4): one task per
 track predicts and compares the class activations; one more task plays a sequence of
 solo parts (the loudest ``activation.sequence_seconds`` of each class in the split)
 and computes the noise and leakage matrices.
 
-Output: ``metrics.json`` (schema in ``sepcore.evaluation.METRICS_SCHEMA`` and the
+Output: ``metrics.json`` (schema in ``sepcore.evaluate.tracks.METRICS_SCHEMA`` and the
 README), ``report.html`` with its files under ``report_files/``, ``summary.json`` last.
 """
 
@@ -31,13 +31,13 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ray_jobs.common import ItemTasks, Job, JobConfig
-from sepcore import checkpoint as ckpt
-from sepcore import evaluation as E
-from sepcore import report as R
-from sepcore import storage
-from sepcore.classes import CLASSES
 from sepcore.config import Config
+from sepcore.data.classes import CLASSES
 from sepcore.errors import ConfigError, SepError
+from sepcore.evaluate import tracks as E
+from sepcore.io import storage
+from sepcore.models import checkpoint as ckpt
+from sepcore.report import html as R
 
 log = logging.getLogger("sep.evaluate")
 
@@ -177,7 +177,7 @@ def track_splits(
     tracks: list, cfg: EvaluateConfig, manifest: dict[str, Any] | None
 ) -> dict[str, str]:
     """Each track's split as training had it (see the README: splits)."""
-    from sepcore.mixing import assign_splits
+    from sepcore.prepare.mixing import assign_splits
 
     prepared = (manifest or {}).get("config", {})
     fractions = (
@@ -197,7 +197,7 @@ def track_splits(
 
 def select_tracks(cfg: EvaluateConfig, manifest: dict[str, Any] | None) -> tuple[list, list[str]]:
     """The tracks to evaluate (sorted by id) and the listing errors."""
-    from sepcore.sources import slakh_tracks
+    from sepcore.data.sources import slakh_tracks
 
     data = storage.normalize_uri(cfg.data)
     errors: list = []
@@ -303,7 +303,7 @@ def _separation(track: Any, job: dict[str, Any], example: bool) -> dict[str, Any
 
 def write_example(job: dict[str, Any], track_id: str, signals: dict[str, Any]) -> dict[str, Any]:
     """Spectrograms and audio clips of one track's loudest stretch of the target."""
-    from sepcore.audio import Audio, encode_bytes
+    from sepcore.io.audio import Audio, encode_bytes
 
     meta, rep, target = job["meta"], job["report"], job["classes"][0]
     sr = int(meta["sample_rate"])
@@ -362,7 +362,7 @@ def _activation(track: Any, job: dict[str, Any], plot: bool) -> dict[str, Any]:
 
 def sequence_task(chosen: list[tuple[str, Any, int]], job: dict[str, Any]) -> dict[str, Any]:
     """Seed 001's sequence test on the chosen ``(class, track, start sample)`` solo parts."""
-    from sepcore.prepare import make_pair
+    from sepcore.prepare.pairs import make_pair
 
     meta, sr = job["meta"], int(job["meta"]["sample_rate"])
     n = int(round(job["activation"]["sequence_seconds"] * sr))
@@ -568,7 +568,7 @@ def _activation_section(
 def metrics_document(cfg: EvaluateConfig, meta: dict[str, Any], checkpoint_dir: str, task: str,
                      results: list[dict[str, Any]], sequence: dict[str, Any] | None, listing_errors: list[str],
                      wall: float) -> dict[str, Any]:  # fmt: skip
-    """The content of metrics.json (see ``sepcore.evaluation.METRICS_SCHEMA``)."""
+    """The content of metrics.json (see ``sepcore.evaluate.tracks.METRICS_SCHEMA``)."""
     ok = [r for r in results if "error" not in r and (task == "activation" or r["classes"])]
     failed = [{"item": r["track_id"], "error": r["error"]} for r in results if "error" in r]
     failed += [{"item": "listing", "error": e} for e in listing_errors]

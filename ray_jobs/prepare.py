@@ -30,13 +30,14 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from ray_jobs.common import TIMEOUTS, ItemWatchdog, Job, JobConfig, timeout_ledger
-from sepcore import prepare as P
-from sepcore import qa, silence, storage
-from sepcore.classes import CLASSES
 from sepcore.config import Config, changed_keys
+from sepcore.data.classes import CLASSES
+from sepcore.data.sources import SourceTrack, list_sources
 from sepcore.errors import ConfigError, SepError
-from sepcore.mixing import assign_splits
-from sepcore.sources import SourceTrack, list_sources
+from sepcore.io import storage
+from sepcore.prepare import pairs as P
+from sepcore.prepare import qa, silence
+from sepcore.prepare.mixing import assign_splits
 
 log = logging.getLogger("sep.prepare")
 
@@ -303,8 +304,8 @@ def _sources_and_splits(cfg: PrepareConfig) -> tuple[list[SourceTrack], dict[str
 def stream_dataset(cfg: PrepareConfig):
     """The prepare pipeline as a lazy Ray Dataset of chunk rows (nothing is written).
 
-    Rows are those of the shards (see :mod:`sepcore.prepare`); decode array columns
-    with :func:`sepcore.prepare.decode_column` and :func:`sepcore.prepare.row_shapes`.
+    Rows are those of the shards (see :mod:`sepcore.prepare.pairs`); decode array columns
+    with :func:`sepcore.prepare.pairs.decode_column` and :func:`sepcore.prepare.pairs.row_shapes`.
     """
     if cfg.target == "random_mix":
         raise ConfigError("target", "streaming is available for instrument targets only")

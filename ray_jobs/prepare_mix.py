@@ -28,10 +28,11 @@ from typing import Any
 import numpy as np
 
 from ray_jobs.common import TIMEOUTS, timeout_ledger
-from sepcore import mixing, storage
-from sepcore import prepare as P
+from sepcore.data.sources import SourceTrack
 from sepcore.errors import SepError
-from sepcore.sources import SourceTrack
+from sepcore.io import storage
+from sepcore.prepare import mixing
+from sepcore.prepare import pairs as P
 
 log = logging.getLogger("sep.prepare")
 

@@ -18,10 +18,10 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ray_jobs.common import ItemTasks, Job, JobConfig
-from sepcore import storage
 from sepcore.config import Config
+from sepcore.data.slakh import METADATA
 from sepcore.errors import SepError, StorageError
-from sepcore.slakh import METADATA
+from sepcore.io import storage
 
 log = logging.getLogger("sep.render")
 
@@ -57,7 +57,7 @@ class RenderConfig(JobConfig):
 def _sources(cfg: RenderConfig) -> list[tuple[str, bytes | None]]:
     """(name, bytes or None) per song; demo songs travel as bytes, others as URIs."""
     if cfg.midi == "demo":
-        from sepcore.demo_corpus import build_demo_midi
+        from sepcore.data.corpus import build_demo_midi
 
         d = cfg.demo
         n = cfg.tracks or 40
@@ -76,7 +76,7 @@ def _sources(cfg: RenderConfig) -> list[tuple[str, bytes | None]]:
 
 
 def _cache(name: str) -> str:
-    from sepcore.cache import cache_dir
+    from sepcore.io.cache import cache_dir
 
     return cache_dir(name)
 
@@ -85,7 +85,7 @@ def _render_one(name: str, data: bytes | None, track_uri: str, params: dict[str,
     """Ray task body: render one song; never raises for a bad song."""
     import ray
 
-    from sepcore.render import render_track
+    from sepcore.data.render import render_track
 
     t0 = time.monotonic()
     node = ray.get_runtime_context().get_node_id()

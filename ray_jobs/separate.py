@@ -4,7 +4,7 @@
 
 Pipeline (Ray Data): the driver lists the library and drops files already done;
 the rest go, one row per file, to a pool of separator actors. Each actor loads the
-checkpoint once (GPU when it has one) and runs :func:`sepcore.library.separate_file`
+checkpoint once (GPU when it has one) and runs :func:`sepcore.separate.library.separate_file`
 per file: isolated decode, resample, chunked inference with 50 % Hann overlap-add in
 blocks of bounded memory, inverse STFT with the mixture's phase, stems written
 atomically. A file is the unit of work: a per-chunk row would cost more in the
@@ -48,10 +48,11 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from ray_jobs.common import ItemWatchdog, Job, JobConfig
-from sepcore import checkpoint, storage
 from sepcore.config import Config
 from sepcore.errors import ConfigError, SepError
-from sepcore.library import (
+from sepcore.io import storage
+from sepcore.models import checkpoint
+from sepcore.separate.library import (
     AUDIO_SUFFIXES,
     LibraryFile,
     SeparationSettings,

@@ -31,11 +31,11 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from ray_jobs.common import Job, JobConfig, setup_logging
-from sepcore import checkpoint as ckpt
-from sepcore import report as R
-from sepcore import storage
 from sepcore.config import Config, changed_keys, to_plain
 from sepcore.errors import ConfigError, SepError
+from sepcore.io import storage
+from sepcore.models import checkpoint as ckpt
+from sepcore.report import html as R
 
 log = logging.getLogger("sep.train")
 
@@ -122,7 +122,7 @@ class TrainConfig(JobConfig):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        from sepcore.training import TASK_OF_MODEL
+        from sepcore.train.loop import TASK_OF_MODEL
 
         if self.validation.metric == "val_sdr" and TASK_OF_MODEL[self.model.name] != "separator":
             raise ValueError("validation.metric val_sdr is for separators; use val_loss")
@@ -141,7 +141,7 @@ def read_manifest(data: str) -> dict[str, Any]:
 
 def model_meta(cfg: TrainConfig, manifest: dict[str, Any]) -> dict[str, Any]:
     """Model registry entry with the data's sizes filled in; checks the data fits."""
-    from sepcore.training import TASK_OF_MODEL
+    from sepcore.train.loop import TASK_OF_MODEL
 
     task = TASK_OF_MODEL[cfg.model.name]
     shapes = manifest["shapes"]
@@ -161,7 +161,7 @@ def model_meta(cfg: TrainConfig, manifest: dict[str, Any]) -> dict[str, Any]:
 
 def inference_meta(cfg: TrainConfig, manifest: dict[str, Any], mmeta: dict[str, Any]) -> dict[str, Any]:
     """What a checkpoint carries besides the weights, ``settings`` (the training config) included."""
-    from sepcore.training import TASK_OF_MODEL
+    from sepcore.train.loop import TASK_OF_MODEL
 
     return {
         "model": mmeta,
@@ -201,7 +201,7 @@ def shard_dataset(uris: list[str], shuffle: bool, read_cpus: float = 1.0) -> Any
     """The rows of prepared shards as a Ray Dataset, one read task of ``read_cpus`` CPUs per shard.
 
     Shards keep the manifest's order (``shuffle``: random block order, for training).
-    Reads go through :mod:`sepcore.storage`, so any URI works.
+    Reads go through :mod:`sepcore.io.storage`, so any URI works.
     """
     import ray
 
@@ -249,7 +249,7 @@ def build_trainer(cfg: TrainConfig, read_cpus: float = 1.0, callbacks: list[Any]
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from sepcore.selection import metric_mode
+    from sepcore.train.selection import metric_mode
 
     output = storage.normalize_uri(cfg.output)
     manifest = read_manifest(cfg.data)
@@ -289,7 +289,7 @@ def validation_tracks(manifest: dict[str, Any], count: int) -> list:
     """The first ``count`` validation tracks as SourceTrack records."""
     if count <= 0 or manifest["target"] == "random_mix":
         return []
-    from sepcore.sources import list_sources
+    from sepcore.data.sources import list_sources
 
     wanted = manifest["splits"].get("validation", [])[:count]
     sources = [{k: v for k, v in s.items() if v is not None} for s in manifest["config"]["sources"]]
@@ -330,7 +330,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
 
 def finish(output: str, metric: str) -> dict[str, Any]:
     """Copy the best complete checkpoint to ``best/``, write metrics and the loss curve."""
-    from sepcore.selection import best_of
+    from sepcore.train.selection import best_of
 
     complete = ckpt.complete_checkpoints(storage.join(output, "runs"))
     if not complete:
@@ -375,7 +375,7 @@ def train_loop(config: dict[str, Any]) -> None:
     import torch
     from ray.train.torch import get_device, prepare_model
 
-    from sepcore.training import build_for_training, columns_for, decode_batch, run_epoch
+    from sepcore.train.loop import build_for_training, columns_for, decode_batch, run_epoch
 
     setup_logging()
     ctx = ray.train.get_context()
@@ -450,7 +450,7 @@ def _resume_point(resume_from: str | None) -> tuple[dict[str, Any] | None, dict[
 
 
 def _update_progress(state: dict[str, Any], metrics: dict[str, Any], metric: str) -> dict[str, Any]:
-    from sepcore.selection import is_better
+    from sepcore.train.selection import is_better
 
     value = metrics.get(metric, metrics["val_loss"])
     better = is_better(metric, value, state["best"])
@@ -462,7 +462,7 @@ def _report(net, trainers: tuple, meta, metrics, state, epoch: int, rank: int) -
     """Report the epoch to Ray Train, with rank 0's checkpoint (weights, optimizer, scheduler, scaler)."""
     import ray.train
 
-    from sepcore.training import training_state
+    from sepcore.train.loop import training_state
 
     with tempfile.TemporaryDirectory(prefix="sep-ckpt-") as folder:
         checkpoint = None
@@ -475,7 +475,7 @@ def _report(net, trainers: tuple, meta, metrics, state, epoch: int, rank: int) -
 
 
 def _validation_pairs(tracks: list, meta: dict[str, Any]) -> list:
-    from sepcore.prepare import PrepareSpec, SkipTrack, make_pair
+    from sepcore.prepare.pairs import PrepareSpec, SkipTrack, make_pair
 
     spec = PrepareSpec(target=meta["target"], sample_rate=meta["sample_rate"], channels=meta["channels"],
                        feature={"name": "stft", "n_fft": meta["feature"]["n_fft"], "hop": meta["feature"]["hop"]},
@@ -492,7 +492,7 @@ def _validation_pairs(tracks: list, meta: dict[str, Any]) -> list:
 
 
 def _sdr(net, pairs, meta, device) -> dict[str, float]:
-    from sepcore.training import separation_sdr
+    from sepcore.train.loop import separation_sdr
 
     f = meta["feature"]  # separation puts the model back in training mode itself
     return separation_sdr(net, pairs, meta["sample_rate"], f["n_fft"], f["hop"], meta["frames"], device)

@@ -39,12 +39,12 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ray_jobs import prepare, train
 from ray_jobs.common import SUMMARY, Job, JobConfig, run_job
-from sepcore import checkpoint as ckpt
-from sepcore import report as R
-from sepcore import storage
-from sepcore import tuning as T
 from sepcore.config import Config, changed_keys
 from sepcore.errors import ConfigError, SepError
+from sepcore.io import storage
+from sepcore.models import checkpoint as ckpt
+from sepcore.report import html as R
+from sepcore.tune import sweep as T
 
 log = logging.getLogger("sep.tune")
 

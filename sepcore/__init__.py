@@ -10,10 +10,10 @@ Shape vocabulary, used by every module and stated only here
 Units: time is in seconds (:data:`sepcore.units.Seconds`) or in samples (int) at an
 explicit sample rate; never both in one argument. Levels are in dB
 (:data:`sepcore.units.Decibels`), dBFS for peaks and LUFS for integrated loudness.
-The sample rate travels with the audio (:class:`sepcore.audio.Audio`).
+The sample rate travels with the audio (:class:`sepcore.io.audio.Audio`).
 
 Storage locations are URIs: a plain path, ``file://...`` or ``s3://...``
-(:mod:`sepcore.storage`). Errors raised by the library are subclasses of
+(:mod:`sepcore.io.storage`). Errors raised by the library are subclasses of
 :class:`sepcore.errors.SepError` and name the file and the problem.
 """
 

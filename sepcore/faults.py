@@ -6,7 +6,7 @@ point names a place and an action (``<place>_<action>``); the pattern is a
 shell-style glob matched against the file's name (URI or path). Code calls
 :func:`maybe_fire` with its place and the file name; nothing happens unless a fault
 for that place matches. Places: ``decode`` (the decoding child of
-:mod:`sepcore.decode`) and ``item`` (the start of every per-item unit of the batch
+:mod:`sepcore.io.decode`) and ``item`` (the start of every per-item unit of the batch
 jobs, inside its time limit: ``ray_jobs.common.ItemTasks`` and ``ItemWatchdog``; the
 name is the item's: a track id, a song's or a file's URI). Actions:
 

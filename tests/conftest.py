@@ -1,4 +1,4 @@
-"""Fixtures shared by the test modules; the reusable logic lives in :mod:`sepcore.testing`."""
+"""Fixtures shared by the test modules; the reusable logic lives in :mod:`tests.support`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from sepcore import storage
-from sepcore.testing.s3 import S3Server, s3_environment, temporary_bucket
+from sepcore.io import storage
+from tests.support.s3 import S3Server, s3_environment, temporary_bucket
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +38,7 @@ def demo_data() -> str:
 
     Rendered once per machine into the cache (``$SEP_CACHE_DIR``) and reused.
     """
-    from sepcore.testing.demo import demo_dataset
+    from tests.support.demo import demo_dataset
 
     return demo_dataset(tracks=6, min_seconds=10.0, max_seconds=14.0)
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from sepcore import units
-from sepcore.audio import Audio, decode_bytes, read_audio, write_audio
 from sepcore.errors import AudioError
+from sepcore.io.audio import Audio, decode_bytes, read_audio, write_audio
 
 
 def _noise(channels=2, n=4410, rate=44100):
@@ -59,7 +59,7 @@ def test_unit_conversions_share_one_rounding_rule():
 
 
 def test_resample_changes_rate_and_length_and_keeps_a_tone():
-    from sepcore.audio import resample
+    from sepcore.io.audio import resample
 
     rate = 44100
     t = np.arange(rate) / rate
@@ -72,7 +72,7 @@ def test_resample_changes_rate_and_length_and_keeps_a_tone():
 
 
 def test_to_channels_downmix_and_upmix():
-    from sepcore.audio import to_channels
+    from sepcore.io.audio import to_channels
 
     six = Audio(np.arange(6 * 4, dtype=np.float32).reshape(6, 4), 8000)
     mono = to_channels(six, 1)
@@ -85,7 +85,7 @@ def test_to_channels_downmix_and_upmix():
 
 
 def test_canonical_classes():
-    from sepcore.classes import canonical_class
+    from sepcore.data.classes import canonical_class
 
     assert canonical_class("Strings (continued)") == "strings"
     assert canonical_class("Guitar") == "guitar"

@@ -1,4 +1,4 @@
-"""Snippet labels, features, ROC, LightGBM helpers and prediction of sepcore.classify (no Ray)."""
+"""Snippet labels, features, ROC, LightGBM helpers and prediction of sepcore.classify.snippets (no Ray)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from sepcore import classify as K
-from sepcore import storage
-from sepcore.audio import Audio, write_audio
-from sepcore.classes import CLASSES
+from sepcore.classify import snippets as K
+from sepcore.data.classes import CLASSES
+from sepcore.data.sources import SourceStem, SourceTrack
 from sepcore.errors import AudioError
-from sepcore.sources import SourceStem, SourceTrack
+from sepcore.io import storage
+from sepcore.io.audio import Audio, write_audio
 
 RATE = 8000
 #: A small, fast spec for constructed signals (8 kHz, 512-point FFT).
@@ -489,7 +489,7 @@ CNN_META = {"sample_rate": RATE, "frames": 8, "classes": ["bass", "piano"],
 
 
 def test_activation_frames_stitch_back_to_frame_values():
-    from sepcore.features import make_feature
+    from sepcore.prepare.features import make_feature
 
     mix = np.random.default_rng(7).standard_normal((1, 3 * RATE)).astype(np.float32) * 0.1
     acts, times = K.activation_frames(FrameMean(), CNN_META, mix, RATE)
@@ -503,8 +503,8 @@ def test_activation_frames_stitch_back_to_frame_values():
 
 
 def test_activation_checkpoint_scores_windows(tmp_path):
-    from sepcore import checkpoint as ckpt
     from sepcore.models import build_model
+    from sepcore.models import checkpoint as ckpt
 
     config = {"n_bins": 16, "n_classes": len(CLASSES), "frames": 8, "filters": [2, 2, 2], "dropout": 0.1}
     model = build_model("activation_cnn", **config)

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from ray_jobs import classify
-from sepcore import checkpoint as ckpt
-from sepcore import classify as K
-from sepcore import storage
-from sepcore.audio import read_audio
-from sepcore.classes import CLASSES
+from sepcore.classify import snippets as K
+from sepcore.data.classes import CLASSES
+from sepcore.io import storage
+from sepcore.io.audio import read_audio
 from sepcore.models import build_model
+from sepcore.models import checkpoint as ckpt
 
 pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 

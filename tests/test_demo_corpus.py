@@ -1,4 +1,4 @@
-"""Tests of sepcore.demo_corpus: GM MIDI files arranged from the music21 corpus."""
+"""Tests of sepcore.data.corpus: GM MIDI files arranged from the music21 corpus."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from pathlib import Path
 import mido
 import pytest
 
-from sepcore import demo_corpus, gm
-from sepcore.demo_corpus import DEMO_CLASSES, build_demo_midi, list_candidate_pieces, piece_to_midi
+from sepcore.data import corpus as demo_corpus
+from sepcore.data import gm
+from sepcore.data.corpus import DEMO_CLASSES, build_demo_midi, list_candidate_pieces, piece_to_midi
 from sepcore.errors import RenderError
 
 MIN_S, MAX_S = 30.0, 40.0

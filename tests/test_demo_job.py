@@ -10,10 +10,10 @@ from pydantic import Field
 
 from ray_jobs import demo
 from ray_jobs.common import Job, JobConfig
-from sepcore import report as R
-from sepcore import storage
 from sepcore.config import load_config
-from sepcore.testing.library import make_library
+from sepcore.io import storage
+from sepcore.report import html as R
+from tests.support.library import make_library
 
 
 @pytest.fixture(scope="module")

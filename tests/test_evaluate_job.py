@@ -11,13 +11,13 @@ import ray
 import torch
 
 from ray_jobs import evaluate
-from sepcore import checkpoint as ckpt
-from sepcore import evaluation as E
-from sepcore import report as R
-from sepcore import storage
-from sepcore.audio import read_audio
-from sepcore.classes import CLASSES
+from sepcore.data.classes import CLASSES
+from sepcore.evaluate import tracks as E
+from sepcore.io import storage
+from sepcore.io.audio import read_audio
 from sepcore.models import SMOKE_CONFIGS
+from sepcore.models import checkpoint as ckpt
+from sepcore.report import html as R
 
 SR = 22050
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from sepcore import evaluation as E
-from sepcore import metrics
-from sepcore import report as R
-from sepcore.classes import CLASSES
-from sepcore.separation import FixedMaskModel
-from sepcore.sources import slakh_tracks
+from sepcore.data.classes import CLASSES
+from sepcore.data.sources import slakh_tracks
+from sepcore.evaluate import bss as metrics
+from sepcore.evaluate import tracks as E
+from sepcore.report import html as R
+from sepcore.separate.apply import FixedMaskModel
 
 SR = 22050
 META = {"sample_rate": SR, "channels": 1, "frames": 16,
@@ -352,7 +352,7 @@ def test_box_plot_has_one_box_per_class_and_method():
 def test_report_references_only_files_that_exist(tmp_path):
     png = R.box_plot_png(BOXES)
     audio = np.zeros((1, SR // 10), dtype=np.float32)
-    from sepcore.audio import Audio, encode_bytes
+    from sepcore.io.audio import Audio, encode_bytes
 
     flac = encode_bytes(Audio(audio, SR), "flac")
     (tmp_path / R.ASSETS).mkdir()

@@ -8,7 +8,7 @@ import librosa
 import numpy as np
 import pytest
 
-from sepcore.features import (
+from sepcore.prepare.features import (
     FEATURES,
     Cqt,
     LogMel,

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from sepcore import checkpoint, storage
-from sepcore.audio import Audio
-from sepcore.decode import (
+from sepcore.io import storage
+from sepcore.io.audio import Audio
+from sepcore.io.decode import (
     AudioTooLong,
     DecodeError,
     DecoderCrash,
@@ -18,7 +18,9 @@ from sepcore.decode import (
     EmptyAudio,
     decode_isolated,
 )
-from sepcore.library import (
+from sepcore.models import SMOKE_CONFIGS, build_model, checkpoint
+from sepcore.separate.apply import FixedMaskModel, separate
+from sepcore.separate.library import (
     LibraryFile,
     RawSamples,
     SeparationSettings,
@@ -28,9 +30,7 @@ from sepcore.library import (
     separate_file,
     separate_stream,
 )
-from sepcore.models import SMOKE_CONFIGS, build_model
-from sepcore.separation import FixedMaskModel, separate
-from sepcore.testing.library import write_any
+from tests.support.library import write_any
 
 RATE = 22050
 

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from sepcore.metrics import (
+from sepcore.evaluate.bss import (
     SILENCE_POWER,
     bss_eval,
     median_metrics,
@@ -74,7 +74,7 @@ def test_shapes_and_bad_values_raise():
 
 
 def test_fast_backend_survives_torch_thread_settings(capfd, monkeypatch):
-    """The fast backend's solves stay out of torch's OpenMP team (sepcore.metrics docstring).
+    """The fast backend's solves stay out of torch's OpenMP team (sepcore.evaluate.bss docstring).
 
     Once ``torch.set_num_threads`` has been called (a worker, a test fixture),
     ``torch.linalg.solve`` on a batch runs MKL's LU in nested OpenMP teams: MKL printed
@@ -83,7 +83,7 @@ def test_fast_backend_survives_torch_thread_settings(capfd, monkeypatch):
     """
     import torch
 
-    import sepcore.metrics as M
+    import sepcore.evaluate.bss as M
 
     def no_fallback(ref, est):
         raise AssertionError("the fast backend fell back to mir_eval")

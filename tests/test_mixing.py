@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from sepcore.mixing import (
+from sepcore.prepare.mixing import (
     LEVEL_EPS,
     MixPlan,
     apply_mix,

@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sepcore.slakh import METADATA
-from sepcore.testing.midi import multitrack_midi
+from sepcore.data.slakh import METADATA
+from tests.support.midi import multitrack_midi
 
 REPO = Path(__file__).resolve().parents[1]
 RAY_CLI = Path(sys.executable).with_name("ray")

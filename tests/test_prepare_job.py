@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from ray_jobs import prepare
-from sepcore import storage
 from sepcore.config import load_config
-from sepcore.prepare import decode_column
+from sepcore.io import storage
+from sepcore.prepare.pairs import decode_column
 
 pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 
@@ -135,7 +135,7 @@ def test_random_mixes_with_levels_and_disjoint_splits(demo_data, tmp_path):
 
 def test_curated_folders_with_manual_flags(demo_data, tmp_path):
     """Seed 002's layout: class folders, mix/excluded never mixed, flag files and a CSV."""
-    from sepcore.slakh import list_tracks
+    from sepcore.data.slakh import list_tracks
 
     root = tmp_path / "curated"
     for track in list_tracks(demo_data)[:3]:

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ray_jobs import prepare
-from sepcore import storage
-from sepcore.testing.s3 import bucket_of, list_keys
+from sepcore.io import storage
+from tests.support.s3 import bucket_of, list_keys
 
 
 def test_prepare_reads_and_writes_s3(ray_in_s3_env, demo_data):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sepcore.errors import MetadataError
-from sepcore.qa import (
+from sepcore.prepare.qa import (
     DEFAULT_EXCLUDE,
     FLAGS,
     MANUAL_FLAGS,

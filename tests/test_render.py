@@ -10,10 +10,11 @@ import pytest
 import soundfile as sf
 import yaml
 
-from sepcore import gm, render, slakh, storage
+from sepcore.data import gm, render, slakh
 from sepcore.errors import RenderError
-from sepcore.testing.midi import DEFAULT_PARTS, multitrack_midi
+from sepcore.io import storage
 from sepcore.units import db_to_gain
+from tests.support.midi import DEFAULT_PARTS, multitrack_midi
 
 
 def _note_times(mid: mido.MidiFile) -> list[tuple[float, int, int]]:

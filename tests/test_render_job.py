@@ -7,8 +7,9 @@ import json
 import pytest
 
 from ray_jobs import render
-from sepcore import slakh, storage
-from sepcore.testing.midi import DEFAULT_PARTS, multitrack_midi
+from sepcore.data import slakh
+from sepcore.io import storage
+from tests.support.midi import DEFAULT_PARTS, multitrack_midi
 
 pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 

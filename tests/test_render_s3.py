@@ -7,10 +7,11 @@ import json
 import numpy as np
 
 from ray_jobs import render
-from sepcore import slakh, storage
-from sepcore.audio import read_audio
-from sepcore.testing.midi import DEFAULT_PARTS, multitrack_midi
-from sepcore.testing.s3 import bucket_of, list_keys
+from sepcore.data import slakh
+from sepcore.io import storage
+from sepcore.io.audio import read_audio
+from tests.support.midi import DEFAULT_PARTS, multitrack_midi
+from tests.support.s3 import bucket_of, list_keys
 
 
 def test_render_job_reads_and_writes_s3(ray_in_s3_env):

@@ -1,4 +1,4 @@
-"""Plots of sepcore.report that no single job owns: the train job's loss curves, PNG rendering."""
+"""Plots of sepcore.report.html that no single job owns: the train job's loss curves, PNG rendering."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from sepcore import report as R
+from sepcore.report import html as R
 
 #: Three epochs of the train job's metrics.jsonl; epoch 0 has no SDR yet.
 HISTORY = [

@@ -16,11 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from ray_jobs import evaluate, prepare, separate, train
-from sepcore import checkpoint, storage
-from sepcore import evaluation as E
-from sepcore import report as R
-from sepcore.models import SMOKE_CONFIGS
-from sepcore.testing.s3 import bucket_of, list_keys
+from sepcore.evaluate import tracks as E
+from sepcore.io import storage
+from sepcore.models import SMOKE_CONFIGS, checkpoint
+from sepcore.report import html as R
+from tests.support.s3 import bucket_of, list_keys
 
 TARGET = "guitar"
 

@@ -14,10 +14,10 @@ import ray
 import soundfile as sf
 
 from ray_jobs import separate as job
-from sepcore import checkpoint, storage
-from sepcore.models import SMOKE_CONFIGS, build_model
-from sepcore.stemfile import decode_any
-from sepcore.testing.library import FORMATS, add_bad_files, make_library
+from sepcore.io import storage
+from sepcore.io.stemfile import decode_any
+from sepcore.models import SMOKE_CONFIGS, build_model, checkpoint
+from tests.support.library import FORMATS, add_bad_files, make_library
 
 N_FFT, HOP, FRAMES = 256, 128, 16
 
@@ -184,7 +184,7 @@ def test_odd_names_stay_inside_the_output(tmp_path, mixes, tiny_checkpoint):
 def test_a_file_that_hangs_is_failed_at_its_time_limit(tmp_path, tiny_checkpoint, ray_with_faults):
     import time
 
-    from sepcore.testing.reliability import tone_library
+    from tests.support.reliability import tone_library
 
     lib = tmp_path / "library"
     tone_library(str(lib), 3, seconds=2.0)  # 00/song 000.wav ... 00/song 002.wav

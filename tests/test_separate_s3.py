@@ -11,9 +11,9 @@ import pytest
 import soundfile as sf
 
 from ray_jobs import separate as job
-from sepcore import checkpoint, storage
-from sepcore.models import SMOKE_CONFIGS, build_model
-from sepcore.testing.library import make_library
+from sepcore.io import storage
+from sepcore.models import SMOKE_CONFIGS, build_model, checkpoint
+from tests.support.library import make_library
 
 
 def _manifest(output: str) -> dict[str, dict]:

@@ -7,10 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from sepcore import checkpoint
-from sepcore.metrics import bss_eval
-from sepcore.models import SMOKE_CONFIGS
-from sepcore.separation import (
+from sepcore.evaluate.bss import bss_eval
+from sepcore.models import SMOKE_CONFIGS, checkpoint
+from sepcore.separate.apply import (
     FixedMaskModel,
     apply_mask,
     chunk_hop,
@@ -112,7 +111,7 @@ def test_instrument_plus_rest_is_the_mixture(samples):
 
 
 def test_apply_mask_rejects_a_mask_of_the_wrong_shape():
-    from sepcore.features import Stft
+    from sepcore.prepare.features import Stft
 
     stft = Stft(n_fft=N_FFT, hop=HOP, sample_rate=SR)
     spec = stft.stft_complex(noise(1, 0.5))

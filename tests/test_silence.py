@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sepcore.mixing import instrument_rest
-from sepcore.silence import (
+from sepcore.prepare.mixing import instrument_rest
+from sepcore.prepare.silence import (
     adjust_silence,
     audio_ratio,
     cut_spans,

@@ -7,8 +7,9 @@ import os
 import pytest
 import yaml
 
-from sepcore import slakh, storage
+from sepcore.data import slakh
 from sepcore.errors import MetadataError
+from sepcore.io import storage
 
 # A metadata.yaml in Slakh2100-redux's schema (values as in the real dataset).
 REAL_METADATA = """\

@@ -7,10 +7,11 @@ import os
 import numpy as np
 import pytest
 
-from sepcore import sources, stemfile, storage
-from sepcore.audio import Audio, resample, write_audio
+from sepcore.data import sources
+from sepcore.data.sources import SourceStem, SourceTrack
 from sepcore.errors import AudioError, MetadataError
-from sepcore.sources import SourceStem, SourceTrack
+from sepcore.io import stemfile, storage
+from sepcore.io.audio import Audio, resample, write_audio
 
 RATE = 44100
 

@@ -8,9 +8,9 @@ import av
 import numpy as np
 import pytest
 
-from sepcore import stemfile, storage
-from sepcore.audio import Audio, write_audio
 from sepcore.errors import AudioError
+from sepcore.io import stemfile, storage
+from sepcore.io.audio import Audio, write_audio
 
 RATE = 44100
 

@@ -16,10 +16,10 @@ import soundfile as sf
 import yaml
 
 from ray_jobs import prepare, separate, train
-from sepcore import checkpoint, storage
-from sepcore.models import SMOKE_CONFIGS
-from sepcore.separation import model_channels
-from sepcore.separation import separate as separate_audio
+from sepcore.io import storage
+from sepcore.models import SMOKE_CONFIGS, checkpoint
+from sepcore.separate.apply import model_channels
+from sepcore.separate.apply import separate as separate_audio
 
 pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 

@@ -1,4 +1,4 @@
-"""sepcore.storage on both backends: a local folder and a real S3 server on loopback."""
+"""sepcore.io.storage on both backends: a local folder and a real S3 server on loopback."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from sepcore import storage
 from sepcore.errors import SepError, StorageError
-from sepcore.testing import s3 as s3test
+from sepcore.io import storage
+from tests.support import s3 as s3test
 
 # ---------------------------------------------------------------- helpers
 

@@ -11,7 +11,7 @@ from test_evaluate_job import _save
 from test_separate_job import _manifest, _run
 
 from ray_jobs import evaluate
-from sepcore import storage
+from sepcore.io import storage
 from sepcore.models import SMOKE_CONFIGS
 
 pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from ray_jobs import train
-from sepcore import checkpoint as ckpt
-from sepcore import storage
+from sepcore.io import storage
 from sepcore.models import SMOKE_CONFIGS, build_model
+from sepcore.models import checkpoint as ckpt
 
 pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 
@@ -50,7 +50,7 @@ def test_two_worker_ddp_training_reduces_the_loss(tiny_shards, tmp_path):
     model, meta = ckpt.load_model(str(out))
     assert meta["task"] == "separator" and meta["target"] == "guitar"
     assert (meta["sample_rate"], meta["feature"]["n_fft"], meta["feature"]["hop"], meta["frames"]) == (22050, 256, 128, 16)
-    from sepcore.separation import separate
+    from sepcore.separate.apply import separate
 
     audio = np.random.default_rng(0).standard_normal((1, 22050)).astype(np.float32) * 0.1
     parts = separate(model, audio, 22050, 256, 128, 16)

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from ray_jobs import train
-from sepcore import checkpoint as ckpt
 from sepcore.config import changed_keys
 from sepcore.errors import ConfigError
 from sepcore.models import SMOKE_CONFIGS
-from sepcore.selection import best_of, is_better
-from sepcore.training import build_for_training, run_epoch, training_state
+from sepcore.models import checkpoint as ckpt
+from sepcore.train.loop import build_for_training, run_epoch, training_state
+from sepcore.train.selection import best_of, is_better
 
 MODEL = {"name": "hourglass", "config": SMOKE_CONFIGS["hourglass"], "log_input": True}
 OPTIM = train.OptimConfig(lr=0.003, scheduler="plateau").model_dump()

@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from ray_jobs import tune
-from sepcore import report as R
-from sepcore import storage
-from sepcore import tuning as T
 from sepcore.config import load_config
 from sepcore.errors import ConfigError
+from sepcore.io import storage
+from sepcore.report import html as R
+from sepcore.tune import sweep as T
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 PREPARE = {"sources": [{"kind": "slakh", "uri": "data"}], "target": "guitar",

@@ -10,10 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from ray_jobs import train, tune
-from sepcore import checkpoint as ckpt
-from sepcore import report, storage
 from sepcore.config import load_config
-from sepcore.testing.reliability import tiny_sweep_config
+from sepcore.io import storage
+from sepcore.models import checkpoint as ckpt
+from sepcore.report import html as report
+from tests.support.reliability import tiny_sweep_config
 
 pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 

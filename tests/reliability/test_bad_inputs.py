@@ -21,10 +21,11 @@ import pytest
 
 from ray_jobs import prepare, render
 from ray_jobs import separate as job
-from sepcore import slakh, storage
-from sepcore.prepare import decode_column
-from sepcore.testing.midi import multitrack_midi
-from sepcore.testing.reliability import (
+from sepcore.data import slakh
+from sepcore.io import storage
+from sepcore.prepare.pairs import decode_column
+from tests.support.midi import multitrack_midi
+from tests.support.reliability import (
     BAD_INPUTS,
     MAX_SECONDS,
     bad_inputs,

@@ -4,7 +4,7 @@ The decode child is made to segfault on one file and to hang on another
 (``SEP_FAULTS``, :mod:`sepcore.faults`). Pass: exactly those two files fail, with
 ``DecoderCrash`` and ``DecodeTimeout`` naming them; every other file is separated; the
 job exits 0 within a bound set by the decode time limit, not by the hang.
-(Unit-level isolation of :func:`sepcore.decode.decode_isolated` is in tests/test_library.py.)
+(Unit-level isolation of :func:`sepcore.io.decode.decode_isolated` is in tests/test_library.py.)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 import ray
 
 from ray_jobs import separate as job
-from sepcore.testing.reliability import (
+from tests.support.reliability import (
     check_stems,
     manifest_rows,
     read_summary,

@@ -21,8 +21,8 @@ import pytest
 import ray
 
 from ray_jobs import separate as job
-from sepcore import storage
-from sepcore.testing.reliability import (
+from sepcore.io import storage
+from tests.support.reliability import (
     job_command,
     manifest_rows,
     read_summary,

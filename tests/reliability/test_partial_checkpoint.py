@@ -3,7 +3,7 @@
 A training output gets half-written checkpoint folders planted below ``runs/``, each
 with a higher epoch than the real one: ``model.pt`` without ``meta.json``, a
 ``meta.json`` whose ``model.pt`` was cut short, and a ``meta.json`` cut short itself.
-Pass: :func:`sepcore.checkpoint.find_latest` picks the real checkpoint, the rerun of
+Pass: :func:`sepcore.models.checkpoint.find_latest` picks the real checkpoint, the rerun of
 ``sep train`` resumes from it (the next epoch, not a planted one), and ``best/`` is
 a complete checkpoint that loads.
 """
@@ -15,9 +15,9 @@ import json
 import pytest
 
 from ray_jobs import train
-from sepcore import checkpoint as ckpt
-from sepcore import storage
+from sepcore.io import storage
 from sepcore.models import SMOKE_CONFIGS
+from sepcore.models import checkpoint as ckpt
 
 pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 

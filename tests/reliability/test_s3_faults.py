@@ -1,6 +1,6 @@
 """S3 faults (issue 10, item 5): the separate job through an unreliable S3 endpoint.
 
-Everything S3 goes through :class:`sepcore.testing.s3_faults.FaultyS3Proxy` in front of
+Everything S3 goes through :class:`tests.support.s3_faults.FaultyS3Proxy` in front of
 the loopback moto server: a seeded share of requests gets ``503 SlowDown`` or a
 connection reset (before or after the request took effect). Ray is started inside
 that environment, so the actors' requests go through the proxy too. Retries are the
@@ -20,16 +20,16 @@ import os
 import pytest
 import ray
 
-from sepcore import storage
-from sepcore.testing.reliability import manifest_rows, read_summary, tiny_checkpoint, tone_library
-from sepcore.testing.s3 import (
+from sepcore.io import storage
+from tests.support.reliability import manifest_rows, read_summary, tiny_checkpoint, tone_library
+from tests.support.s3 import (
     list_keys,
     list_multipart_uploads,
     s3_client,
     s3_environment,
     temporary_bucket,
 )
-from sepcore.testing.s3_faults import FaultyS3Proxy
+from tests.support.s3_faults import FaultyS3Proxy
 
 FILES = 8
 

@@ -18,8 +18,8 @@ import shutil
 import subprocess
 import tempfile
 
-from sepcore import storage
-from sepcore.testing.reliability import (
+from sepcore.io import storage
+from tests.support.reliability import (
     files_containing,
     job_command,
     kill_processes_mentioning,
@@ -27,7 +27,7 @@ from sepcore.testing.reliability import (
     tiny_checkpoint,
     tone_library,
 )
-from sepcore.testing.s3 import environment_for, list_keys, s3_client
+from tests.support.s3 import environment_for, list_keys, s3_client
 
 ACCESS_KEY = "AKIASEPTESTCANARY1234"
 SECRET_KEY = "sEcReTcAnArY/9f3Kq+ZwXy7TtLmNoPqRsTuVwXyZ01"

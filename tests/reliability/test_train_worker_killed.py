@@ -27,10 +27,10 @@ import time
 import pytest
 
 from ray_jobs import train
-from sepcore import checkpoint as ckpt
-from sepcore import storage
+from sepcore.io import storage
 from sepcore.models import SMOKE_CONFIGS
-from sepcore.testing.reliability import ray_actor_processes
+from sepcore.models import checkpoint as ckpt
+from tests.support.reliability import ray_actor_processes
 
 pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 

@@ -21,10 +21,10 @@ import pytest
 import ray
 
 from ray_jobs import common, train, tune
-from sepcore import checkpoint as ckpt
-from sepcore import storage
+from sepcore.io import storage
 from sepcore.models import SMOKE_CONFIGS
-from sepcore.testing.reliability import job_command, tiny_sweep_config
+from sepcore.models import checkpoint as ckpt
+from tests.support.reliability import job_command, tiny_sweep_config
 
 pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 

@@ -17,8 +17,8 @@ import time
 import pytest
 
 from ray_jobs import separate as job
-from sepcore import storage
-from sepcore.testing.reliability import (
+from sepcore.io import storage
+from tests.support.reliability import (
     check_stems,
     in_progress,
     manifest_rows,

@@ -1,0 +1,1 @@
+"""BSS Eval scores with oracle bounds, activation matrices, the metrics.json document."""

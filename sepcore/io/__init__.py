@@ -1,0 +1,1 @@
+"""Storage URIs, audio files and decoding: bytes in and out, no music knowledge."""

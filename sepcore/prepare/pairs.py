@@ -1,0 +1,364 @@
+"""Per-track preparation: stems -> instrument/rest pair -> silence, QA -> feature chunks.
+
+These are the plain step functions of the ``prepare`` job; ``ray_jobs.prepare`` wires
+them into Ray Data operators (mixing actors, feature actors) and ``bench`` runs them
+in a plain loop. Nothing here imports Ray.
+
+A prepared **row** is one chunk of ``frames`` feature frames of one track. Array
+columns are stored as raw little-endian bytes of the dataset's dtype; their shapes
+are recorded once in the dataset manifest (:func:`row_shapes`) and undone by
+:func:`decode_column`. Columns:
+
+* ``track_id`` (str), ``split`` (str), ``chunk`` (int), ``start_frame`` (int)
+* ``mix``: mixture feature, ``(channels, bins * (2C+1), frames)`` with context C
+* ``target``: the instrument's feature, ``(channels, bins, frames)`` (``outputs`` has "target")
+* ``irm`` / ``ibm``: ideal ratio / binary mask of the instrument, same shape (STFT only)
+* ``activations``: RMS activation per class in :data:`sepcore.data.classes.CLASSES` order,
+  ``(classes, frames)``, 60 dB range mapped to [0, 1] (seed 001)
+* ``levels`` (random mixes only): level of each class in the mix, ``(classes,)``
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sepcore.data.classes import CLASSES
+from sepcore.data.sources import SourceTrack, load_track_stems
+from sepcore.io import storage
+from sepcore.prepare import features, mixing, qa, silence
+
+OUTPUTS = ("target", "irm", "ibm", "activations")
+MASK_OUTPUTS = ("irm", "ibm")
+
+
+@dataclass(frozen=True)
+class SilenceSpec:
+    """Seed 002 §4.3.3: cut silences of the target, longest first, to ``target_ratio``."""
+
+    target_ratio: float = 0.7
+    cutoff_ratio: float = 0.5
+    threshold_dbfs: float = -50.0
+    min_silence_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class PrepareSpec:
+    """Everything a worker needs to turn one track into rows (plain, picklable)."""
+
+    target: str = "guitar"
+    sample_rate: int = 22050
+    channels: int = 1
+    feature: dict[str, Any] = field(default_factory=lambda: {"name": "stft", "n_fft": 1536, "hop": 384})
+    frames: int = 64
+    chunk_hop: int | None = None
+    pad: bool = True
+    context: int = 0
+    outputs: tuple[str, ...] = ("target", "activations")
+    dtype: str = "float16"
+    silence: SilenceSpec | None = None
+    detect_flags: bool = True
+    exclude_flags: tuple[str, ...] = qa.DEFAULT_EXCLUDE
+    skip_without_target: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = set(self.outputs) - set(OUTPUTS)
+        if unknown:
+            raise ValueError(f"unknown outputs {sorted(unknown)}; known: {OUTPUTS}")
+        if set(self.outputs) & set(MASK_OUTPUTS) and self.feature.get("name") != "stft":
+            raise ValueError("masks (irm, ibm) are defined on STFT magnitudes only; use feature stft")
+
+    def extractor(self) -> features.FeatureExtractor:
+        params = {k: v for k, v in self.feature.items() if k != "name"}
+        return features.make_feature(self.feature["name"], sample_rate=self.sample_rate, **params)
+
+
+@dataclass
+class TrackPair:
+    """A track's audio after mixing.
+
+    Shapes: ``instrument``, ``rest``, ``mix`` are ``(channels, samples)``;
+    ``class_sums`` is ``(classes, channels, samples)`` in :data:`CLASSES` order until
+    :func:`finish_pair` turns it into ``activations`` ``(classes, frames)`` (and drops
+    what the feature step does not need, so less travels between actors).
+    """
+
+    instrument: np.ndarray
+    rest: np.ndarray | None
+    mix: np.ndarray
+    class_sums: np.ndarray | None
+    flags: dict[str, list[str]]
+    excluded: list[str]
+    silence: dict[str, Any] = field(default_factory=dict)
+    activations: np.ndarray | None = None
+
+
+class SkipTrack(Exception):
+    """A track that is fine but yields no rows (no target stem, too much silence)."""
+
+
+# ---------------------------------------------------------------- manual flags
+
+
+def apply_manual_flags(tracks: Sequence[SourceTrack], flags: dict[tuple[str, str], set[str]]) -> list[SourceTrack]:
+    """Add flags from a ``track,stem,flag`` table (:func:`sepcore.prepare.qa.read_flags_csv`).
+
+    ``track`` matches a track id (``slakh:Track00001``) or its folder or file name
+    (``Track00001``); ``stem`` matches a stem id (``S01``, ``guitar/take1.wav``) or a
+    class (``guitar``: every stem of that class).
+    """
+    out = []
+    for track in tracks:
+        names = {track.track_id, track.track_id.split(":", 1)[-1], storage.basename(track.uri)}
+        stems = []
+        for stem in track.stems:
+            extra: set[str] = set()
+            for (t, s), fl in flags.items():
+                if t in names and s in (stem.stem_id, stem.inst_class):
+                    extra |= fl
+            stems.append(replace(stem, flags=tuple(sorted(set(stem.flags) | extra))) if extra else stem)
+        out.append(replace(track, stems=tuple(stems)))
+    return out
+
+
+# ---------------------------------------------------------------- mixing
+
+
+def class_sums(stems: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+    """Sum of the stems of each class. Shape: ``(stems, ch, n)`` -> ``(len(CLASSES), ch, n)``."""
+    out = np.zeros((len(CLASSES), *stems.shape[1:]), dtype=np.float32)
+    for stem, cls in zip(stems, classes, strict=True):
+        out[CLASSES.index(cls)] += stem
+    return out
+
+
+def make_pair(track: SourceTrack, spec: PrepareSpec) -> TrackPair:
+    """Load a track's stems, flag and exclude bad ones, sum instrument and rest.
+
+    Raises :class:`~sepcore.errors.AudioError` naming a stem that cannot be read and
+    :class:`SkipTrack` when no usable stem of the target class is left.
+    """
+    stems, records = load_track_stems(track, spec.sample_rate, spec.channels)
+    flags: dict[str, list[str]] = {}
+    keep = []
+    for audio, stem in zip(stems, records, strict=True):
+        found = set(stem.flags)
+        if spec.detect_flags:
+            found |= qa.detect_flags(audio, spec.sample_rate)
+        flags[stem.stem_id] = sorted(found)
+        keep.append(not qa.excluded(found, spec.exclude_flags))
+    kept = stems[np.array(keep, dtype=bool)] if len(keep) else stems
+    classes = [r.inst_class for r, k in zip(records, keep, strict=True) if k]
+    excluded = [r.stem_id for r, k in zip(records, keep, strict=True) if not k]
+    if spec.skip_without_target and spec.target not in classes:
+        raise SkipTrack(f"no usable '{spec.target}' stem")
+    instrument, rest, mix = mixing.instrument_rest(kept, classes, spec.target)
+    return TrackPair(instrument, rest, mix, class_sums(kept, classes), flags, excluded)
+
+
+def activation_params(spec: PrepareSpec) -> tuple[int, int]:
+    """(frame_length, hop) of the activations: the feature's own framing."""
+    hop = spec.extractor().hop
+    return int(spec.feature.get("n_fft", 2 * hop)), hop
+
+
+def finish_pair(pair: TrackPair, spec: PrepareSpec) -> TrackPair:
+    """Compute the class activations and drop signals the feature step won't use."""
+    act = None
+    if "activations" in spec.outputs and pair.class_sums is not None:
+        act = features.rms_activation(pair.class_sums, *activation_params(spec))
+    rest = pair.rest if "ibm" in spec.outputs else None
+    return TrackPair(pair.instrument, rest, pair.mix, None, pair.flags, pair.excluded, pair.silence, act)
+
+
+def mix_track(track: SourceTrack, spec: PrepareSpec) -> TrackPair:
+    """The mixing step of one track: :func:`make_pair`, silence, :func:`finish_pair`."""
+    return finish_pair(adjust_pair_silence(make_pair(track, spec), spec), spec)
+
+
+def adjust_pair_silence(pair: TrackPair, spec: PrepareSpec) -> TrackPair:
+    """Cut the target's silences from every signal of the pair (no-op when off)."""
+    if spec.silence is None:
+        return pair
+    if pair.rest is None or pair.class_sums is None:
+        raise ValueError("silence adjustment needs the pair before finish_pair")
+    s = spec.silence
+    result = silence.adjust_silence(
+        pair.instrument, [pair.rest, pair.mix, pair.class_sums], spec.sample_rate,
+        target_ratio=s.target_ratio, cutoff_ratio=s.cutoff_ratio,
+        threshold_dbfs=s.threshold_dbfs, min_silence_s=s.min_silence_s,
+    )  # fmt: skip
+    info = {
+        "ratio_before": round(result.ratio_before, 4),
+        "ratio_after": round(result.ratio_after, 4),
+        "removed_samples": int(sum(b - a for a, b in result.removed_spans)),
+    }
+    if not result.kept:
+        raise SkipTrack(f"audio ratio {result.ratio_after:.2f} below cutoff {s.cutoff_ratio}")
+    rest, mix, sums = result.others
+    return TrackPair(result.target, rest, mix, sums, pair.flags, pair.excluded, info)
+
+
+# ---------------------------------------------------------------- features
+
+
+def feature_chunks(pair: TrackPair, spec: PrepareSpec, extractor: features.FeatureExtractor) -> dict[str, np.ndarray]:
+    """All chunked arrays of one pair, each ``(chunks, ...)``, in the storage dtype."""
+    frames, hop = spec.frames, spec.chunk_hop or spec.frames
+    mix_f = extractor(pair.mix)
+    out: dict[str, np.ndarray] = {}
+    mix_in = features.stack_context(mix_f, spec.context) if spec.context else mix_f
+    out["mix"] = features.chunk_frames(mix_in, frames, hop, spec.pad)
+    if set(spec.outputs) & {"target", "irm", "ibm"}:
+        target_f = extractor(pair.instrument)
+        if "target" in spec.outputs:
+            out["target"] = features.chunk_frames(target_f, frames, hop, spec.pad)
+        if "irm" in spec.outputs:
+            irm = features.ideal_ratio_mask(target_f, mix_f)
+            out["irm"] = features.chunk_frames(irm, frames, hop, spec.pad)
+        if "ibm" in spec.outputs:
+            if pair.rest is None:
+                raise ValueError("the pair has no rest signal for the binary mask")
+            ibm = features.ideal_binary_mask(target_f, extractor(pair.rest))
+            out["ibm"] = features.chunk_frames(ibm, frames, hop, spec.pad)
+    if "activations" in spec.outputs:
+        if pair.activations is None:
+            raise ValueError("the pair has no activations: call finish_pair first")
+        out["activations"] = features.chunk_frames(pair.activations[None], frames, hop, spec.pad)[:, 0]
+    return {k: features.to_storage(v, spec.dtype) for k, v in out.items()}  # type: ignore[arg-type]
+
+
+def row_shapes(spec: PrepareSpec) -> dict[str, list[int]]:
+    """Shape of each array column of a row (what :func:`decode_column` restores)."""
+    ex = spec.extractor()
+    bins = ex.n_bins
+    shapes = {"mix": [spec.channels, bins * (2 * spec.context + 1), spec.frames]}
+    for name in ("target", "irm", "ibm"):
+        if name in spec.outputs:
+            shapes[name] = [spec.channels, bins, spec.frames]
+    if "activations" in spec.outputs:
+        shapes["activations"] = [len(CLASSES), spec.frames]
+    if spec.target == "random_mix":
+        shapes["levels"] = [len(CLASSES)]
+    return shapes
+
+
+def dataset_schema(spec: PrepareSpec) -> dict[str, Any]:
+    """The part of ``dataset.json`` that says how to read rows and what they hold."""
+    shapes = row_shapes(spec)
+    return {
+        "format": "sep-prepare/1",
+        "columns": ["track_id", "split", "chunk", *shapes],
+        "shapes": shapes,
+        "dtype": spec.dtype,
+        "classes": list(CLASSES),
+        "target": spec.target,
+        "sample_rate": spec.sample_rate,
+        "channels": spec.channels,
+        "feature": {"name": spec.feature["name"], **spec.extractor().params()},
+        "frames": spec.frames,
+        "chunk_hop": spec.chunk_hop or spec.frames,
+        "context": spec.context,
+    }
+
+
+def track_rows(track_id: str, split: str, arrays: dict[str, np.ndarray], extra: dict[str, np.ndarray] | None = None) -> list[dict[str, Any]]:
+    """One row per chunk with array columns as bytes."""
+    count = len(arrays["mix"])
+    rows = []
+    for k in range(count):
+        row: dict[str, Any] = {"track_id": track_id, "split": split, "chunk": k}
+        for name, arr in arrays.items():
+            row[name] = arr[k].tobytes()
+        for name, value in (extra or {}).items():
+            row[name] = np.asarray(value, dtype=arrays["mix"].dtype).tobytes()
+        rows.append(row)
+    return rows
+
+
+def decode_column(values: Iterable[bytes], shape: Sequence[int], dtype: str) -> np.ndarray:
+    """Bytes of a column -> ``(rows, *shape)`` array."""
+    chunks = [np.frombuffer(v, dtype=dtype) for v in values]
+    if not chunks:
+        return np.zeros((0, *shape), dtype=dtype)
+    return np.stack(chunks).reshape(len(chunks), *shape)
+
+
+# ---------------------------------------------------------------- shards
+
+
+def shard_name(track_id: str) -> str:
+    """A safe, unique file stem for a track id (no separators, no '..')."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", track_id).strip("._") or "track"
+    return f"{safe[:80]}-{hashlib.sha1(track_id.encode()).hexdigest()[:8]}"
+
+
+def rows_to_parquet(rows: list[dict[str, Any]]) -> bytes:
+    """Rows -> Parquet bytes (array columns as binary)."""
+    table = pa.Table.from_pylist(rows)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="snappy", row_group_size=64)
+    return buf.getvalue()
+
+
+def process_track(track: SourceTrack, split: str, spec: PrepareSpec, extractor: features.FeatureExtractor | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The whole per-track step in one call (plain loops and benchmarks use it)."""
+    pair = mix_track(track, spec)
+    arrays = feature_chunks(pair, spec, extractor or spec.extractor())
+    info = {"flags": pair.flags, "excluded": pair.excluded, "silence": pair.silence,
+            "seconds": pair.mix.shape[-1] / spec.sample_rate}  # fmt: skip
+    return track_rows(track.track_id, split, arrays), info
+
+
+# ---------------------------------------------------------------- random mixes (seed 001)
+
+
+def solo_segments(
+    track: SourceTrack, spec: PrepareSpec, seconds: float, threshold_dbfs: float = -50.0
+) -> list[tuple[str, str, np.ndarray]]:
+    """Cut every usable stem into non-overlapping solo segments of ``seconds``.
+
+    Returns ``(segment_id, class, audio)`` with audio ``(channels, samples)``; segments
+    whose RMS is below ``threshold_dbfs`` (silence) and stems excluded by their QA
+    flags are left out, as is a last partial segment.
+    """
+    stems, records = load_track_stems(track, spec.sample_rate, spec.channels)
+    n = int(round(seconds * spec.sample_rate))
+    floor = 10.0 ** (threshold_dbfs / 20.0)
+    out = []
+    for audio, stem in zip(stems, records, strict=True):
+        found = set(stem.flags) | (qa.detect_flags(audio, spec.sample_rate) if spec.detect_flags else set())
+        if qa.excluded(found, spec.exclude_flags):
+            continue
+        for k in range(audio.shape[-1] // n):
+            seg = audio[:, k * n : (k + 1) * n]
+            if float(np.sqrt(np.mean(np.square(seg, dtype=np.float64)))) >= floor:
+                out.append((f"{track.track_id}/{stem.stem_id}/{k:04d}", stem.inst_class, np.ascontiguousarray(seg)))
+    return out
+
+
+def render_mix(plan: mixing.MixPlan, audio: dict[str, np.ndarray], spec: PrepareSpec) -> TrackPair:
+    """Apply one plan: the mixture, and the activations of each class at its level."""
+    mixture, label = mixing.apply_mix(plan, audio)
+    n = mixture.shape[-1]
+    sums = np.zeros((len(CLASSES), mixture.shape[0], n), dtype=np.float32)
+    for seg, cls, level in zip(plan.segment_ids, plan.classes, plan.levels, strict=True):
+        sums[CLASSES.index(cls)] += np.float32(level) * audio[seg][:, :n]
+    pair = TrackPair(np.zeros_like(mixture), None, mixture, sums, {}, [])
+    return finish_pair(pair, spec)
+
+
+def level_vector(plan: mixing.MixPlan) -> np.ndarray:
+    """The mix's label: summed level per class in :data:`CLASSES` order. Shape ``(classes,)``."""
+    out = np.zeros(len(CLASSES), dtype=np.float32)
+    for cls, level in zip(plan.classes, plan.levels, strict=True):
+        out[CLASSES.index(cls)] += level
+    return out

@@ -1,0 +1,1 @@
+"""The one apply (chunked masks, overlap-add) and batch separation of a library."""

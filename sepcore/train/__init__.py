@@ -1,0 +1,1 @@
+"""Plain training steps and the one best-checkpoint rule."""
