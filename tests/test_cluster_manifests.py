@@ -250,7 +250,8 @@ _FORBIDDEN = [
 
 
 def _scanned_files() -> list[Path]:
-    return sorted(p for p in CLUSTER.rglob("*") if p.is_file()) + [REPO / "README.md"]
+    docs = sorted((REPO / "docs").glob("*.md"))
+    return sorted(p for p in CLUSTER.rglob("*") if p.is_file()) + [REPO / "README.md", *docs]
 
 
 @pytest.mark.parametrize("path", _scanned_files(), ids=lambda p: str(p.relative_to(REPO)))
