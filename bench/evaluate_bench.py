@@ -11,7 +11,7 @@ scores the ``[instrument, rest]`` pair once:
 * ``whole``: one ``bss_eval_sources`` call on the whole signal (seed 002's way; grows
   faster than linearly, so only up to ``--whole-up-to`` seconds);
 * ``full``: the evaluate job's full mode, segments of at most 30 s pooled
-  (:func:`sepcore.evaluate.tracks.pooled_bss_eval`);
+  (:func:`sepcore.evaluate.scoring.pooled_bss_eval`);
 * ``windowed``: 1-s windows, median over windows (museval's convention).
 
 Figures are CPU seconds of this process (``time.process_time``) per minute of audio,
@@ -35,7 +35,9 @@ import torch  # noqa: E402
 
 from sepcore.data.sources import slakh_tracks  # noqa: E402
 from sepcore.evaluate import bss as metrics  # noqa: E402
+from sepcore.evaluate import scoring as S  # noqa: E402
 from sepcore.evaluate import tracks as E  # noqa: E402
+from sepcore.evaluate.config import ScoringConfig  # noqa: E402
 
 SR, N_FFT, HOP = 22050, 1536, 384
 META = {
@@ -78,20 +80,20 @@ def guitar_material(data: str, seconds: float) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(inst, axis=1), np.concatenate(rest, axis=1)
 
 
-def cases(seconds: float, whole_up_to: float) -> list[tuple[str, str, E.EvalSpec | None]]:
+def cases(seconds: float, whole_up_to: float) -> list[tuple[str, str, ScoringConfig | None]]:
     out = []
     for backend in ("mir_eval", "fast"):
         if seconds <= whole_up_to:
             out.append(("whole", backend, None))
-        out.append(("full (30-s segments)", backend, E.EvalSpec("full", backend, segment_s=30.0)))  # type: ignore[arg-type]
-        out.append(("windowed (1 s)", backend, E.EvalSpec("windowed", backend)))  # type: ignore[arg-type]
+        out.append(("full (30-s segments)", backend, ScoringConfig(mode="full", backend=backend, segment_seconds=30.0)))  # type: ignore[arg-type]
+        out.append(("windowed (1 s)", backend, ScoringConfig(mode="windowed", backend=backend)))  # type: ignore[arg-type]
     return out
 
 
-def run_case(refs: np.ndarray, ests: np.ndarray, backend: str, spec: E.EvalSpec | None) -> dict:
+def run_case(refs: np.ndarray, ests: np.ndarray, backend: str, spec: ScoringConfig | None) -> dict:
     if spec is None:
         return metrics.bss_eval(refs, ests, backend)  # type: ignore[arg-type]
-    return E.score(refs, ests, SR, spec)
+    return S.score(refs, ests, SR, spec)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,6 +96,7 @@ def plain_loop(data: str, out: str) -> tuple[float, float]:
 
     from sepcore.data.sources import slakh_tracks
     from sepcore.io import storage
+    from sepcore.io.ledger import Ledger
     from sepcore.prepare.mixing import assign_splits
     from sepcore.prepare.pairs import (
         PrepareSpec,
@@ -112,6 +113,7 @@ def plain_loop(data: str, out: str) -> tuple[float, float]:
     tracks = slakh_tracks(data)
     splits = assign_splits([t.track_id for t in tracks])
     audio = 0.0
+    done = Ledger(storage.join(out, "_done"))
     for track in tracks:
         try:
             rows, info = process_track(track, splits[track.track_id], spec, extractor)
@@ -119,7 +121,7 @@ def plain_loop(data: str, out: str) -> tuple[float, float]:
             continue
         name = shard_name(track.track_id)
         storage.write_bytes(storage.join(out, "shards", name + ".parquet"), rows_to_parquet(rows))
-        storage.write_text(storage.join(out, "_done", name + ".json"), json.dumps({"rows": len(rows)}))
+        done.put(track.track_id, {"rows": len(rows)})
         audio += info["seconds"]
     return audio, time.monotonic() - t0
 

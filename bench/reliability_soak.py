@@ -38,6 +38,7 @@ import ray
 
 from ray_jobs import separate as job
 from sepcore.io import storage
+from sepcore.separate import state as separate_state
 from tests.support.reliability import (
     BAD_INPUTS,
     MAX_SECONDS,
@@ -138,7 +139,7 @@ def driver_kill(lib: str, ckpt: str, work: str, reference: dict[str, bytes], tot
             if json.load(open(os.path.join(folder, k + ".json")))["status"] == "ok"}  # fmt: skip
     rerun = subprocess.run(cmd, env=env, capture_output=True)
     rows = manifest_rows(out)
-    skipped = {job._key(r["source"]) for r in rows.values() if r["status"] == "skipped"}
+    skipped = {separate_state.key(r["source"]) for r in rows.values() if r["status"] == "skipped"}
     problems = losses(out, reference)
     if skipped != done:
         problems.append(f"rerun skipped {len(skipped)} files, {len(done)} were recorded ok")

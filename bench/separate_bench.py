@@ -72,13 +72,14 @@ def plain_loop(library: str, ckpt: str, out: str) -> tuple[float, float]:
     """(seconds of audio, wall seconds) of separating the library in this process."""
     import torch
 
-    from ray_jobs.separate import SeparateConfig, _settings
+    from ray_jobs.separate import SeparateConfig
+    from sepcore.separate.config import SeparationSettings
     from sepcore.separate.library import list_library, output_dir, separate_file
 
     torch.set_num_threads(1)
     model, meta = checkpoint.load_model(ckpt)
     cfg = SeparateConfig(library=library, checkpoint=ckpt, output=out)
-    settings = _settings(cfg, meta)
+    settings = SeparationSettings.of(cfg, meta)
     files = list_library(library)
     shutil.rmtree(out, ignore_errors=True)
     start, audio = time.monotonic(), 0.0
@@ -122,12 +123,13 @@ def memory_child(path: str, ckpt: str, out: str) -> None:
     """Separate one file; print seconds and peak RSS of this process and the decoder."""
     import torch
 
-    from ray_jobs.separate import SeparateConfig, _settings
+    from ray_jobs.separate import SeparateConfig
+    from sepcore.separate.config import SeparationSettings
     from sepcore.separate.library import LibraryFile, separate_file
 
     torch.set_num_threads(1)
     model, meta = checkpoint.load_model(ckpt)
-    settings = _settings(SeparateConfig(library=".", checkpoint=ckpt, output=out), meta)
+    settings = SeparationSettings.of(SeparateConfig(library=".", checkpoint=ckpt, output=out), meta)
     uri = storage.normalize_uri(path)
     info = storage.info(uri)
     start = time.monotonic()

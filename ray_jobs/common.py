@@ -15,15 +15,14 @@ work done with other settings).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
-import functools
 import json
 import logging
 import os
 import socket
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 import yaml
 from pydantic import Field
 
+from sepcore.batch import time_limit_error
 from sepcore.config import Config, describe, load_config, to_plain
 from sepcore.errors import ConfigError, SepError
 from sepcore.io import storage
@@ -88,46 +88,141 @@ class Job:
         try:
             summary = run_job(self, cfg)
         except ConfigError as exc:  # found once the inputs were read: still a configuration error
-            print(f"sep {self.name}: error: {exc}", file=sys.stderr)
-            return 2
+            return _end(f"sep {self.name}: error: {exc}", 2)
         except SepError as exc:
-            print(f"sep {self.name}: failed: {exc}", file=sys.stderr)
-            return 1
+            return _end(f"sep {self.name}: failed: {exc}", 1)
         print(format_summary(summary))
         if summary["status"] != "ok":
-            print(f"sep {self.name}: failed: {summary.get('error')}", file=sys.stderr)
-            return 1
-        return 0
+            return _end(f"sep {self.name}: failed: {summary.get('error')}", 1)
+        return _end(None, 0)
 
+
+def _end(error: str | None, status: int) -> int:
+    """Print ``error`` (stderr), then where Ray's logs are: the job's last lines."""
+    if error:
+        print(error, file=sys.stderr, flush=True)
+    if _RAY_LOGS:
+        print(f"Ray's logs: {_RAY_LOGS}", file=sys.stderr if error else sys.stdout, flush=True)
+    return status
+
+
+# ---------------------------------------------------------------- the console
+#
+# A job's console shows its own lines (``sep.*`` loggers) and progress bars. Ray's
+# internals go to the session's log folder (named in the job's last line): worker and
+# raylet output stays in Ray's log files (``log_to_driver=False``), Ray Data logs only to
+# its ``ray-data.log``, and the ``ray`` loggers print errors only. ``SEP_LOG_LEVEL=DEBUG``
+# brings all of it back to the console.
 
 #: Libraries whose DEBUG records carry request headers (the S3 access key id is in
 #: ``Authorization``): never below INFO, whatever ``SEP_LOG_LEVEL`` says.
 QUIET_LOGGERS = ("botocore", "boto3", "aiobotocore", "s3transfer", "urllib3")
+#: Ray's Python loggers on the driver: WARNING (``ray`` itself: ERROR; ``ray.data``: its log
+#: file only) unless ``SEP_LOG_LEVEL=DEBUG``.
+RAY_LOGGERS = ("ray.train", "ray.tune", "ray.util", "ray.air")
+#: Modules whose deprecation warnings stay off the console (a regular expression).
+LIBRARIES = r"(ray|torch|pyarrow|pandas|lightgbm|sklearn|librosa|music21|pydantic|google|pkg_resources)(\..*)?$"
+
+#: Where this process's Ray writes its logs, once :func:`init_ray` ran.
+_RAY_LOGS: str | None = None
+
+
+def verbose() -> bool:
+    """Whether Ray's own output should reach the console (``SEP_LOG_LEVEL=DEBUG``)."""
+    return os.environ.get("SEP_LOG_LEVEL", "INFO").upper() == "DEBUG"
 
 
 def setup_logging() -> None:
+    """The job's log lines on stderr; libraries' deprecation warnings off the console."""
     if not logging.getLogger().handlers:
         logging.basicConfig(
-            level=os.environ.get("SEP_LOG_LEVEL", "INFO"),
+            level=os.environ.get("SEP_LOG_LEVEL", "INFO").upper(),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             datefmt="%H:%M:%S",
         )
     for name in QUIET_LOGGERS:
         logger = logging.getLogger(name)
         logger.setLevel(max(logger.getEffectiveLevel(), logging.INFO))
+    if not verbose():
+        for name in RAY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        _quiet_warnings()
+
+
+def _quiet_warnings() -> None:
+    """Deprecations inside libraries, which this project cannot fix (its own calls are fixed).
+
+    Called again once Ray is imported: ``ray.util.annotations`` puts its own filter first.
+    """
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category, module=LIBRARIES)
 
 
 def init_ray(num_cpus: int | None) -> None:
-    """Connect to ``RAY_ADDRESS`` when set; otherwise start (or reuse) a local Ray."""
+    """Connect to ``RAY_ADDRESS`` when set; otherwise start (or reuse) a local Ray.
+
+    Quiet unless ``SEP_LOG_LEVEL=DEBUG``: workers' output is not sent to the driver and Ray
+    Data prints no execution plans or progress lines (its bars still show on a terminal).
+    """
     import ray
 
-    if ray.is_initialized():
+    global _RAY_LOGS
+    loud = verbose()
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS")
+        where: dict[str, Any] = (
+            {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}
+        )
+        ray.init(**where, log_to_driver=loud, logging_level=logging.INFO if loud else logging.ERROR)
+    _RAY_LOGS = _ray_log_folder()
+    _quiet_ray_data(loud)
+    if not loud:
+        _quiet_warnings()
+        _quiet_raylet_warnings()
+
+
+def _ray_log_folder() -> str | None:
+    """The local session's log folder (on a cluster, the head node's one is also there)."""
+    try:
+        from ray._private import worker  # no public API names the session folder
+
+        return str(worker.global_worker.node.get_logs_dir_path())
+    except Exception:  # a client connection has no local node
+        return None
+
+
+def _quiet_raylet_warnings() -> None:
+    """Keep the raylet's warnings (``WARNING: 8 PYTHON worker processes have been started``)
+    off the console: Ray prints them on the driver whatever ``log_to_driver`` says, and
+    they are in the session's ``raylet.out``. Its errors still show."""
+    try:
+        from ray._private import worker  # no public setting for these messages
+    except ImportError:
         return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    show = worker.print_to_stdstream
+    if getattr(show, "quiet", False):
+        return
+
+    def quiet(data: dict[str, Any], ignore_prefix: bool) -> None:
+        lines = [line for line in data.get("lines", []) if not str(line).startswith("WARNING:")]
+        if data.get("pid") != "raylet" or lines:
+            show({**data, "lines": lines} if data.get("pid") == "raylet" else data, ignore_prefix)
+
+    quiet.quiet = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = quiet
+
+
+def _quiet_ray_data(loud: bool) -> None:
+    """Ray Data: no execution plans, progress lines or operator bars unless ``loud``."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.print_on_execution_start = loud
+    ctx.enable_progress_bars = loud or sys.stderr.isatty()
+    ctx.enable_operator_progress_bars = loud
+    for handler in logging.getLogger("ray.data").handlers:
+        if "File" not in type(handler).__name__:  # ray-data.log keeps every record
+            handler.setLevel(logging.INFO if loud else logging.CRITICAL)
 
 
 def _now() -> str:
@@ -171,20 +266,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------- time limit per item
+# ---------------------------------------------------------------- time limit per item (tasks)
 #
-# A per-item unit of work (a track, a song, a file) can hang where Python cannot stop
-# it: a native livelock (MKL/OpenMP), a stuck read. Every batch job therefore gives
-# each item a time limit (its ``item_timeout_s`` key) that is enforced from outside
-# the stuck thread, and records the item as failed instead of waiting for it.
-
-#: Folder of an output holding the time-limit failures of runs of an actor job.
-TIMEOUTS = "_timeouts"
-
-
-def time_limit_error(item: str, limit_s: float, key: str, ended: str) -> str:
-    """The error recorded for an item that ran past its time limit."""
-    return f"{item}: no result within {limit_s:g} s (time limit per item, key {key}); {ended}"
+# The plain parts (the error text, the watchdog of actor jobs) are in sepcore.batch.
 
 
 @dataclass(frozen=True)
@@ -319,207 +403,7 @@ class ItemTasks:
             yield Finished(item, error=error)
 
 
-def timeout_ledger(output: str) -> str:
-    """A fresh folder below ``output`` for one run's time-limit failures (see :class:`ItemWatchdog`)."""
-    run = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + os.urandom(4).hex()
-    return storage.join(output, TIMEOUTS, run)
-
-
-def _ledger_uri(ledger: str, item: str) -> str:
-    import hashlib
-
-    return storage.join(ledger, hashlib.sha256(item.encode()).hexdigest()[:24] + ".json")
-
-
-class ItemWatchdog:
-    """The time limit per item inside a Ray Data actor (one item per call).
-
-    Use ``with watchdog.running(item): ...`` around an item's work. A daemon thread
-    watches the item in progress; once it has run ``limit_s`` seconds the thread
-    records the failure (``record(message)``, by default a file in ``ledger``), logs
-    the stack of the item's thread (where it was stuck) and ends the process with
-    ``os._exit``. Ray Data's actors have ``max_restarts=-1`` and
-    ``max_task_retries=-1``: Ray restarts the actor and retries the call, and the
-    retried call finds the record (:meth:`recorded`, or the job's own records) and
-    answers with the failure at once instead of running the item again.
-
-    The thread needs the GIL: it catches a hang in code that releases it (torch,
-    numpy/MKL/OpenMP, I/O, ``time.sleep``), not a C loop that holds it. With neither a
-    ``ledger`` nor a ``record`` there is nowhere to record the failure, and the limit is
-    not enforced (a retry would hang again).
-    """
-
-    def __init__(self, limit_s: float, key: str, ledger: str | None = None):
-        import threading
-
-        self.limit_s, self.key, self.ledger = limit_s, key, ledger
-        self._lock = threading.Lock()
-        self._items: dict[int, tuple[str, float, int, Callable[[str], None]]] = {}
-        self._thread: threading.Thread | None = None
-
-    def recorded(self, item: str) -> str | None:
-        """The error of ``item`` when it ran out of time earlier in this run (ledger only)."""
-        if self.ledger is None:
-            return None
-        uri = _ledger_uri(self.ledger, item)
-        return json.loads(storage.read_text(uri))["error"] if storage.exists(uri) else None
-
-    def _write(self, item: str, message: str) -> None:
-        assert self.ledger is not None
-        record = json.dumps({"item": item, "error": message})
-        storage.write_text(_ledger_uri(self.ledger, item), record)
-
-    @contextlib.contextmanager
-    def running(self, item: str, record: Callable[[str], None] | None = None) -> Iterator[None]:
-        """Watch ``item`` while the block runs; ``record(message)`` writes its failure."""
-        import threading
-
-        from sepcore import faults
-
-        if record is None and self.ledger is not None:
-            record = functools.partial(self._write, item)
-        token = object()
-        if record is not None:
-            with self._lock:
-                deadline = time.monotonic() + self.limit_s
-                self._items[id(token)] = (item, deadline, threading.get_ident(), record)
-            self._start()
-        try:
-            faults.maybe_fire("item", item)  # SEP_FAULTS=item_hang:<pattern> in tests and drills
-            yield
-        finally:
-            with self._lock:
-                self._items.pop(id(token), None)
-
-    def _start(self) -> None:
-        import threading
-
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._watch, name="item-watchdog", daemon=True)
-            self._thread.start()
-
-    def _watch(self) -> None:
-        poll = min(1.0, max(0.1, self.limit_s / 20))
-        while True:
-            time.sleep(poll)
-            with self._lock:
-                now = time.monotonic()
-                for item, deadline, thread, record in self._items.values():
-                    if now > deadline:
-                        self._end(item, thread, record)
-
-    def _end(self, item: str, thread: int, record: Callable[[str], None]) -> None:
-        """Record ``item``'s failure and end this process (never returns)."""
-        import traceback
-
-        message = time_limit_error(item, self.limit_s, self.key, "its worker process was ended")
-        frame = sys._current_frames().get(thread)
-        where = "".join(traceback.format_stack(frame)) if frame is not None else "(thread gone)\n"
-        log.error("%s; it was at:\n%s", message, where.rstrip())
-        try:
-            record(message)
-        except Exception:  # the retry will run the item again
-            log.exception("cannot record the time-limit failure of %s", item)
-        logging.shutdown()  # flush the log handlers
-        os._exit(1)
-
-
-# ---------------------------------------------------------------- the batch-job skeleton
-#
-# What every batch job does around its items: skip what a previous run finished
-# (sepcore.io.ledger.Ledger), refuse an output made with other settings, run each item
-# so that one bad item cannot stop the others, report progress as items end, and judge
-# the run by the share of items that failed.
-
-
-def guarded(item: str, fn: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """``fn(*args, **kwargs)``; an exception becomes ``{"item": item, "error": ...}``.
-
-    A :class:`SepError` already names the file and the problem; any other exception is a
-    bug on this item, recorded with its type so the other items go on.
-    """
-    try:
-        return fn(*args, **kwargs)
-    except SepError as exc:
-        return {"item": item, "error": str(exc)}
-    except Exception as exc:  # a bug on one item must not stop the others
-        return {"item": item, "error": f"{item}: {type(exc).__name__}: {exc}"}
-
-
-def verdict(failed: int, total: int, max_failed_fraction: float, what: str) -> dict[str, Any]:
-    """The summary keys of a run whose share of failed items is above the limit, else {}."""
-    if failed and failed > max_failed_fraction * max(total, 1):
-        return {"status": "failed", "error": f"{failed} of {total} {what} failed"}
-    return {}
-
-
-class Progress:
-    """``[i/n]`` lines as items end, and a progress bar on a terminal.
-
-    ``n`` is fixed when the run starts (the items to do now; ``done_before`` were finished
-    by an earlier run and are only mentioned). Each :meth:`update` logs one line: a
-    failure as a warning naming the item, a success at INFO. On a terminal the lines
-    go above a tqdm bar.
-    """
-
-    def __init__(self, job: str, total: int, done_before: int = 0, unit: str = "item"):
-        self.job, self.total, self.count = job, total, 0
-        self.log = logging.getLogger(f"sep.{job}")
-        self.log.info("%s: %d %ss to do, %d done before", job, total, unit, done_before)
-        self._bar: Any = None
-        if total and sys.stderr.isatty():
-            try:
-                from tqdm import tqdm
-            except ImportError:  # a plain install without the progress extra: lines only
-                return
-            self._bar = tqdm(total=total, desc=job, unit=unit, leave=False, dynamic_ncols=True)
-
-    def update(self, item: str, state: str, failed: bool = False) -> None:
-        self.count += 1
-        line = f"{self.job} [{self.count}/{self.total}] {item}: {state}"
-        if self._bar is not None:
-            self._bar.update(1)
-            self._bar.clear()
-        if failed:
-            self.log.warning("%s", line)
-        else:
-            self.log.info("%s", line)
-        if self._bar is not None:
-            self._bar.refresh()
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-
-def check_settings(output: str, name: str, settings: dict[str, Any], what: str = "data") -> None:
-    """Refuse an output that holds work made with other ``settings`` (exit 2); record them else.
-
-    ``<output>/<name>`` holds the settings of the first run (JSON); a rerun with other
-    values raises :class:`ConfigError` naming the keys that differ.
-    """
-    from sepcore.config import changed_keys
-
-    uri = storage.join(output, name)
-    wanted = json.loads(json.dumps(settings, default=str))
-    if storage.exists(uri):
-        diff = changed_keys(json.loads(storage.read_text(uri)), wanted)
-        if diff:
-            raise ConfigError(
-                "output", f"{output} holds {what} made with other settings ({', '.join(diff)}); "
-                "use a new output"
-            )
-        return
-    storage.write_text(uri, json.dumps(wanted, indent=2, sort_keys=True))
-
-
-def settings_fingerprint(settings: Any) -> str:
-    """A short hash of JSON-able ``settings``: the key of work made with them."""
-    import hashlib
-
-    text = json.dumps(settings, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+# ---------------------------------------------------------------- Ray Data
 
 
 def parquet_dataset(uris: list[str], **kwargs: Any) -> Any:

@@ -57,12 +57,10 @@ How to read the table:
 
 
 def load_schema() -> dict[str, Any]:
-    """The schema of metrics.json, from wherever sepcore keeps it."""
+    """The schema of metrics.json (sepcore.evaluate.document)."""
     sys.path.insert(0, str(REPO))
-    try:
-        from sepcore.evaluate.document import METRICS_SCHEMA
-    except ImportError:
-        from sepcore.evaluate.tracks import METRICS_SCHEMA
+    from sepcore.evaluate.document import METRICS_SCHEMA
+
     return METRICS_SCHEMA
 
 

@@ -47,6 +47,6 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
         echo "setup: error: pip failed (exit $status)" >&2
         exit 1
     fi
-    .venv/bin/python -c "import sepcore, ray_jobs, ray, torch, pytest_timeout" # fail here, not later
+    .venv/bin/python -c "import sepcore, ray_jobs, ray, torch, tqdm, pytest_timeout" # fail here, not later
     echo "$WANT" > "$STAMP"
 fi

@@ -7,7 +7,7 @@ shell-style glob matched against the file's name (URI or path). Code calls
 :func:`maybe_fire` with its place and the file name; nothing happens unless a fault
 for that place matches. Places: ``decode`` (the decoding child of
 :mod:`sepcore.io.decode`) and ``item`` (the start of every per-item unit of the batch
-jobs, inside its time limit: ``ray_jobs.common.ItemTasks`` and ``ItemWatchdog``; the
+jobs, inside its time limit: ``ray_jobs.common.ItemTasks`` and ``sepcore.batch.ItemWatchdog``; the
 name is the item's: a track id, a song's or a file's URI). Actions:
 
 * ``raise``: raise :class:`InjectedFault`;

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from sepcore.io import storage
+from tests.support.rays import own_ray, start_shared
 from tests.support.s3 import S3Server, s3_environment, temporary_bucket
 
 
@@ -43,22 +44,24 @@ def demo_data() -> str:
     return demo_dataset(tracks=6, min_seconds=10.0, max_seconds=14.0)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def local_ray() -> Iterator[None]:
-    """A local Ray for one test module (2 CPUs, no dashboard), shut down after the module.
+    """The local Ray shared by the whole run (2 CPUs, no dashboard; see tests/support/rays.py).
 
-    Job test modules use it with ``pytestmark = pytest.mark.usefixtures("local_ray")``.
+    Job test modules use it with ``pytestmark = pytest.mark.usefixtures("local_ray")``; a
+    test that needs a Ray of its own uses :func:`tests.support.rays.own_ray`, which brings
+    this one back afterwards.
     """
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    start_shared()
     try:
         yield
     finally:
         ray.shutdown()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_shards(local_ray: None, demo_data: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The demo data's guitar prepared small (129-bin STFT, 16-frame chunks), for fast training."""
     from ray_jobs import prepare
@@ -74,33 +77,12 @@ def tiny_shards(local_ray: None, demo_data: str, tmp_path_factory: pytest.TempPa
 @pytest.fixture
 def ray_in_s3_env(s3_bucket: str) -> Iterator[str]:
     """A fresh bucket, with Ray started inside the S3 environment so workers inherit it."""
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
+    with own_ray():  # s3_bucket has set the environment
         yield s3_bucket
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture
-def ray_with_faults(local_ray: None, monkeypatch: pytest.MonkeyPatch):
-    """``with ray_with_faults("item_hang:*x*"):`` runs the block on a local Ray restarted with
-    ``SEP_FAULTS`` set (Ray's workers read it when they start), then restarts it without."""
-    from contextlib import contextmanager
-
-    import ray
-
-    @contextmanager
-    def restarted(spec: str) -> Iterator[None]:
-        monkeypatch.setenv("SEP_FAULTS", spec)
-        ray.shutdown()
-        ray.init(num_cpus=2, include_dashboard=False)
-        try:
-            yield
-        finally:
-            monkeypatch.delenv("SEP_FAULTS")
-            ray.shutdown()
-            ray.init(num_cpus=2, include_dashboard=False)
-
-    return restarted
+def ray_with_faults(local_ray: None):
+    """``with ray_with_faults("item_hang:*x*"):`` runs the block on a local Ray started with
+    ``SEP_FAULTS`` set (Ray's workers read it when they start); the shared Ray comes back after."""
+    return lambda spec: own_ray(SEP_FAULTS=spec)

@@ -1,4 +1,4 @@
-"""Snippet labels, features, ROC, LightGBM helpers and prediction of sepcore.classify.snippets (no Ray)."""
+"""Snippet labels, features, ROC, LightGBM helpers and prediction of sepcore.classify (no Ray)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ import pytest
 import torch
 from torch import nn
 
+from sepcore.classify import classifier as M
+from sepcore.classify import cnn as N
+from sepcore.classify import features as F
+from sepcore.classify import lgbm as L
+from sepcore.classify import roc as R
 from sepcore.classify import snippets as K
+from sepcore.classify import track as T
+from sepcore.classify.config import SnippetSpec
 from sepcore.data.classes import CLASSES
 from sepcore.data.sources import SourceStem, SourceTrack
 from sepcore.errors import AudioError
@@ -18,7 +25,7 @@ from sepcore.io.audio import Audio, write_audio
 
 RATE = 8000
 #: A small, fast spec for constructed signals (8 kHz, 512-point FFT).
-SPEC = K.SnippetSpec(sample_rate=RATE, n_fft=512, hop=128, n_mels=24, fmax=4000.0, ber_split_hz=1000.0)
+SPEC = SnippetSpec(sample_rate=RATE, n_fft=512, hop=128, n_mels=24, fmax=4000.0, ber_split_hz=1000.0)
 PIANO, BASS, DRUMS = (CLASSES.index(c) for c in ("piano", "bass", "drums"))
 
 
@@ -58,7 +65,7 @@ def test_labels_follow_known_active_spans():
     # The quiet bass counts only where it is the whole mix (relative rule) ...
     assert labels[:, BASS].tolist() == [1, 0, 0, 0, 0, 0]
     # ... and not at all once the absolute floor is above its level (-53 dBFS).
-    strict = K.SnippetSpec(**{**SPEC.__dict__, "floor_dbfs": -50.0})
+    strict = SnippetSpec(**{**SPEC.flat(), "floor_dbfs": -50.0})
     assert K.snippet_labels(sums, starts, strict)[:, BASS].tolist() == [0] * 6
     silent = [i for i, c in enumerate(CLASSES) if i not in (PIANO, BASS, DRUMS)]
     assert not labels[:, silent].any()
@@ -66,7 +73,7 @@ def test_labels_follow_known_active_spans():
 
 def test_labels_with_half_second_hop_and_threshold():
     sums = known_spans()
-    half = K.SnippetSpec(**{**SPEC.__dict__, "hop_s": 0.5})
+    half = SnippetSpec(**{**SPEC.flat(), "hop_s": 0.5})
     starts = K.window_starts(sums.shape[-1], half.window, half.hop_samples)
     assert (starts / RATE).tolist() == [0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5]
     labels = K.snippet_labels(sums, starts, half)
@@ -74,7 +81,7 @@ def test_labels_with_half_second_hop_and_threshold():
     assert labels[:, PIANO].tolist() == [0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0]
     # A threshold above -7 dB drops exactly that window; [0.5, 1.5) stays (the piano
     # half-window is still 0 dB re a mix holding only it and the quiet bass).
-    tight = K.SnippetSpec(**{**half.__dict__, "threshold_db": -5.0})
+    tight = SnippetSpec(**{**half.flat(), "threshold_db": -5.0})
     assert K.snippet_labels(sums, starts, tight)[:, PIANO].tolist() == [0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
 
 
@@ -116,9 +123,9 @@ def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="class sums"):
         K.snippet_labels(np.zeros((3, 100)), np.array([0]), SPEC)
     with pytest.raises(ValueError, match="resample first"):
-        K.snippet_features(np.zeros((1, RATE)), 16000, np.array([0]), SPEC)
+        F.snippet_features(np.zeros((1, RATE)), 16000, np.array([0]), SPEC)
     with pytest.raises(ValueError, match="shorter than n_fft"):
-        K.SnippetSpec(sample_rate=RATE, window_s=0.05, n_fft=512, hop=128, fmax=4000.0)
+        SnippetSpec(sample_rate=RATE, window_s=0.05, n_fft=512, hop=128, fmax=4000.0)
 
 
 # ---------------------------------------------------------------- features
@@ -127,14 +134,14 @@ def test_bad_shapes_raise():
 def test_features_of_a_window_depend_on_that_window_only():
     x = np.random.default_rng(2).standard_normal((1, 5 * RATE)).astype(np.float32) * 0.1
     starts = K.window_starts(x.shape[-1], SPEC.window, SPEC.hop_samples)
-    whole = K.snippet_features(x, RATE, starts, SPEC)
+    whole = F.snippet_features(x, RATE, starts, SPEC)
     assert whole.shape == (5, len(SPEC.feature_names())) and whole.dtype == np.float32
-    alone = K.snippet_features(x[:, 2 * RATE : 3 * RATE], RATE, np.array([0]), SPEC)
+    alone = F.snippet_features(x[:, 2 * RATE : 3 * RATE], RATE, np.array([0]), SPEC)
     np.testing.assert_allclose(whole[2], alone[0], rtol=1e-5, atol=1e-4)
     # Changing another window leaves this one's features as they were.
     y = x.copy()
     y[:, 3 * RATE :] *= 5
-    np.testing.assert_allclose(K.snippet_features(y, RATE, starts, SPEC)[2], whole[2], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(F.snippet_features(y, RATE, starts, SPEC)[2], whole[2], rtol=1e-5, atol=1e-4)
 
 
 def test_spectral_features_describe_the_signal():
@@ -142,7 +149,7 @@ def test_spectral_features_describe_the_signal():
     col = {n: i for i, n in enumerate(names)}
     low, high = sine(200, 1, 0.5), sine(2500, 1, 0.5)
     x = np.concatenate([low, high, np.zeros(RATE, np.float32)])[None]
-    f = K.snippet_features(x, RATE, np.array([0, RATE, 2 * RATE]), SPEC)
+    f = F.snippet_features(x, RATE, np.array([0, RATE, 2 * RATE]), SPEC)
     assert f[0, col["centroid_mean"]] == pytest.approx(200, rel=0.1)
     assert f[1, col["centroid_mean"]] == pytest.approx(2500, rel=0.05)
     assert f[0, col["ber_mean"]] > 20 > -20 > f[1, col["ber_mean"]]  # low vs high band dominance
@@ -157,7 +164,7 @@ def _documented_frames() -> dict[str, list[str]]:
     """The module docstring's two lists: which features use non-silent frames, which all."""
     import re
 
-    doc = K.__doc__ or ""
+    doc = F.__doc__ or ""
     lists = {}
     for key, start in (("non-silent", "* Over non-silent frames only:"), ("all", "* Over all frames of the window:")):
         text = doc[doc.index(start) :].split("\n* ")[0].split("\n\n")[0]
@@ -178,14 +185,14 @@ def test_shape_features_use_sounding_frames_and_level_features_all_frames():
     half = noise.copy()
     half[RATE // 2 :] = 0.0
     x = np.concatenate([noise, half, np.zeros(RATE, np.float32)])[None]
-    f = K.snippet_features(x, RATE, np.array([0, RATE, 2 * RATE]), SPEC)
+    f = F.snippet_features(x, RATE, np.array([0, RATE, 2 * RATE]), SPEC)
     for name in documented["non-silent"]:
         mean, std = col[f"{name}_mean"], col[f"{name}_std"]
         assert f[1, mean] == pytest.approx(f[0, mean], rel=0.05, abs=0.3), name
         assert f[1, std] == pytest.approx(f[0, std], rel=0.5, abs=0.5), name
         assert np.isnan(f[2, mean]) and np.isnan(f[2, std])  # no sounding frame: missing
     # Levels count the silent half at the -100 dB floor.
-    mels = [col[f"logmel_mean_{i:02d}"] for i in range(SPEC.n_mels)]
+    mels = [col[f"logmel_mean_{i:02d}"] for i in range(SPEC.features.n_mels)]
     assert (f[1, mels] < f[0, mels] - 20).all()
     assert f[1, col["rms_db_mean"]] < f[0, col["rms_db_mean"]] - 20
     assert f[1, col["rms_db_max"]] == pytest.approx(f[0, col["rms_db_max"]], abs=1.0)
@@ -217,9 +224,9 @@ def test_track_labels_come_from_stems_and_features_from_the_mix(tmp_path):
     one = _write_track(tmp_path, "T1", {"bass": a, "piano": b})
     two = _write_track(tmp_path, "T2", {"guitar": a, "strings": b}, mix=a + b)
     three = _write_track(tmp_path, "T3", {"guitar": a, "strings": b}, mix=0.5 * (a + b))
-    s1, mix1 = K.track_snippets(one, SPEC)
-    s2, _ = K.track_snippets(two, SPEC)
-    s3, _ = K.track_snippets(three, SPEC)
+    s1, mix1 = T.track_snippets(one, SPEC)
+    s2, _ = T.track_snippets(two, SPEC)
+    s3, _ = T.track_snippets(three, SPEC)
     assert s1.starts_s.tolist() == [0, 1, 2, 3] and mix1.shape == (1, 4 * RATE)
     assert s1.labels[:, BASS].tolist() == [1, 1, 0, 0] and s1.labels[:, PIANO].tolist() == [0, 1, 1, 1]
     # The same audio under other class names: the labels move, the features do not.
@@ -246,10 +253,10 @@ def test_bad_tracks_raise_errors_naming_the_file(tmp_path):
     bad = tmp_path / "T1" / "stems" / "S00.flac"
     bad.write_bytes(b"not audio at all")
     with pytest.raises(AudioError, match="S00.flac"):
-        K.track_snippets(track, SPEC)
+        T.track_snippets(track, SPEC)
     empty = SourceTrack("slakh:T2", "slakh", "file:///data/T2", None, ())
     with pytest.raises(K.ClassifyError, match="/data/T2: track has no stems"):
-        K.track_snippets(empty, SPEC)
+        T.track_snippets(empty, SPEC)
 
 
 # ---------------------------------------------------------------- splits and ROC
@@ -277,20 +284,20 @@ def test_roc_auc_equals_the_pairwise_probability_with_ties():
     s = rng.integers(0, 10, 300) + y * 2.0  # many ties
     pos, neg = s[y == 1], s[y == 0]
     pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
-    assert K.roc_auc(y, s) == pytest.approx(pairs, abs=1e-12)
-    fpr, tpr, thr = K.roc_curve(y, s)
+    assert R.roc_auc(y, s) == pytest.approx(pairs, abs=1e-12)
+    fpr, tpr, thr = R.roc_curve(y, s)
     assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1) and np.isinf(thr[0])
     assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0) and len(thr) == len(np.unique(s)) + 1
-    assert K.roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
-    assert K.roc_auc([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1]) == 0.0
-    assert K.roc_auc([1, 1, 1], [0.1, 0.2, 0.3]) is None
-    assert K.youden_threshold([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.9]) == 0.6
+    assert R.roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
+    assert R.roc_auc([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1]) == 0.0
+    assert R.roc_auc([1, 1, 1], [0.1, 0.2, 0.3]) is None
+    assert R.youden_threshold([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.9]) == 0.6
 
 
 def test_roc_plot_draws_the_computed_curves_per_split():
     import pandas as pd
 
-    from ray_jobs.classify import evaluate, roc_figure
+    from sepcore.classify.report import roc_by_split, roc_figure
 
     rng = np.random.default_rng(3)
     frames = {}
@@ -299,19 +306,19 @@ def test_roc_plot_draws_the_computed_curves_per_split():
         piano = 1 - y if split == "validation" else np.zeros(60, dtype=int)  # no piano in the test split
         frames[split] = pd.DataFrame({"label_bass": y, "score_bass": y * 0.6 + rng.random(60),
                                       "label_piano": piano, "score_piano": rng.random(60)})  # fmt: skip
-    ev = evaluate(frames, ["bass", "piano"], cnn=False)
+    ev = roc_by_split(frames, ["bass", "piano"], cnn=False)
     fig = roc_figure(ev["roc"])
     assert len(fig.axes) == 2
     for ax, split in zip(fig.axes, ("validation", "test"), strict=True):
         assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) == (
             f"ROC, {split} snippets", "false positive rate", "true positive rate")  # fmt: skip
         df, classes = frames[split], ["bass", "piano"] if split == "validation" else ["bass"]
-        aucs = {c: K.roc_auc(df[f"label_{c}"].to_numpy(), df[f"score_{c}"].to_numpy()) for c in classes}
+        aucs = {c: R.roc_auc(df[f"label_{c}"].to_numpy(), df[f"score_{c}"].to_numpy()) for c in classes}
         labels = [f"{c.capitalize()} AUC = {aucs[c]:.2f}" for c in classes]
         assert [t.get_text() for t in ax.get_legend().get_texts()] == labels  # a class without positives: no curve
         curves = {ln.get_label(): ln for ln in ax.lines}
         for c, label in zip(classes, labels, strict=True):
-            fpr, tpr, _ = K.roc_curve(df[f"label_{c}"].to_numpy(), df[f"score_{c}"].to_numpy())
+            fpr, tpr, _ = R.roc_curve(df[f"label_{c}"].to_numpy(), df[f"score_{c}"].to_numpy())
             x, y = curves[label].get_xdata(), curves[label].get_ydata()
             np.testing.assert_array_equal(x, fpr)
             np.testing.assert_array_equal(y, tpr)
@@ -347,7 +354,7 @@ def _dataset(n_tracks: int = 16, seed: int = 5):
         sums = _song(rng)
         mix = sums.sum(axis=0)
         starts = K.window_starts(mix.shape[-1], SPEC.window, SPEC.hop_samples)
-        feats.append(K.snippet_features(mix, RATE, starts, SPEC))
+        feats.append(F.snippet_features(mix, RATE, starts, SPEC))
         labels.append(K.snippet_labels(sums, starts, SPEC))
         rows += [f"t{k}"] * len(starts)
     splits = K.track_splits(sorted(set(rows)), {"train": 0.5, "validation": 0.25, "test": 0.25}, seed=0)
@@ -362,9 +369,9 @@ def constructed():
 def _fit_and_test_auc(x, y, rows, splits, cls: int) -> float:
     idx = K.split_rows(rows, splits)
     tr, va, te = idx["train"], idx["validation"], idx["test"]
-    params = K.lgb_params({"min_data_in_leaf": 5})
-    booster = K.train_binary(x[tr], y[tr, cls], params, 200, x[va], y[va, cls], 20, SPEC.feature_names())
-    auc = K.roc_auc(y[te, cls], booster.predict(x[te]))
+    params = L.lgb_params({"min_data_in_leaf": 5})
+    booster = L.train_binary(x[tr], y[tr, cls], params, 200, x[va], y[va, cls], 20, SPEC.feature_names())
+    auc = R.roc_auc(y[te, cls], booster.predict(x[te]))
     assert auc is not None
     return auc
 
@@ -387,7 +394,7 @@ def test_shuffled_labels_give_auc_near_one_half(constructed):
 
 def test_training_needs_both_labels():
     with pytest.raises(ValueError, match="all 0"):
-        K.train_binary(np.zeros((10, 3)), np.zeros(10), K.lgb_params())
+        L.train_binary(np.zeros((10, 3)), np.zeros(10), L.lgb_params())
 
 
 # ---------------------------------------------------------------- the model folder and predict
@@ -398,11 +405,11 @@ def classifier(constructed, tmp_path_factory):
     x, y, rows, splits = constructed
     idx = K.split_rows(rows, splits)
     tr, va = idx["train"], idx["validation"]
-    params = K.lgb_params({"min_data_in_leaf": 5})
-    boosters = {c: K.train_binary(x[tr], y[tr, CLASSES.index(c)], params, 100, x[va], y[va, CLASSES.index(c)],
+    params = L.lgb_params({"min_data_in_leaf": 5})
+    boosters = {c: L.train_binary(x[tr], y[tr, CLASSES.index(c)], params, 100, x[va], y[va, CLASSES.index(c)],
                                   20, SPEC.feature_names()) for c in ("bass", "piano")}  # fmt: skip
-    thresholds = {c: K.youden_threshold(y[va, CLASSES.index(c)], b.predict(x[va])) for c, b in boosters.items()}
-    model = K.Classifier(SPEC, ["bass", "piano"], boosters, thresholds, SPEC.feature_names())
+    thresholds = {c: R.youden_threshold(y[va, CLASSES.index(c)], b.predict(x[va])) for c, b in boosters.items()}
+    model = M.Classifier(SPEC, ["bass", "piano"], boosters, thresholds, SPEC.feature_names())
     folder = storage.normalize_uri(str(tmp_path_factory.mktemp("model")))
     model.save(folder)
     return folder
@@ -415,7 +422,7 @@ def test_predict_labels_every_second_of_a_new_song(classifier):
     import soxr
 
     audio = soxr.resample(up.T, RATE, 16000).T.astype(np.float32)
-    pred = K.predict(classifier, audio, 16000)
+    pred = M.predict(classifier, audio, 16000)
     assert pred.classes == ["bass", "piano"] and pred.starts_s.tolist() == list(range(8))
     assert pred.probabilities.shape == (8, 2) and np.all((pred.probabilities >= 0) & (pred.probabilities <= 1))
     truth = K.snippet_labels(sums[:, :, : int(7.5 * RATE)], np.arange(8) * RATE, SPEC)[:, BASS]
@@ -423,17 +430,17 @@ def test_predict_labels_every_second_of_a_new_song(classifier):
     rows = pred.rows()
     assert rows[-1]["start_s"] == 7.0 and rows[-1]["end_s"] == 8.0 and set(rows[0]) >= {"bass", "piano", "playing"}
     with pytest.raises(ValueError, match="sample_rate is required"):
-        K.predict(classifier, audio)
+        M.predict(classifier, audio)
 
 
 def test_importance_plot_shows_the_largest_gain_shares_per_class(classifier):
-    from ray_jobs.classify import importance_figure
+    from sepcore.classify.report import importance_figure
 
     texts = {c: storage.read_text(storage.join(classifier, f"{c}.txt")) for c in ("bass", "piano")}
     fig = importance_figure(texts, SPEC, top=5)
     assert [ax.get_title() for ax in fig.axes] == ["bass", "piano"]
     for ax, text in zip(fig.axes, texts.values(), strict=True):
-        booster = K.load_booster(text, "x.txt")
+        booster = L.load_booster(text, "x.txt")
         gain = booster.feature_importance("gain")
         share = np.sort(gain / gain.sum())[::-1][:5]
         widths = [bar.get_width() for bar in ax.patches]
@@ -445,19 +452,19 @@ def test_importance_plot_shows_the_largest_gain_shares_per_class(classifier):
 
 def test_model_folder_errors_name_the_file(classifier, tmp_path):
     with pytest.raises(K.ClassifyError, match="no classifier.json"):
-        K.Classifier.load(str(tmp_path))
+        M.Classifier.load(str(tmp_path))
     folder = storage.normalize_uri(str(tmp_path / "copy"))
-    for name in ("bass.txt", "piano.txt", K.CLASSIFIER_FILE):
+    for name in ("bass.txt", "piano.txt", M.CLASSIFIER_FILE):
         storage.write_bytes(storage.join(folder, name), storage.read_bytes(storage.join(classifier, name)))
-    assert K.Classifier.load(folder).classes == ["bass", "piano"]
+    assert M.Classifier.load(folder).classes == ["bass", "piano"]
     storage.write_text(storage.join(folder, "piano.txt"), "truncated")
     with pytest.raises(K.ClassifyError, match="piano.txt: does not match"):
-        K.Classifier.load(folder)
-    meta = json.loads(storage.read_text(storage.join(folder, K.CLASSIFIER_FILE)))
+        M.Classifier.load(folder)
+    meta = json.loads(storage.read_text(storage.join(folder, M.CLASSIFIER_FILE)))
     del meta["spec"]
-    storage.write_text(storage.join(folder, K.CLASSIFIER_FILE), json.dumps(meta))
+    storage.write_text(storage.join(folder, M.CLASSIFIER_FILE), json.dumps(meta))
     with pytest.raises(K.ClassifyError, match="classifier.json: malformed"):
-        K.Classifier.load(folder)
+        M.Classifier.load(folder)
 
 
 # ---------------------------------------------------------------- activation CNN comparison
@@ -466,11 +473,11 @@ def test_model_folder_errors_name_the_file(classifier, tmp_path):
 def test_pool_frames_to_windows():
     values = np.arange(20, dtype=np.float64).reshape(2, 10)  # 2 classes x 10 frames
     times = np.arange(10) * 0.25  # 4 frames per second
-    pooled = K.pool_frames(values, times, np.array([0.0, 1.0, 2.0]), 1.0)
+    pooled = N.pool_frames(values, times, np.array([0.0, 1.0, 2.0]), 1.0)
     np.testing.assert_allclose(pooled[:2], [[1.5, 11.5], [5.5, 15.5]])
     np.testing.assert_allclose(pooled[2], [8.5, 18.5])  # only frames 8, 9 remain
-    assert K.pool_frames(values, times, np.array([0.0]), 1.0, "max").tolist() == [[3, 13]]
-    assert np.isnan(K.pool_frames(values, times, np.array([5.0]), 1.0)).all()
+    assert N.pool_frames(values, times, np.array([0.0]), 1.0, "max").tolist() == [[3, 13]]
+    assert np.isnan(N.pool_frames(values, times, np.array([5.0]), 1.0)).all()
 
 
 class FrameMean(nn.Module):
@@ -492,11 +499,11 @@ def test_activation_frames_stitch_back_to_frame_values():
     from sepcore.prepare.features import make_feature
 
     mix = np.random.default_rng(7).standard_normal((1, 3 * RATE)).astype(np.float32) * 0.1
-    acts, times = K.activation_frames(FrameMean(), CNN_META, mix, RATE)
+    acts, times = N.activation_frames(FrameMean(), CNN_META, mix, RATE)
     feat = make_feature(**CNN_META["feature"])(mix)[0]  # (bins, frames)
     np.testing.assert_allclose(acts[0], feat.mean(axis=0), rtol=1e-4, atol=1e-3)
     assert times[1] == pytest.approx(128 / RATE) and acts.shape == (2, feat.shape[1])
-    scores = K.activation_window_scores(FrameMean(), CNN_META, mix, RATE, np.array([0.0, 1.0, 2.0]), 1.0,
+    scores = N.activation_window_scores(FrameMean(), CNN_META, mix, RATE, np.array([0.0, 1.0, 2.0]), 1.0,
                                         ["piano", "bass", "drums"])  # fmt: skip
     assert scores.shape == (3, 3) and np.isnan(scores[:, 2]).all()  # drums unknown to the model
     np.testing.assert_allclose(scores[:, 0], -scores[:, 1], rtol=1e-6)
@@ -512,5 +519,5 @@ def test_activation_checkpoint_scores_windows(tmp_path):
     ckpt.save(str(tmp_path / "cnn"), model, meta)
     loaded, loaded_meta = ckpt.load_model(str(tmp_path / "cnn"))
     mix = np.random.default_rng(8).standard_normal((1, 2 * RATE)).astype(np.float32) * 0.1
-    scores = K.activation_window_scores(loaded, loaded_meta, mix, RATE, np.array([0.0, 1.0]), 1.0, ["bass", "drums"])
+    scores = N.activation_window_scores(loaded, loaded_meta, mix, RATE, np.array([0.0, 1.0]), 1.0, ["bass", "drums"])
     assert scores.shape == (2, 2) and np.all((scores > 0) & (scores < 1))

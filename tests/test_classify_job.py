@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 
 from ray_jobs import classify
-from sepcore.classify import snippets as K
+from sepcore.classify import classifier as M
+from sepcore.classify import report as CR
 from sepcore.data.classes import CLASSES
 from sepcore.io import storage
 from sepcore.io.audio import read_audio
+from sepcore.io.ledger import Ledger
 from sepcore.models import build_model
 from sepcore.models import checkpoint as ckpt
 
@@ -85,7 +87,7 @@ def test_classify_job_end_to_end_with_a_bad_track_and_resume(data, cnn, tmp_path
     assert sum(u.endswith(".parquet") for u in snippet_files) == 6
     assert not any(storage.is_temporary(u) for u in storage.list_files(storage.normalize_uri(str(out))))
 
-    metrics = json.loads((out / classify.METRICS).read_text())
+    metrics = json.loads((out / CR.METRICS).read_text())
     tracks = metrics["tracks"]
     assert not set(tracks["train"]) & (set(tracks["validation"]) | set(tracks["test"]))
     assert metrics["snippets"]["train"] == summary["counts"]["snippets_train"] > 30
@@ -98,17 +100,17 @@ def test_classify_job_end_to_end_with_a_bad_track_and_resume(data, cnn, tmp_path
     assert metrics["seed000_auc_slakh"]["drums"] == 0.96 and metrics["training"]["workers"] == 2
     # The plots' content is checked in test_classify.py; here: the importance plot is the
     # saved model's, and the ROC plot has a panel per split (5.2 x 4.8 inches at 110 dpi).
-    saved = {c: (out / classify.MODEL_DIR / f"{c}.txt").read_text() for c in metrics["classes"]}
-    spec = K.Classifier.load(str(out / classify.MODEL_DIR)).spec
-    importance = _pixels((out / classify.IMPORTANCE_PNG).read_bytes())
-    assert np.abs(importance - _pixels(classify.importance_png(saved, spec))).mean() < 1e-3
-    assert _pixels((out / classify.ROC_PNG).read_bytes()).shape[:2] == (round(4.8 * 110), round(2 * 5.2 * 110))
-    html = (out / classify.REPORT).read_text()
-    assert "activation CNN test" in html and "seed 000" in html and classify.ROC_PNG in html
+    saved = {c: (out / CR.MODEL_DIR / f"{c}.txt").read_text() for c in metrics["classes"]}
+    spec = M.Classifier.load(str(out / CR.MODEL_DIR)).spec
+    importance = _pixels((out / CR.IMPORTANCE_PNG).read_bytes())
+    assert np.abs(importance - _pixels(CR.importance_png(saved, spec))).mean() < 1e-3
+    assert _pixels((out / CR.ROC_PNG).read_bytes()).shape[:2] == (round(4.8 * 110), round(2 * 5.2 * 110))
+    html = (out / CR.REPORT).read_text()
+    assert "activation CNN test" in html and "seed 000" in html and CR.ROC_PNG in html
 
     # The model folder labels every second of a song.
     mix = read_audio(storage.join(data, "test", "Track00006", "mix.flac"))
-    pred = K.predict(str(out / classify.MODEL_DIR), mix)
+    pred = M.predict(str(out / CR.MODEL_DIR), mix)
     assert len(pred.starts_s) == math.ceil(mix.duration) and pred.classes == metrics["classes"]
     assert np.isfinite(pred.probabilities).all()
 
@@ -129,7 +131,7 @@ def test_a_track_that_hangs_is_failed_at_its_time_limit(data, tmp_path, ray_with
     assert failed["slakh:Track00002"] == ("slakh:Track00002: no result within 6 s (time limit per item, "
                                           "key item_timeout_s); its worker process was ended")  # fmt: skip
     (folder,) = (out / "snippets").iterdir()
-    markers = classify.read_markers(str(folder))
+    markers = Ledger(str(folder)).records()
     assert len(markers) == 5 and "slakh:Track00002" not in markers  # the others are done
     assert not (out / "_timeouts").exists()
     assert wall < 60, wall

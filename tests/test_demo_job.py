@@ -11,8 +11,11 @@ from pydantic import Field
 from ray_jobs import demo
 from ray_jobs.common import Job, JobConfig
 from sepcore.config import load_config
+from sepcore.demo import report
+from sepcore.demo.presets import deep_merge
 from sepcore.io import storage
 from sepcore.report import html as R
+from sepcore.stages import StageRecord, Stages
 from tests.support.library import make_library
 
 
@@ -38,7 +41,7 @@ def test_quick_demo_writes_a_consistent_report_and_metrics(quick_demo):
     out, summary = quick_demo
     assert summary["status"] == "ok" and summary["counts"]["stages_reused"] == 0
     doc = json.loads((out / "metrics.json").read_text())
-    assert doc["format"] == demo.FORMAT and doc["target"] == "guitar" and doc["quick"] is True
+    assert doc["format"] == report.FORMAT and doc["target"] == "guitar" and doc["quick"] is True
 
     # model, oracle and mixture rows, all scored, and the same numbers the evaluate job wrote
     sep = doc["separation"]
@@ -90,7 +93,7 @@ def test_quick_demo_writes_a_consistent_report_and_metrics(quick_demo):
         "error": 0,
     }
     for name in ("separated", "separated_library"):
-        for row in demo.read_manifest_rows(storage.normalize_uri(str(out / name))):
+        for row in report.manifest_rows(storage.normalize_uri(str(out / name))):
             assert row["status"] == "ok"
             assert storage.exists(row["instrument_uri"]) and storage.exists(row["rest_uri"])
 
@@ -158,26 +161,27 @@ def test_invalid_keys_exit_2_naming_the_key(override, key, capsys):
 
 def test_deep_merge_keeps_unnamed_keys():
     base = {"optim": {"epochs": 4, "lr": 0.1}, "model": {"name": "hourglass"}}
-    merged = demo.deep_merge(base, {"optim": {"epochs": 6}})
+    merged = deep_merge(base, {"optim": {"epochs": 6}})
     assert merged == {"optim": {"epochs": 6, "lr": 0.1}, "model": {"name": "hourglass"}}
     assert base["optim"]["epochs"] == 4
 
 
-def test_budget_decides_extras_from_the_cost_when_stages_ran(tmp_path):
+def test_budget_decides_extras_from_the_cost_when_stages_ran(tmp_path, caplog):
     cfg = load_config(demo.DemoConfig, None, [f"output={tmp_path}", "budget_minutes=15"])
     plan = demo.make_plan(cfg)
-    runner = demo.Runner(total=7)
+    stages = Stages(total=11)
     for name, seconds in (("render", 60), ("prepare", 40), ("train hourglass", 300), ("evaluate hourglass", 40),
                           ("classify", 150)):  # fmt: skip
-        runner.records[name] = demo.StageRecord(name, "", seconds, True, f"key-{name}", {})
-    assert demo.extra_estimate("blstm", 300, 40) == pytest.approx(
-        demo.EXTRA_COST["blstm"] * 300 + 40
-    )
+        stages.records[name] = StageRecord(name, "", seconds, True, f"key-{name}", {})
     # 590 s spent + 45 s overhead + 265 s for the BLSTM = 900 s: just fits; the CNN does not
-    assert runner.spent() == pytest.approx(590 + demo.OVERHEAD_S)
-    assert demo.fits_budget(runner.spent(), demo.extra_estimate("blstm", 300, 40), 900)
-    why = demo.run_extra(cfg, plan, runner, "activation_cnn")
-    assert why.startswith("skipped") and "activation_cnn" in why and len(runner.records) == 5
+    assert stages.spent(demo.OVERHEAD_S) == pytest.approx(590 + demo.OVERHEAD_S)
+    assert stages.spent(demo.OVERHEAD_S) + demo.EXTRA_COST["blstm"] * 300 + 40 <= 900
+    caplog.set_level("INFO", logger="sep.demo")
+    why = demo.run_extra(cfg, plan, stages, "activation_cnn")
+    assert why.startswith("skipped") and "activation_cnn" in why and len(stages.records) == 5
+    # its three stages are counted, each saying why it did not run
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "demo [1/11] activation prepare", "demo [2/11] train activation_cnn", "demo [3/11] evaluate activation_cnn"]
 
 
 class _Cfg(JobConfig):
@@ -196,17 +200,13 @@ def test_stages_are_reused_or_redone_by_key(local_ray, tmp_path):
 
     job = Job("fake", _Cfg, run, "")
     out = str(tmp_path / "stage")
-    runner = demo.Runner(total=3)
-    runner.run("a", job, _Cfg(output=out, value=1), [])
-    runner.run("b", job, _Cfg(output=out, value=1), [])  # same settings: reused
-    assert (
-        calls == [1]
-        and runner.records["b"].cached
-        and runner.records["a"].key == runner.records["b"].key
-    )
+    stages = Stages(total=4)
+    demo.run_stage(stages, "a", job, _Cfg(output=out, value=1), [])
+    demo.run_stage(stages, "b", job, _Cfg(output=out, value=1), [])  # same settings: reused
+    assert calls == [1] and stages.records["b"].cached and stages.records["a"].key == stages.records["b"].key
     (tmp_path / "stage" / "stale.txt").write_text("from the old settings")
-    runner.run("c", job, _Cfg(output=out, value=2), [])  # changed: the folder is started afresh
+    demo.run_stage(stages, "c", job, _Cfg(output=out, value=2), [])  # changed: the folder is started afresh
     assert calls == [1, 2] and not (tmp_path / "stage" / "stale.txt").exists()
-    runner.records["up"] = demo.StageRecord("up", "", 1.0, False, "other-input", {})
-    runner.run("d", job, _Cfg(output=out, value=2), ["up"])  # same settings, another input: redone
-    assert calls == [1, 2, 2]
+    stages.records["up"] = StageRecord("up", "", 1.0, False, "other-input", {})
+    demo.run_stage(stages, "d", job, _Cfg(output=out, value=2), ["up"])  # same settings, another input: redone
+    assert calls == [1, 2, 2] and stages.count == 4

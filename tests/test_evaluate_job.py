@@ -12,9 +12,10 @@ import torch
 
 from ray_jobs import evaluate
 from sepcore.data.classes import CLASSES
-from sepcore.evaluate import tracks as E
+from sepcore.evaluate import document as D
 from sepcore.io import storage
 from sepcore.io.audio import read_audio
+from sepcore.io.ledger import record_name
 from sepcore.models import SMOKE_CONFIGS
 from sepcore.models import checkpoint as ckpt
 from sepcore.report import html as R
@@ -78,7 +79,7 @@ def test_separator_evaluation_writes_metrics_and_a_complete_report(
     assert evaluate.main(args) == 0
 
     doc = json.loads((out / "metrics.json").read_text())
-    E.validate_metrics(doc)
+    D.validate_metrics(doc)
     assert (
         doc["task"] == "separator"
         and doc["target"] == "guitar"
@@ -94,7 +95,7 @@ def test_separator_evaluation_writes_metrics_and_a_complete_report(
     assert [t["track_id"] for t in bass["tracks"]] == ["slakh:Track00001"]  # Track00003 has no bass
     assert "slakh:Track00003/bass" in doc["skipped"]
     med = guitar["median"]
-    for src in E.SOURCES:
+    for src in D.SOURCES:
         assert (
             med["irm"][src]["sdr"] > med["mixture"][src]["sdr"] and med["model"][src]["count"] == 2
         )
@@ -130,11 +131,11 @@ def test_separator_evaluation_writes_metrics_and_a_complete_report(
     assert "_node" not in (out / "metrics.json").read_text()
 
     # Started again, the same evaluation reuses the tracks already done (and retries the failed).
-    done = out / evaluate.DONE_FOLDER / "slakh_Track00001.json"
+    done = out / evaluate.DONE_FOLDER / record_name("slakh:Track00001")
     record = json.loads(done.read_text())
-    record["result"]["seconds"] = 99.0  # a mark that only a reused result carries
+    record["record"]["seconds"] = 99.0  # a mark that only a reused result carries
     done.write_text(json.dumps(record))
-    assert not (out / evaluate.DONE_FOLDER / "slakh_Track00004.json").exists()
+    assert not (out / evaluate.DONE_FOLDER / record_name("slakh:Track00004")).exists()
     assert evaluate.main(args) == 0
     again = json.loads((out / "metrics.json").read_text())
     assert again["separation"]["guitar"]["tracks"][0]["seconds"] == 99.0
@@ -164,7 +165,7 @@ def test_activation_evaluation_writes_matrices_and_plots(demo_data, tmp_path):
             "activation={sequence_seconds: 2, plots: 1}"]  # fmt: skip
     assert evaluate.main(args) == 0
     doc = json.loads((out / "metrics.json").read_text())
-    E.validate_metrics(doc)
+    D.validate_metrics(doc)
     act = doc["activation"]
     assert doc["separation"] is None and len(act["tracks"]) == 2
     played = [p["class"] for p in act["sequence"]]

@@ -13,8 +13,12 @@ from torch import nn
 
 from sepcore.data.classes import CLASSES
 from sepcore.data.sources import slakh_tracks
+from sepcore.evaluate import activations as A
 from sepcore.evaluate import bss as metrics
+from sepcore.evaluate import document as D
+from sepcore.evaluate import scoring as S
 from sepcore.evaluate import tracks as E
+from sepcore.evaluate.config import ScoringConfig
 from sepcore.report import html as R
 from sepcore.separate.apply import FixedMaskModel
 
@@ -53,7 +57,7 @@ def _stationary(seconds: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_oracle_irm_beats_the_mixture_and_a_perfect_estimate_beats_both(guitar_pairs):
-    spec = E.EvalSpec(mode="full", backend="mir_eval", segment_s=30.0)
+    spec = ScoringConfig(mode="full", backend="mir_eval", segment_seconds=30.0)
     tracks = []
     for track_id, inst, rest in guitar_pairs:
         inst, rest = inst[:, : 6 * SR], rest[:, : 6 * SR]  # 6 s of each keeps mir_eval quick
@@ -61,10 +65,10 @@ def test_oracle_irm_beats_the_mixture_and_a_perfect_estimate_beats_both(guitar_p
         assert list(est) == ["irm", "ibm", "mixture"]
         assert np.array_equal(est["mixture"]["instrument"], inst + rest)
         est["perfect"] = {"instrument": inst, "rest": rest}
-        tracks.append({"track_id": track_id, "scores": E.score_methods(inst, rest, est, SR, spec)})
-    med = E.median_table(tracks)
+        tracks.append({"track_id": track_id, "scores": S.score_methods(inst, rest, est, SR, spec)})
+    med = S.median_table(tracks)
     assert list(med) == ["irm", "ibm", "mixture", "perfect"]
-    for src in E.SOURCES:
+    for src in D.SOURCES:
         irm, ibm, mix, perfect = (med[m][src]["sdr"] for m in ("irm", "ibm", "mixture", "perfect"))
         assert irm > mix + 3.0 and ibm > mix + 3.0
         assert perfect > max(irm, ibm) + 30.0
@@ -97,10 +101,10 @@ def test_fast_backend_agrees_with_mir_eval_on_real_separations(guitar_pairs):
     inst, rest = inst[:, 2 * SR : 7 * SR], rest[:, 2 * SR : 7 * SR]
     est = E.estimates(inst, rest, 1024, 256, model=_SpectralGate(), sample_rate=SR, frames=16)
     est.pop("mixture")  # a scaled mixture has no artifacts: SAR is numerically infinite (> 100 dB)
-    spec = {b: E.EvalSpec(mode="windowed", backend=b) for b in ("fast", "mir_eval")}
-    fast, slow = (E.score_methods(inst, rest, est, SR, spec[b]) for b in ("fast", "mir_eval"))
+    spec = {b: ScoringConfig(mode="windowed", backend=b) for b in ("fast", "mir_eval")}
+    fast, slow = (S.score_methods(inst, rest, est, SR, spec[b]) for b in ("fast", "mir_eval"))
     diffs = [abs(fast[method][src][m] - slow[method][src][m])
-             for method in est for src in E.SOURCES for m in metrics.METRICS]  # fmt: skip
+             for method in est for src in D.SOURCES for m in metrics.METRICS]  # fmt: skip
     assert len(diffs) == 18 and max(diffs) < 0.1
     assert (
         slow["model"]["instrument"]["sdr"] < slow["irm"]["instrument"]["sdr"]
@@ -112,9 +116,9 @@ def test_fast_backend_agrees_with_mir_eval_on_real_separations(guitar_pairs):
 
 def test_windowed_and_full_modes_agree_on_a_stationary_example():
     refs, ests = _stationary(5.0)
-    full = E.score(refs, ests, SR, E.EvalSpec(mode="full", backend="mir_eval"))
+    full = S.score(refs, ests, SR, ScoringConfig(mode="full", backend="mir_eval"))
     for backend in ("mir_eval", "fast"):
-        win = E.score(refs, ests, SR, E.EvalSpec(mode="windowed", backend=backend))
+        win = S.score(refs, ests, SR, ScoringConfig(mode="windowed", backend=backend))
         for m in metrics.METRICS:
             np.testing.assert_allclose(win[m], full[m], atol=0.5)
 
@@ -122,12 +126,12 @@ def test_windowed_and_full_modes_agree_on_a_stationary_example():
 def test_one_segment_is_bss_eval_itself_and_pooling_is_exact_for_repeated_segments():
     refs, ests = _stationary(3.0, seed=1)
     direct = metrics.bss_eval(refs, ests, "mir_eval")
-    one = E.pooled_bss_eval(refs, ests, SR, segment_s=10.0)
+    one = S.pooled_bss_eval(refs, ests, SR, segment_s=10.0)
     assert int(one["segments"]) == 1
     for m in metrics.METRICS:
         np.testing.assert_array_equal(one[m], direct[m])
     # The same segment twice: its energies double, so the pooled scores are its own.
-    twice = E.pooled_bss_eval(np.tile(refs, 2), np.tile(ests, 2), SR, segment_s=3.0)
+    twice = S.pooled_bss_eval(np.tile(refs, 2), np.tile(ests, 2), SR, segment_s=3.0)
     assert int(twice["segments"]) == 2
     for m in metrics.METRICS:
         np.testing.assert_allclose(twice[m], direct[m], atol=1e-6)
@@ -136,17 +140,17 @@ def test_one_segment_is_bss_eval_itself_and_pooling_is_exact_for_repeated_segmen
 def test_energies_recovered_from_sdr_and_sir_give_back_mir_evals_sar():
     refs, ests = _stationary(2.0, seed=2)
     s = metrics.bss_eval(refs, ests, "mir_eval")
-    energies = E.energies_from_scores(s["sdr"], s["sir"], np.sum(ests**2, axis=1))
+    energies = S.energies_from_scores(s["sdr"], s["sir"], np.sum(ests**2, axis=1))
     assert (energies >= 0).all()
-    back = E.scores_from_energies(energies)
+    back = S.scores_from_energies(energies)
     for m in metrics.METRICS:
         np.testing.assert_allclose(back[m], s[m], atol=1e-6)
 
 
 def test_segment_bounds_cover_every_sample_in_equal_parts():
-    assert E.segment_bounds(100, 10, 3.0) == [(0, 25), (25, 50), (50, 75), (75, 100)]
-    assert E.segment_bounds(10, 10, 3.0) == [(0, 10)]
-    bounds = E.segment_bounds(SR * 65 + 7, SR, 30.0)
+    assert S.segment_bounds(100, 10, 3.0) == [(0, 25), (25, 50), (50, 75), (75, 100)]
+    assert S.segment_bounds(10, 10, 3.0) == [(0, 10)]
+    bounds = S.segment_bounds(SR * 65 + 7, SR, 30.0)
     assert len(bounds) == 3 and bounds[0][0] == 0 and bounds[-1][1] == SR * 65 + 7
     assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
 
@@ -156,7 +160,7 @@ def test_a_segment_with_a_silent_reference_counts_its_estimate_as_error():
     half = 2 * SR
     refs[0, half:] = 0.0  # the instrument stops; its estimate still holds leakage of the rest
     ests[0, half:] = 0.3 * refs[1, half:]
-    pooled = E.pooled_bss_eval(refs, ests, SR, segment_s=2.0)
+    pooled = S.pooled_bss_eval(refs, ests, SR, segment_s=2.0)
     first = metrics.bss_eval(refs[:, :half], ests[:, :half], "mir_eval")
     assert np.isfinite(pooled["sdr"]).all()
     assert pooled["sdr"][0] < first["sdr"][0] - 0.5  # the leakage counts against it
@@ -180,7 +184,7 @@ def test_full_mode_scores_bounded_segments_so_time_is_linear(monkeypatch):
     refs, ests = _stationary(6.0, seed=4)
     for seconds in (2, 6):
         calls.clear()
-        E.pooled_bss_eval(refs[:, : seconds * SR], ests[:, : seconds * SR], SR, 1.0, "fast")
+        S.pooled_bss_eval(refs[:, : seconds * SR], ests[:, : seconds * SR], SR, 1.0, "fast")
         assert len(calls) == seconds and max(calls) <= SR
 
 
@@ -200,8 +204,8 @@ def _sequence_activations(levels: np.ndarray, frames_each: int) -> tuple[np.ndar
 
 def test_noise_and_leakage_of_a_perfect_prediction_are_at_the_floor():
     ref, windows = _sequence_activations(np.linspace(0.5, 1.0, len(CLASSES)), 20)
-    noise = E.noise_matrix(ref.copy(), ref, windows)
-    leakage = E.leakage_matrix(ref.copy(), ref, windows)
+    noise = A.noise_matrix(ref.copy(), ref, windows)
+    leakage = A.leakage_matrix(ref.copy(), ref, windows)
     off = ~np.eye(len(CLASSES), dtype=bool)
     assert (noise[off] == -60.0).all() and (leakage[off] == -60.0).all()
     assert np.isnan(np.diag(leakage)).all()
@@ -213,25 +217,25 @@ def test_noise_and_leakage_measure_a_constructed_leak():
     pred = ref.copy()
     piano, guitar = CLASSES.index("piano"), CLASSES.index("guitar")
     pred[piano, windows[guitar]] = 0.5  # piano predicted at -30 dB while the guitar plays at 0 dB
-    noise = E.noise_matrix(pred, ref, windows)
-    leakage = E.leakage_matrix(pred, ref, windows)
+    noise = A.noise_matrix(pred, ref, windows)
+    leakage = A.leakage_matrix(pred, ref, windows)
     assert noise[guitar, piano] == pytest.approx(-30.0)  # rows: playing; columns: predicted
     assert leakage[piano, guitar] == pytest.approx(-30.0)  # rows: predicted; columns: playing
     assert noise[piano, guitar] == -60.0 and leakage[guitar, piano] == -60.0
 
 
 def test_activation_errors_and_amplitudes():
-    assert E.activation_amplitude(np.array([0.0, 0.5, 1.0])).tolist() == pytest.approx(
+    assert A.activation_amplitude(np.array([0.0, 0.5, 1.0])).tolist() == pytest.approx(
         [0.0, 10**-1.5, 1.0]
     )
     ref = np.array([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
     pred = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
-    err = E.activation_errors(pred, ref)
+    err = A.activation_errors(pred, ref)
     assert err["mae"].tolist() == pytest.approx([1 / 3, 0.0])
     assert err["error_db"][0] == pytest.approx(20 * math.log10(1 / 3))
     assert err["error_db"][1] == -60.0 and err["active_frames"].tolist() == [2, 0]
     with pytest.raises(ValueError, match="equal"):
-        E.noise_matrix(pred, ref[:1], np.zeros_like(pred, dtype=bool))
+        A.noise_matrix(pred, ref[:1], np.zeros_like(pred, dtype=bool))
 
 
 class _FrameModel(nn.Module):
@@ -246,15 +250,15 @@ class _FrameModel(nn.Module):
 
 def test_predict_activations_stitches_windows_by_overlap_add():
     feature = np.random.default_rng(0).standard_normal((1, 20, 101)).astype(np.float32)
-    pred = E.predict_activations(_FrameModel(), feature, frames=16, n_classes=3, batch_size=4)
+    pred = A.predict_activations(_FrameModel(), feature, frames=16, n_classes=3, batch_size=4)
     p = 1 / (1 + np.exp(-feature[0].mean(axis=0)))
     np.testing.assert_allclose(pred, np.stack([p, 1 - p, p**2]), atol=1e-5)
     with pytest.raises(ValueError, match="classes do not fit"):
-        E.predict_activations(_FrameModel(), feature[:, :2], frames=16, n_classes=3)
+        A.predict_activations(_FrameModel(), feature[:, :2], frames=16, n_classes=3)
 
 
 def test_frame_windows_and_loudest_span():
-    win = E.frame_windows([(0, 1000), None, (1000, 3000)], n_frames=12, frame_length=512, hop=256)
+    win = A.frame_windows([(0, 1000), None, (1000, 3000)], n_frames=12, frame_length=512, hop=256)
     assert win[0].tolist() == [False, True, True, False] + [False] * 8
     assert not win[1].any() and win[2, 5:11].all() and not win[2, :5].any() and not win[2, 11]
     audio = np.zeros((1, 5 * SR), dtype=np.float32)
@@ -268,15 +272,15 @@ def test_frame_windows_and_loudest_span():
 
 def _doc(scores: dict) -> dict:
     track = {"track_id": "slakh:Track00001", "seconds": 12.0, "scores": scores}
-    return E.to_json({
-        "format": E.FORMAT, "task": "separator", "checkpoint": "file:///c", "data": "file:///d", "split": "test",
+    return D.to_json({
+        "format": D.FORMAT, "task": "separator", "checkpoint": "file:///c", "data": "file:///d", "split": "test",
         "target": "guitar", "sample_rate": SR,
         "evaluation": {"mode": "full", "backend": "mir_eval", "segment_seconds": 30.0, "window_seconds": 1.0,
                        "hop_seconds": 1.0},
         "tracks_selected": 1, "tracks_evaluated": 1,
         "timing": {"audio_seconds": 12.0, "eval_seconds": 1.0, "eval_seconds_per_audio_minute": 5.0},
         "failed": [], "skipped": {},
-        "separation": {"guitar": {"methods": list(scores), "median": E.median_table([track]), "tracks": [track]}},
+        "separation": {"guitar": {"methods": list(scores), "median": S.median_table([track]), "tracks": [track]}},
         "activation": None,
     })  # fmt: skip
 
@@ -286,19 +290,19 @@ def test_metrics_json_validates_against_its_schema(guitar_pairs):
     n = 3 * SR
     est = E.estimates(inst[:, :n], rest[:, :n], 1024, 256)
     est["mixture"]["rest"] = np.zeros_like(inst[:, :n])  # an all-zero estimate: NaN -> null
-    scores = E.score_methods(inst[:, :n], rest[:, :n], est, SR, E.EvalSpec(backend="fast"))
+    scores = S.score_methods(inst[:, :n], rest[:, :n], est, SR, ScoringConfig(backend="fast"))
     doc = json.loads(json.dumps(_doc(scores)))  # through real JSON
-    E.validate_metrics(doc)
+    D.validate_metrics(doc)
     assert doc["separation"]["guitar"]["tracks"][0]["scores"]["mixture"]["rest"]["sdr"] is None
     jsonschema = pytest.importorskip("jsonschema")
-    jsonschema.validate(doc, E.METRICS_SCHEMA)  # the schema is real JSON Schema
+    jsonschema.validate(doc, D.METRICS_SCHEMA)  # the schema is real JSON Schema
 
     bad = json.loads(json.dumps(doc))
     bad["separation"]["guitar"]["median"]["oracle"] = bad["separation"]["guitar"]["median"]["irm"]
     del bad["timing"]["eval_seconds"]
     bad["separation"]["guitar"]["tracks"][0]["scores"]["irm"]["instrument"]["sdr"] = "high"
-    with pytest.raises(E.EvaluationError) as info:
-        E.validate_metrics(bad, "out/metrics.json")
+    with pytest.raises(D.EvaluationError) as info:
+        D.validate_metrics(bad, "out/metrics.json")
     text = str(info.value)
     assert text.startswith("out/metrics.json:")
     assert (
@@ -310,18 +314,17 @@ def test_auto_backend_is_mir_eval_for_full_tracks_and_fast_for_windows():
     from ray_jobs.evaluate import EvaluateConfig
 
     base = {"data": "d", "checkpoint": "c", "output": "o"}
-    assert EvaluateConfig(**base).eval_spec() == E.EvalSpec("full", "mir_eval", 30.0, 1.0, 1.0)
-    assert EvaluateConfig(**base, mode="windowed").eval_spec().backend == "fast"
-    assert (
-        EvaluateConfig(**base, mode="windowed", backend="mir_eval").eval_spec().backend
-        == "mir_eval"
-    )
+    assert EvaluateConfig(**base).bss_backend == "mir_eval"
+    assert EvaluateConfig(**base).described() == {"mode": "full", "backend": "mir_eval", "segment_seconds": 30.0,
+                                                  "window_seconds": 1.0, "hop_seconds": 1.0}  # fmt: skip
+    assert EvaluateConfig(**base, mode="windowed").bss_backend == "fast"
+    assert EvaluateConfig(**base, mode="windowed", backend="mir_eval").bss_backend == "mir_eval"
 
 
 def test_json_numbers():
-    assert E.to_json({"a": np.float64("nan"), "b": [np.inf, -np.inf, np.float32(1.23456)], "c": np.int64(3)}) == {
+    assert D.to_json({"a": np.float64("nan"), "b": [np.inf, -np.inf, np.float32(1.23456)], "c": np.int64(3)}) == {
         "a": None, "b": ["inf", "-inf", 1.2346], "c": 3}  # fmt: skip
-    assert math.isinf(E.from_json_number("inf")) and math.isnan(E.from_json_number(None))
+    assert math.isinf(D.from_json_number("inf")) and math.isnan(D.from_json_number(None))
 
 
 BOXES = {"guitar": {"model": [1.0, 2.0, np.nan], "irm": [5.0, 6.0, 9.0]}, "piano": {"irm": [3.0]}}

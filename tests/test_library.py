@@ -297,3 +297,53 @@ def test_a_stereo_checkpoint_separates_through_the_stream(tmp_path, source, conf
     whole = separate(loaded, laid_out.T, RATE, 64, 16, 16)  # the one apply, in one pass
     np.testing.assert_allclose(inst.T, whole["instrument"], atol=1e-5)
     assert 0.0 < np.std(inst) < np.std(laid_out)
+
+
+# ---------------------------------------------------------------- settings and the run's state
+
+
+def test_settings_come_from_the_config_and_the_checkpoint():
+    from types import SimpleNamespace
+
+    from sepcore.errors import ConfigError
+    from sepcore.separate.config import Inference
+
+    cfg = SimpleNamespace(checkpoint="ckpt", inference=Inference(batch_size=4), format="wav",
+                          sample_rate=None, channels=1)  # fmt: skip
+    meta = {"task": "separator", "feature": {"n_fft": 512, "hop": 128}, "frames": 32, "sample_rate": RATE}
+    settings = SeparationSettings.of(cfg, meta)
+    assert (settings.n_fft, settings.hop, settings.frames, settings.batch_size) == (512, 128, 32, 4)
+    assert settings.key() == settings.model_copy(update={"device": "cuda", "batch_size": 1}).key()
+    assert settings.key() != settings.model_copy(update={"overlap": 0.25}).key()
+    with pytest.raises(ConfigError, match="is not a separator checkpoint"):
+        SeparationSettings.of(cfg, {"task": "classifier"})
+
+
+def test_actor_pool_follows_the_cluster():
+    from sepcore.separate.config import Inference
+
+    assert Inference().pool({"CPU": 8}) == (8, 0.0)
+    assert Inference(cpus_per_actor=2).pool({"CPU": 8}) == (4, 0.0)
+    assert Inference().pool({"CPU": 8, "GPU": 2}) == (2, 1.0)
+    assert Inference(device="cpu").pool({"CPU": 8, "GPU": 2}) == (8, 0.0)
+    assert Inference(pool_size=3).pool({"CPU": 8}) == (3, 0.0)
+
+
+def test_a_done_file_is_skipped_only_as_it_was(tmp_path):
+    from sepcore.separate import state
+
+    out = storage.normalize_uri(str(tmp_path / "out"))
+    f = LibraryFile("file:///lib/a.wav", "a.wav", 10, "v1")
+    stems = {"instrument_uri": "file:///x/instrument.flac", "rest_uri": "file:///x/rest.flac"}
+    row = {"source": f.uri, "relative": "a.wav", "status": "ok", "change_key": f.change_key,
+           "model_id": "m", "settings": "s", **stems}  # fmt: skip
+    assert state.is_done(row, f, "m", "s", set(stems.values()))
+    assert not state.is_done(row, f, "other", "s", set(stems.values()))
+    assert not state.is_done(row, f, "m", "s", {stems["rest_uri"]})  # a stem is gone
+    assert not state.is_done({**row, "status": "error"}, f, "m", "s", set(stems.values()))
+    state.record(out, {**row, "status": "error", "error_class": "X", "error": "bad"}, 0.0)
+    assert state.previous_state(out)[f.uri]["status"] == "error"
+    assert state.every_file_failed([{**row, "status": "error", "error_class": "X", "error": "bad"}])["status"] == "failed"
+    assert state.every_file_failed([row, {**row, "status": "error", "error_class": "X", "error": "bad"}]) == {}
+    state.clear_run(out)
+    assert state.previous_state(out) == {}

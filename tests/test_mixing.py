@@ -295,3 +295,63 @@ def test_split_fractions_are_validated():
     with pytest.raises(ValueError, match="duplicate"):
         assign_splits(["a", "a"])
     assert assign_splits(["a", "b"], {"train": 1.0, "test": 0.0}) == {"a": "train", "b": "train"}
+
+
+# ---------------------------------------------------------------- the prepare job's plain parts
+
+
+def test_spec_of_a_config_resolves_the_sections():
+    from types import SimpleNamespace
+
+    from sepcore.prepare.config import (
+        ChunkConfig,
+        FeatureConfig,
+        PrepareSpec,
+        QAConfig,
+        SilenceConfig,
+    )  # fmt: skip
+
+    def cfg(target, silence):
+        return SimpleNamespace(target=target, sample_rate=16000, channels=1, dtype="float32",
+                               features=FeatureConfig(n_fft=512, hop=128), chunks=ChunkConfig(frames=8),
+                               outputs=["target", "activations"], silence=SilenceConfig(enabled=silence),
+                               qa=QAConfig(exclude=["missing"]))  # fmt: skip
+
+    spec = PrepareSpec.of(cfg("guitar", True))
+    assert spec.feature == {"name": "stft", "n_fft": 512, "hop": 128} and spec.frames == 8
+    assert spec.silence is not None and spec.exclude_flags == ("missing",) and spec.skip_without_target
+    assert "enabled" not in spec.settings()["silence"]
+    mixes = PrepareSpec.of(cfg("random_mix", True))
+    assert mixes.outputs == ("activations",) and mixes.silence is None and not mixes.skip_without_target
+    assert PrepareSpec.of(cfg("guitar", False)).settings()["silence"] is None
+    with pytest.raises(ValueError, match="unknown outputs"):
+        PrepareSpec(outputs=("nothing",))
+
+
+def test_segment_copies_balance_train_only():
+    from sepcore.prepare.steps import segment_copies
+
+    segs = [{"split": s, "inst_class": c, "segment_id": f"{s}-{c}-{i}"}
+            for s in ("train", "test") for c, n in (("piano", 4), ("bass", 1)) for i in range(n)]  # fmt: skip
+    copies = segment_copies(segs, balance=True, max_oversample=2.0, seed=0)
+    assert sum(v for k, v in copies.items() if k.startswith("train-bass")) == 2  # oversampled x2
+    assert sum(v for k, v in copies.items() if k.startswith("test-")) == 5  # once each
+    assert sum(segment_copies(segs, balance=False, max_oversample=2.0, seed=0).values()) == 10
+
+
+def test_manifest_and_summary_of_track_records():
+    from sepcore.prepare import manifest
+    from sepcore.prepare.config import PrepareSpec
+
+    records = [
+        {"track_id": "a", "split": "train", "status": "ok", "reason": "", "rows": 3, "seconds": 2.0,
+         "shard": "file:///o/a.parquet", "flags": {"S00": ["clipping"], "S01": []}, "excluded": [],
+         "silence": {}},
+        {"track_id": "b", "split": "test", "status": "skipped", "reason": "no usable 'guitar' stem"},
+    ]  # fmt: skip
+    doc = manifest.track_manifest(PrepareSpec(), records, {"k": 1})
+    assert doc["rows_per_split"] == {"train": 3} and doc["skipped"] == {"b": "no usable 'guitar' stem"}
+    assert doc["qa_flags"] == {"a": {"S00": ["clipping"]}} and doc["silence_histogram"] is None
+    summary = manifest.track_summary(doc, records, [{"item": "listing", "error": "x"}], done_before=1)
+    assert summary["counts"] == {"tracks": 3, "prepared": 1, "skipped": 1, "done_before": 1, "failed": 1,
+                                 "rows": 3, "shards": 1}  # fmt: skip

@@ -81,7 +81,7 @@ def test_guitar_target_shards_schema_splits_and_resume(demo_data, tmp_path, caps
 
     # Other parameters into the same output are refused as a configuration error.
     assert prepare.main([*args, "features.n_fft=1024", "features.hop=256"]) == 2
-    assert "other parameters (feature.hop, feature.n_fft)" in capsys.readouterr().err
+    assert "other settings (feature.hop, feature.n_fft)" in capsys.readouterr().err
 
 
 def test_corrupt_stem_skips_track_with_reason(demo_data, tmp_path):
@@ -156,7 +156,7 @@ def test_curated_folders_with_manual_flags(demo_data, tmp_path):
     assert prepare.main(args) == 0
     flags = _json(out, "dataset.json")["qa_flags"]["stems:Track00001"]
     assert sorted((k.split("/")[0], v) for k, v in flags.items()) == [("bass", ["bad_quality"]), ("drums", ["bleed"])]
-    markers = {m["track_id"]: m for m in (json.loads(storage.read_text(u)) for u in
+    markers = {m["track_id"]: m for m in (json.loads(storage.read_text(u))["record"] for u in
                storage.list_files(storage.join(storage.normalize_uri(str(out)), "_done")))}  # fmt: skip
     assert sorted(e.split("/")[0] for e in markers["stems:Track00001"]["excluded"]) == ["bass", "drums"]
     assert not any(e.startswith("mix") for m in markers.values() for e in m.get("excluded", []))

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ray_jobs import evaluate, prepare, separate, train
-from sepcore.evaluate import tracks as E
+from sepcore.evaluate import document
 from sepcore.io import storage
 from sepcore.models import SMOKE_CONFIGS, checkpoint
 from sepcore.report import html as R
@@ -77,7 +77,7 @@ def test_prepare_train_separate_evaluate_entirely_on_s3(ray_in_s3_env, demo_data
     assert evaluate.main([f"data={data}", f"checkpoint={model}", f"output={scores}", "split=all", "tracks=2",
                           "segment_seconds=6", "backend=fast", "report={examples: 1, audio_seconds: 4}"]) == 0  # fmt: skip
     doc = json.loads(storage.read_text(storage.join(scores, "metrics.json")))
-    E.validate_metrics(doc)
+    document.validate_metrics(doc)
     assert doc["target"] == TARGET and doc["tracks_evaluated"] >= 1 and not doc["failed"]
     assert "model" in doc["separation"][TARGET]["methods"]
     assert storage.exists(storage.join(scores, R.REPORT_FILE))

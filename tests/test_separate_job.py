@@ -17,6 +17,7 @@ from ray_jobs import separate as job
 from sepcore.io import storage
 from sepcore.io.stemfile import decode_any
 from sepcore.models import SMOKE_CONFIGS, build_model, checkpoint
+from sepcore.separate import state as separate_state
 from tests.support.library import FORMATS, add_bad_files, make_library
 
 N_FFT, HOP, FRAMES = 256, 128, 16
@@ -130,7 +131,7 @@ def test_a_run_that_dies_before_the_manifest_loses_no_finished_work(
     def die(*_args, **_kwargs):
         raise RuntimeError("killed before the manifest commit")
 
-    monkeypatch.setattr(job, "write_manifest", die)
+    monkeypatch.setattr(separate_state, "write_manifest", die)
     with pytest.raises(RuntimeError, match="killed"):
         _run(str(lib), out, tiny_checkpoint)
     assert not storage.exists(storage.join(out, job.MANIFEST))  # never half a manifest

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from ray_jobs import train
+from ray_jobs import train, trainer
 from sepcore.io import storage
 from sepcore.models import SMOKE_CONFIGS, build_model
 from sepcore.models import checkpoint as ckpt
+from sepcore.train import outputs as O
 
 pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 
@@ -24,7 +25,7 @@ def _hourglass_args(data: str, out, *extra: str) -> list[str]:
 
 
 def _history(out) -> list[dict]:
-    return train.read_history(str(out))
+    return O.read_history(str(out))
 
 
 def test_two_worker_ddp_training_reduces_the_loss(tiny_shards, tmp_path):
@@ -42,7 +43,7 @@ def test_two_worker_ddp_training_reduces_the_loss(tiny_shards, tmp_path):
     rows = json.loads(storage.read_text(storage.join(tiny_shards, "dataset.json")))["rows_per_split"]
     assert all(rows["validation"] - 1 <= h["val_samples"] <= rows["validation"] for h in history)
     assert all(h["train_samples"] == 2 * 6 * 8 for h in history)  # 2 workers x 6 steps x batch 8
-    assert (out / train.CURVE_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / O.CURVE_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["epochs"] == 3 and summary["best_checkpoint"].endswith("/best")
 
@@ -115,9 +116,9 @@ def test_each_row_goes_to_one_worker(tiny_shards, tmp_path):
             json.dump(keys, fh)
 
     cfg = train.TrainConfig(data=tiny_shards, output=str(tmp_path / "o"))
-    manifest = train.read_manifest(tiny_shards)
+    manifest = O.read_manifest(tiny_shards)
     TorchTrainer(loop, train_loop_config={"folder": str(folder)},
-                 datasets=train.build_datasets(cfg, manifest, read_cpus=0.25), dataset_config=train.data_config(),
+                 datasets=trainer.build_datasets(cfg, manifest, read_cpus=0.25), dataset_config=trainer.data_config(),
                  scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
                  run_config=ray.train.RunConfig(storage_path=str(tmp_path / "runs"))).fit()  # fmt: skip
     per_rank = [[tuple(k) for k in json.loads((folder / f"{r}.json").read_text())] for r in (0, 1)]

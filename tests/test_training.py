@@ -10,11 +10,13 @@ from sepcore.config import changed_keys
 from sepcore.errors import ConfigError
 from sepcore.models import SMOKE_CONFIGS
 from sepcore.models import checkpoint as ckpt
+from sepcore.train import outputs as O
+from sepcore.train.config import OptimConfig, ValidationConfig
 from sepcore.train.loop import build_for_training, run_epoch, training_state
 from sepcore.train.selection import best_of, is_better
 
 MODEL = {"name": "hourglass", "config": SMOKE_CONFIGS["hourglass"], "log_input": True}
-OPTIM = train.OptimConfig(lr=0.003, scheduler="plateau").model_dump()
+OPTIM = OptimConfig(lr=0.003, scheduler="plateau").model_dump()
 
 
 def _batches(n: int = 3, seed: int = 0):
@@ -79,7 +81,7 @@ def test_the_best_rule_follows_the_metric_direction():
 
 def test_val_sdr_without_sdr_tracks_is_refused_at_config_time(tmp_path, capsys):
     with pytest.raises(ValueError, match="sdr_tracks > 0"):
-        train.ValidationConfig(metric="val_sdr", sdr_tracks=0)
+        ValidationConfig(metric="val_sdr", sdr_tracks=0)
     assert train.main([f"data={tmp_path}", f"output={tmp_path / 'o'}",
                        "validation={metric: val_sdr, sdr_tracks: 0}"]) == 2  # fmt: skip
     assert "sdr_tracks > 0" in capsys.readouterr().err
@@ -96,12 +98,21 @@ def test_changed_keys_names_every_difference_but_the_allowed_ones():
 
 def test_a_resume_with_other_settings_is_refused_naming_the_keys(tmp_path):
     first = train.TrainConfig(data=str(tmp_path / "d"), output=str(tmp_path / "o"))
-    meta = {"model": MODEL, "settings": train.run_settings(first)}
+    meta = {"model": MODEL, "settings": O.run_settings(first)}
     folder = str(tmp_path / "o" / "runs" / "r" / "checkpoint_0")
     ckpt.save(folder, ckpt.build(MODEL), meta, epoch=0)
     continued = first.model_copy(update={"optim": first.optim.model_copy(update={"epochs": 20}),
                                          "scaling": first.scaling.model_copy(update={"num_workers": 2})})  # fmt: skip
-    train.check_resume(continued, folder)  # more epochs, more workers: the same run continued
+    O.check_resume(continued, folder)  # more epochs, more workers: the same run continued
     other = first.model_copy(update={"optim": first.optim.model_copy(update={"lr": 0.5}), "seed": 3})
     with pytest.raises(ConfigError, match=r"other settings \(optim.lr, seed\)"):
-        train.check_resume(other, folder)
+        O.check_resume(other, folder)
+
+
+def test_a_run_that_keeps_its_own_checkpoints_keeps_the_best_and_the_latest():
+    from sepcore.train.selection import stale_checkpoints
+
+    items = [(f"c{e}", {"epoch": e, "metrics": {"val_sdr": v}}) for e, v in enumerate([1.0, 3.0, 2.0, 0.5])]
+    assert stale_checkpoints(items, "val_sdr", 2) == ["c0"]  # c1, c2 best; c3 the latest
+    assert stale_checkpoints(items, "val_loss", 1) == ["c0", "c1", "c2"]  # c3: the best and the latest
+    assert stale_checkpoints(items, "val_sdr", 5) == [] and stale_checkpoints([], "val_sdr", 1) == []

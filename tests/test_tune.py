@@ -17,6 +17,9 @@ from sepcore.config import load_config
 from sepcore.errors import ConfigError
 from sepcore.io import storage
 from sepcore.report import html as R
+from sepcore.train.config import ScalingConf
+from sepcore.tune import config as C
+from sepcore.tune import results as S
 from sepcore.tune import sweep as T
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
@@ -57,8 +60,8 @@ def test_a_data_variant_is_keyed_by_what_shapes_the_data():
 
 def test_every_data_point_of_the_space_is_listed_once():
     cfg = _cfg(space={"n_fft": [512, 1024, 512], "silence": ["off", 0.7], "filters": [4, 8]})
-    assert tune.data_points(cfg) == [(512, None), (512, 0.7), (1024, None), (1024, 0.7)]
-    assert tune.data_points(_cfg(space={"filters": [4, 8]})) == [(None, "base")]
+    assert cfg.space.data_points() == [(512, None), (512, 0.7), (1024, None), (1024, 0.7)]
+    assert _cfg(space={"filters": [4, 8]}).space.data_points() == [(None, "base")]
 
 
 # ---------------------------------------------------------------- configuration
@@ -92,7 +95,7 @@ def test_bad_sweep_settings_name_the_key(overrides, message):
 
 def test_shipped_tune_configs_validate_and_sweep_the_seed_dimensions():
     small = load_config(tune.TuneConfig, os.path.join(CONFIGS, "tune_cpu_small.yaml"))
-    points = tune.data_points(small)
+    points = small.space.data_points()
     assert len({n for n, _ in points}) >= 2 and len({s for _, s in points}) >= 2
     assert len(small.space.filters or []) >= 2
     full = load_config(tune.TuneConfig, os.path.join(CONFIGS, "tune_hourglass_gpu.yaml"))
@@ -127,23 +130,27 @@ def test_param_space_scheduler_and_concurrency():
     assert set(space) == {"n_fft", "silence", "filters"}
     random = tune.param_space(_cfg(space={"lr": {"low": 1e-4, "high": 1e-2}}, search={"algorithm": "random"}))
     assert 1e-4 <= random["lr"].sample() <= 1e-2
-    assert isinstance(tune.scheduler(cfg, 5), ASHAScheduler)
-    demand = tune.trial_demand(cfg)
-    assert demand == {"CPU": pytest.approx(0.01 + 0.5 + 0.25)}
-    assert tune.concurrency(demand, {"CPU": 2.0}, None) == 2
-    assert tune.concurrency({"CPU": 1.0, "GPU": 1.0}, {"CPU": 64.0, "GPU": 4.0}, None) == 4
-    assert tune.concurrency({"CPU": 4.0}, {"CPU": 2.0}, None) == 1
-    assert tune.concurrency(demand, {"CPU": 2.0}, 5) == 5
+    settings = tune.tune_config(cfg, 2)
+    assert isinstance(settings.scheduler, ASHAScheduler) and settings.scheduler._max_t == 5
+    assert (settings.metric, settings.mode) == ("val_sdr", "max")
+    demand = T.trial_demand(tune.validate_train(cfg.train).scaling, 0.01, 0.25)
+    assert demand == {"CPU": pytest.approx(0.5 + 0.25)}  # one worker: it trains in the trial, no driver
+    scaling = ScalingConf(num_workers=2, cpus_per_worker=0.5)
+    assert T.trial_demand(scaling, 0.01, 0.25) == {"CPU": pytest.approx(0.01 + 2 * 0.5 + 0.25)}
+    assert T.concurrency(demand, {"CPU": 2.0}, None) == 2
+    assert T.concurrency({"CPU": 1.0, "GPU": 1.0}, {"CPU": 64.0, "GPU": 4.0}, None) == 4
+    assert T.concurrency({"CPU": 4.0}, {"CPU": 2.0}, None) == 1
+    assert T.concurrency(demand, {"CPU": 2.0}, 5) == 5
 
 
 def test_a_rerun_into_the_same_output_must_sweep_the_same_space(tmp_path):
     out = storage.normalize_uri(str(tmp_path))
     cfg = _cfg(space={"filters": [4, 8]})
-    tune.check_spec(out, cfg, resuming=False)
-    tune.check_spec(out, cfg.model_copy(update={"search": tune.SearchConfig(max_concurrent=3)}), resuming=True)
+    S.check_spec(out, cfg, resuming=False)
+    S.check_spec(out, cfg.model_copy(update={"search": C.SearchConfig(max_concurrent=3)}), resuming=True)
     with pytest.raises(ConfigError, match="other settings \\(space.filters\\)"):
-        tune.check_spec(out, _cfg(space={"filters": [4, 16]}), resuming=True)
-    tune.check_spec(out, _cfg(space={"filters": [4, 16]}), resuming=False)  # nothing to resume: a new sweep
+        S.check_spec(out, _cfg(space={"filters": [4, 16]}), resuming=True)
+    S.check_spec(out, _cfg(space={"filters": [4, 16]}), resuming=False)  # nothing to resume: a new sweep
 
 
 # ---------------------------------------------------------------- results
@@ -239,7 +246,7 @@ def test_plots_and_report_show_the_comparison(tmp_path):
     cfg = _cfg(space={"n_fft": [512, 1024, 2048], "silence": [None, 0.9], "filters": [4, 8]})
     variants = [{"variant": "v1", "n_fft": 512, "hop": 128, "silence": None, "prepared_now": True,
                  "rows": {"train": 10, "validation": 2}}]  # fmt: skip
-    sections = tune.report_sections(cfg, rows, variants, T.best_row(rows, "val_sdr"), plots, "val_sdr", 12.0)
+    sections = S.report_sections(cfg, rows, variants, T.best_row(rows, "val_sdr"), plots, "val_sdr", 12.0)
     page = R.write_report(str(tmp_path), sections, title="sweep")
     html = open(storage.local_path(page), encoding="utf-8").read()
     assert R.missing_files(page) == []

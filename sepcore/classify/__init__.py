@@ -1,1 +1,7 @@
-"""Instrument presence on 1-second snippets: labels, features, LightGBM, pooled activations."""
+"""Instrument presence on 1-second snippets (seed 000), without Ray.
+
+``config`` (sections, :class:`~sepcore.classify.config.SnippetSpec`), ``snippets``
+(windows, labels, splits), ``features``, ``track`` (one track's snippet file), ``lgbm``,
+``classifier`` (saved model, prediction), ``roc``, ``cnn`` (activation CNN scores),
+``report`` (metrics.json, figures, report).
+"""

@@ -58,7 +58,9 @@ from pathlib import Path
 from typing import Any
 
 import mido
+from pydantic import Field
 
+from sepcore.config import Config
 from sepcore.data import gm
 from sepcore.errors import RenderError
 
@@ -759,7 +761,7 @@ def _usable(results: Iterator[_Piece | str]) -> Iterator[_Piece]:
         if isinstance(result, _Piece):
             yield result
         else:
-            log.info("skipping %s", result)
+            log.debug("skipping %s", result)
 
 
 def _write_manifest(out_dir: Path, parameters: dict, files: list[dict]) -> None:
@@ -782,7 +784,7 @@ def _write_files(out: Path, order: Sequence[str], parameters: dict, workers: int
             piece, str(out / name), seed, parameters["min_seconds"], parameters["max_seconds"]
         )
         files.append({**info, "path": name})
-        log.info(
+        log.debug(
             "wrote %s (%.1f s, %d instruments)", name, info["seconds"], len(info["instruments"])
         )
         if len(files) == parameters["tracks"]:
@@ -827,4 +829,23 @@ def build_demo_midi(
         if stale.name not in keep:
             stale.unlink()
     _write_manifest(out, parameters, files)
+    log.info("demo corpus: wrote %d MIDI files (%.0f s of music) to %s", len(files),
+             sum(f["seconds"] for f in files), out)  # fmt: skip
     return [str(out / f["path"]) for f in files]
+
+
+class DemoCorpusConfig(Config):
+    """The built-in corpus used when ``midi: demo``."""
+
+    min_seconds: float = Field(30.0, gt=0, description="shortest song; shorter pieces repeat")
+    max_seconds: float = Field(40.0, gt=0, description="songs are cut at the first barline after this")
+
+
+def demo_songs(tracks: int, seed: int, corpus: DemoCorpusConfig) -> list[str]:
+    """The paths of the demo corpus's ``tracks`` songs, sorted (built once per machine, in the cache)."""
+    from sepcore.io.cache import cache_dir
+
+    name = f"seed{seed}-n{tracks}-{corpus.min_seconds:g}-{corpus.max_seconds:g}"
+    paths = build_demo_midi(os.path.join(cache_dir("demo_midi"), name), tracks=tracks, seed=seed,
+                            min_seconds=corpus.min_seconds, max_seconds=corpus.max_seconds)  # fmt: skip
+    return sorted(paths)

@@ -20,7 +20,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import mido
 import numpy as np
@@ -29,7 +31,7 @@ import yaml
 
 from sepcore.data import gm
 from sepcore.data.slakh import METADATA
-from sepcore.errors import RenderError
+from sepcore.errors import RenderError, StorageError
 from sepcore.io import storage
 from sepcore.io.audio import Audio, write_audio
 from sepcore.units import Decibels, db_to_gain
@@ -43,6 +45,8 @@ SOUNDFONT_CANDIDATES = (
     "/usr/share/soundfonts/default.sf2",
 )
 DEBIAN_PACKAGES = ("fluidsynth", "fluid-soundfont-gm")
+#: File name endings of the MIDI files a folder is read for.
+MIDI_SUFFIXES = (".mid", ".midi")
 FLUIDSYNTH_GAIN = 0.5
 #: Audio kept after the last MIDI event (note releases, reverb); FluidSynth renders more.
 RELEASE_S = 1.5
@@ -295,3 +299,50 @@ def render_track(
     }
     storage.write_text(storage.join(track_uri, METADATA), yaml.safe_dump(meta, sort_keys=True))
     return meta
+
+
+# ---------------------------------------------------------------- a collection (the render job)
+
+
+def list_songs(midi: str, tracks: int | None, seed: int = 0, demo: Any = None) -> list[tuple[str, bytes | None]]:
+    """``(name, bytes or None)`` per song of ``midi``, sorted: a folder's first ``tracks`` MIDI
+    files (by URI, read later), or with ``midi: demo`` the built-in corpus's songs (as bytes;
+    ``demo``: its :class:`sepcore.data.corpus.DemoCorpusConfig`, ``tracks`` default 40)."""
+    if midi == "demo":
+        from sepcore.data.corpus import DemoCorpusConfig, demo_songs
+
+        paths = demo_songs(tracks or 40, seed, demo or DemoCorpusConfig.model_validate({}))
+        return [(p, open(p, "rb").read()) for p in paths]
+    uris = [u for u in storage.list_files(midi) if u.lower().endswith(MIDI_SUFFIXES)]
+    if not uris:
+        raise StorageError(midi, "no .mid files found")
+    return [(u, None) for u in uris[:tracks]]
+
+
+def finished_tracks(output: str) -> set[str]:
+    """Ids of the tracks below ``output`` whose ``metadata.yaml`` (their commit marker) exists."""
+    return {u.rsplit("/", 2)[-2] for u in storage.list_files(output, suffix="/" + METADATA)}
+
+
+def render_song(name: str, data: bytes | None, track_uri: str, **params: Any) -> dict[str, Any]:
+    """:func:`render_track` of one song (read from ``name`` when ``data`` is None): its facts."""
+    t0 = time.monotonic()
+    meta = render_track(data if data is not None else storage.read_bytes(name), name, track_uri, **params)
+    return {"item": name, "stems": len(meta["stems"]), "seconds": meta["seconds"],
+            "wall_s": round(time.monotonic() - t0, 3)}  # fmt: skip
+
+
+def render_summary(results: list[dict[str, Any]], skipped: int, total: int) -> dict[str, Any]:
+    """The summary's counts, figures, failures and nodes of a run's ``results`` (one per song)."""
+    ok = [r for r in results if "error" not in r]
+    audio_s = sum(r["seconds"] for r in ok)
+    busy_s = sum(r["wall_s"] for r in ok)
+    return {
+        "counts": {"songs": total, "rendered": len(ok), "skipped_done": skipped, "failed": len(results) - len(ok)},
+        "figures": {
+            "audio_seconds": round(audio_s, 2),
+            "x_realtime_per_task": round(audio_s / busy_s, 2) if busy_s else None,
+        },
+        "failed": [{"item": r["item"], "error": r["error"]} for r in results if "error" in r],
+        "nodes": sorted({r["node"] for r in results if r.get("node")}),
+    }

@@ -165,3 +165,14 @@ def load_model(uri: str, device: str | torch.device = "cpu") -> tuple[nn.Module,
     meta["checkpoint"] = directory
     return model, meta
 
+
+
+def publish_best(folder: str, output: str) -> str:
+    """Copy the checkpoint ``folder`` to ``<output>/best/`` (train and tune); returns it.
+
+    ``meta.json`` is copied last, so ``best/`` is complete or absent.
+    """
+    best = storage.join(output, BEST)
+    for name in (MODEL_FILE, META_FILE):
+        storage.write_bytes(storage.join(best, name), storage.read_bytes(storage.join(folder, name)))
+    return best

@@ -35,50 +35,7 @@ from sepcore.data.classes import CLASSES
 from sepcore.data.sources import SourceTrack, load_track_stems
 from sepcore.io import storage
 from sepcore.prepare import features, mixing, qa, silence
-
-OUTPUTS = ("target", "irm", "ibm", "activations")
-MASK_OUTPUTS = ("irm", "ibm")
-
-
-@dataclass(frozen=True)
-class SilenceSpec:
-    """Seed 002 §4.3.3: cut silences of the target, longest first, to ``target_ratio``."""
-
-    target_ratio: float = 0.7
-    cutoff_ratio: float = 0.5
-    threshold_dbfs: float = -50.0
-    min_silence_s: float = 1.0
-
-
-@dataclass(frozen=True)
-class PrepareSpec:
-    """Everything a worker needs to turn one track into rows (plain, picklable)."""
-
-    target: str = "guitar"
-    sample_rate: int = 22050
-    channels: int = 1
-    feature: dict[str, Any] = field(default_factory=lambda: {"name": "stft", "n_fft": 1536, "hop": 384})
-    frames: int = 64
-    chunk_hop: int | None = None
-    pad: bool = True
-    context: int = 0
-    outputs: tuple[str, ...] = ("target", "activations")
-    dtype: str = "float16"
-    silence: SilenceSpec | None = None
-    detect_flags: bool = True
-    exclude_flags: tuple[str, ...] = qa.DEFAULT_EXCLUDE
-    skip_without_target: bool = True
-
-    def __post_init__(self) -> None:
-        unknown = set(self.outputs) - set(OUTPUTS)
-        if unknown:
-            raise ValueError(f"unknown outputs {sorted(unknown)}; known: {OUTPUTS}")
-        if set(self.outputs) & set(MASK_OUTPUTS) and self.feature.get("name") != "stft":
-            raise ValueError("masks (irm, ibm) are defined on STFT magnitudes only; use feature stft")
-
-    def extractor(self) -> features.FeatureExtractor:
-        params = {k: v for k, v in self.feature.items() if k != "name"}
-        return features.make_feature(self.feature["name"], sample_rate=self.sample_rate, **params)
+from sepcore.prepare.config import PrepareSpec  # re-exported: the spec of these steps
 
 
 @dataclass
@@ -186,7 +143,7 @@ def mix_track(track: SourceTrack, spec: PrepareSpec) -> TrackPair:
 
 def adjust_pair_silence(pair: TrackPair, spec: PrepareSpec) -> TrackPair:
     """Cut the target's silences from every signal of the pair (no-op when off)."""
-    if spec.silence is None:
+    if spec.silence is None or not spec.silence.enabled:
         return pair
     if pair.rest is None or pair.class_sums is None:
         raise ValueError("silence adjustment needs the pair before finish_pair")

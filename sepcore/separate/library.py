@@ -53,6 +53,7 @@ from torch import nn
 from sepcore.errors import AudioError
 from sepcore.io import storage
 from sepcore.io.decode import decode_isolated
+from sepcore.separate.config import SeparationSettings  # re-exported: how a file is separated
 from sepcore.units import Hertz, Seconds
 
 #: File name endings the library listing picks up (case-insensitive).
@@ -147,29 +148,6 @@ def output_dir(output: str, relative: str) -> str:
 
 
 # ------------------------------------------------------------------------ streaming
-
-
-@dataclass(frozen=True)
-class SeparationSettings:
-    """How a file is separated and written; part of what decides a rerun."""
-
-    n_fft: int
-    hop: int
-    frames: int
-    model_rate: Hertz
-    batch_size: int = 8
-    overlap: float = 0.5
-    block_seconds: Seconds = 60.0
-    output_format: str = "flac"
-    sample_rate: Hertz | None = None  # None: the source's
-    channels: int | None = None  # None: the source's; 1: mono (mean of the channels)
-    device: str = "cpu"
-
-    def key(self) -> str:
-        """Hash of the settings that change the stems (not batch size or device)."""
-        fields = (self.n_fft, self.hop, self.frames, self.model_rate, self.overlap,
-                  self.output_format, self.sample_rate, self.channels)
-        return hashlib.sha256(repr(fields).encode()).hexdigest()[:12]
 
 
 class RawSamples:

@@ -1,1 +1,3 @@
-"""Plain training steps and the one best-checkpoint rule."""
+"""Training without Ray: configuration sections (:mod:`.config`), steps and epochs
+(:mod:`.loop`), the per-worker loop (:mod:`.worker`), a training output's manifest,
+history and ``best/`` (:mod:`.outputs`), and the one best-checkpoint rule (:mod:`.selection`)."""

@@ -1,6 +1,6 @@
 """Plain training steps (no Ray): batches of prepared rows -> losses, epochs, validation.
 
-``ray_jobs.train`` runs these inside each Ray Train worker; tests run them directly.
+:mod:`sepcore.train.worker` runs these on each worker; tests run them directly.
 
 Tasks:
 

@@ -42,3 +42,21 @@ def best_of(items: Sequence[Any], metric: str, value: Callable[[Any], float | No
         if is_better(metric, v, best_value):
             best, best_value = item, v
     return best
+
+
+def stale_checkpoints(items: Sequence[tuple[str, dict[str, Any]]], metric: str, keep: int) -> list[str]:
+    """Folders of ``(folder, meta)`` checkpoints to delete: all but the ``keep`` best and the latest.
+
+    Ray Train's rule (``CheckpointConfig(num_to_keep=keep)`` scored by ``metric``), for runs
+    that keep their checkpoints themselves.
+    """
+    if not items:
+        return []
+    latest = max(items, key=lambda item: int(item[1].get("epoch", -1)))[0]
+    ranked: list[str] = []
+    rest = list(items)
+    while rest and len(ranked) < keep:
+        best = best_of(rest, metric, lambda item: item[1].get("metrics", {}).get(metric)) or rest[-1]
+        ranked.append(best[0])
+        rest.remove(best)
+    return [folder for folder, _ in items if folder not in ranked and folder != latest]

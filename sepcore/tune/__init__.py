@@ -1,1 +1,2 @@
-"""Plain helpers of the tune job: data variants, trial settings, results and plots."""
+"""The tune job without Ray: configuration sections (:mod:`.config`), data variants, trial
+settings, tables and plots (:mod:`.sweep`), trial records, results and report (:mod:`.results`)."""

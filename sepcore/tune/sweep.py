@@ -1,7 +1,7 @@
 """Plain helpers of the tune job (no Ray): data variants, trial settings, results, plots.
 
 ``ray_jobs.tune`` sweeps FFT size, filter count, silence ratio, learning rate, levels
-and model family over the trainer of ``ray_jobs.train``. What it needs that does not
+and model family over the trainer of ``ray_jobs.trainer``. What it needs that does not
 touch Ray lives here and is unit-tested on its own:
 
 * **Data variants.** ``n_fft`` and the silence ratio change the prepared data; the
@@ -113,6 +113,26 @@ def variant_key(resolved: Mapping[str, Any]) -> str:
     return f"{resolved.get('target', 'x')}-{name}{size}-sil{ratio}-{digest}"
 
 
+def data_key(n_fft: int | None, silence: float | None | str) -> str:
+    """The key of a data point (``"base"``: silence not swept) in a sweep's variant table."""
+    return f"{n_fft}|{silence}"
+
+
+def absolute_sources(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Prepare settings with absolute source and QA-flag URIs: trials and later sweeps may
+    run in another directory."""
+    from sepcore.io.storage import normalize_uri as absolute
+
+    out = copy.deepcopy(dict(settings))
+    for source in out.get("sources") or []:
+        if isinstance(source, dict) and isinstance(source.get("uri"), str):
+            source["uri"] = absolute(source["uri"])
+    qa = out.get("qa")
+    if isinstance(qa, dict) and qa.get("flags_csv"):
+        qa["flags_csv"] = absolute(qa["flags_csv"])
+    return out
+
+
 # ---------------------------------------------------------------- trial settings
 
 
@@ -178,6 +198,24 @@ def trial_label(values: Mapping[str, Any], swept: Sequence[str]) -> str:
         else:
             parts.append(str(v))
     return " ".join(parts) or "base"
+
+
+def trial_demand(scaling: Any, driver_cpus: float, read_cpus: float) -> dict[str, float]:
+    """Resources one running trial holds: its workers, one reading task and, with several
+    workers, its driver (a one-worker trial trains in its own process)."""
+    driver = driver_cpus if scaling.num_workers > 1 else 0.0
+    demand = {"CPU": driver + scaling.num_workers * scaling.cpus_per_worker + read_cpus}
+    if scaling.use_gpu:
+        demand["GPU"] = scaling.num_workers * scaling.gpus_per_worker
+    return demand
+
+
+def concurrency(demand: Mapping[str, float], cluster: Mapping[str, float], wanted: int | None) -> int:
+    """Trials run at once: ``wanted``, else as many as the cluster's resources hold (at least 1)."""
+    if wanted is not None:
+        return wanted
+    fits = [math.floor(cluster.get(k, 0.0) / v + 1e-9) for k, v in demand.items() if v > 0]
+    return max(1, min(fits) if fits else 1)
 
 
 # ---------------------------------------------------------------- results

@@ -13,9 +13,9 @@ import os
 import time
 
 import pytest
-import ray
 
 from ray_jobs import separate as job
+from tests.support.rays import own_ray
 from tests.support.reliability import (
     check_stems,
     manifest_rows,
@@ -30,13 +30,8 @@ TIMEOUT_S = 8.0  # generous: a loaded CI machine starts Python slowly
 @pytest.fixture(scope="module", autouse=True)
 def faulty_ray():
     # Ray workers read SEP_FAULTS from the environment they start with.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SEP_FAULTS", "decode_crash:*crash me*;decode_hang:*hang me*")
-        ray.init(num_cpus=2, include_dashboard=False)
-        try:
-            yield
-        finally:
-            ray.shutdown()
+    with own_ray(SEP_FAULTS="decode_crash:*crash me*;decode_hang:*hang me*"):
+        yield
 
 
 def test_a_crashing_and_a_hanging_decoder_fail_only_their_files(tmp_path):

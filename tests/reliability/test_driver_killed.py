@@ -22,6 +22,7 @@ import ray
 
 from ray_jobs import separate as job
 from sepcore.io import storage
+from sepcore.separate import state as separate_state
 from tests.support.reliability import (
     job_command,
     manifest_rows,
@@ -68,7 +69,7 @@ def test_a_killed_driver_is_finished_by_the_rerun_with_the_same_outputs(tmp_path
 
     rows = manifest_rows(out)
     assert len(rows) == FILES
-    skipped = {job._key(r["source"]) for r in rows.values() if r["status"] == "skipped"}
+    skipped = {separate_state.key(r["source"]) for r in rows.values() if r["status"] == "skipped"}
     assert skipped == done  # exactly the finished files were not done again ...
     assert {r["status"] for r in rows.values()} == {"ok", "skipped"}
     summary = read_summary(out)

@@ -18,6 +18,7 @@ from ray_jobs import train
 from sepcore.io import storage
 from sepcore.models import SMOKE_CONFIGS
 from sepcore.models import checkpoint as ckpt
+from sepcore.train import outputs as O
 
 pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 
@@ -59,7 +60,7 @@ def test_half_written_checkpoints_are_never_resumed_from(tiny_shards, tmp_path):
     # The rerun continues at epoch 1 from the real checkpoint (a planted epoch 7 or 9
     # would leave nothing to train for 2 epochs, or crash on loading).
     assert train.main(_args(tiny_shards, out, 2)) == 0
-    assert [h["epoch"] for h in train.read_history(out)] == [0, 1]
+    assert [h["epoch"] for h in O.read_history(out)] == [0, 1]
     latest = ckpt.find_latest(runs)
     assert latest not in (real, None) and ckpt.read_meta(latest)["epoch"] == 1
     summary = json.loads(storage.read_text(storage.join(out, "summary.json")))

@@ -18,9 +18,9 @@ from __future__ import annotations
 import os
 
 import pytest
-import ray
 
 from sepcore.io import storage
+from tests.support.rays import own_ray
 from tests.support.reliability import manifest_rows, read_summary, tiny_checkpoint, tone_library
 from tests.support.s3 import (
     list_keys,
@@ -54,11 +54,8 @@ def setup(proxy, tmp_path_factory):
             for p in paths:
                 storage.upload(p, storage.join(bucket, "music", os.path.relpath(p, tmp / "library")))
             ckpt = tiny_checkpoint(storage.join(bucket, "models", "best"))
-            ray.init(num_cpus=2, include_dashboard=False)
-            try:
+            with own_ray():  # its workers inherit the proxy's environment
                 yield bucket, ckpt
-            finally:
-                ray.shutdown()
 
 
 def _run(bucket: str, ckpt: str, out: str) -> int:

@@ -30,6 +30,7 @@ from ray_jobs import train
 from sepcore.io import storage
 from sepcore.models import SMOKE_CONFIGS
 from sepcore.models import checkpoint as ckpt
+from sepcore.train import outputs as O
 from tests.support.reliability import ray_actor_processes
 
 pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
@@ -67,7 +68,7 @@ class Killer(threading.Thread):
             if self.victim is None:
                 epoch = _registered_epoch(self.runs)
                 workers = ray_actor_processes(WORKER)
-                history = [h["epoch"] for h in train.read_history(self.output)]
+                history = [h["epoch"] for h in O.read_history(self.output)]
                 if epoch is not None and epoch < 2 and workers and history == list(range(epoch + 1)):
                     self.history_at_kill = history
                     self.victim = min(workers)
@@ -101,6 +102,6 @@ def test_a_killed_training_worker_resumes_from_its_last_checkpoint(tiny_shards, 
 
     epochs = [meta["epoch"] for _, meta in ckpt.complete_checkpoints(storage.join(out, "runs"))]
     assert sorted(epochs) == [0, 1, 2]  # each epoch once: no second epoch 0
-    assert [h["epoch"] for h in train.read_history(out)] == [0, 1, 2]
+    assert [h["epoch"] for h in O.read_history(out)] == [0, 1, 2]
     summary = json.loads(storage.read_text(storage.join(out, "summary.json")))
     assert summary["status"] == "ok" and summary["counts"]["epochs"] == 3

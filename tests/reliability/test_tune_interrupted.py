@@ -20,10 +20,11 @@ import time
 import pytest
 import ray
 
-from ray_jobs import common, train, tune
+from ray_jobs import common, tune
 from sepcore.io import storage
 from sepcore.models import SMOKE_CONFIGS
 from sepcore.models import checkpoint as ckpt
+from sepcore.train import outputs as O
 from tests.support.reliability import job_command, tiny_sweep_config
 
 pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
@@ -78,7 +79,7 @@ def test_a_sweep_killed_halfway_finishes_every_trial_exactly_once(demo_data, tmp
         trial = storage.normalize_uri(str(out / "trials" / row["trial"]))
         epochs = sorted(meta["epoch"] for _, meta in ckpt.complete_checkpoints(storage.join(trial, "runs")))
         assert epochs == list(range(EPOCHS)), row["trial"]  # each epoch once
-        assert [h["epoch"] for h in train.read_history(trial)] == list(range(EPOCHS))
+        assert [h["epoch"] for h in O.read_history(trial)] == list(range(EPOCHS))
     for name in first:  # finished before the kill: one Train run, none after
         assert len(os.listdir(out / "trials" / name / "runs")) == 1
     summary = json.loads((out / common.SUMMARY).read_text())

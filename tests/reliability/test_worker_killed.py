@@ -18,6 +18,7 @@ import pytest
 
 from ray_jobs import separate as job
 from sepcore.io import storage
+from sepcore.separate import state as separate_state
 from tests.support.reliability import (
     check_stems,
     in_progress,
@@ -89,7 +90,7 @@ def test_a_killed_separator_actor_costs_a_retry_and_nothing_else(tmp_path):
     retried = {r["relative"]: r["attempts"] for r in rows.values() if r["attempts"] > 1}
     assert retried, "no retry recorded"
     assert all(n == 2 for n in retried.values())  # one kill, one extra attempt per file
-    retried_keys = {job._key(r["source"]) for r in rows.values() if r["attempts"] > 1}
+    retried_keys = {separate_state.key(r["source"]) for r in rows.values() if r["attempts"] > 1}
     assert retried_keys <= killer.victim_files  # only a file that was in the killed actor
     summary = read_summary(out)
     assert summary["counts"]["ok"] == FILES and summary["retried"] == len(retried)

@@ -1,0 +1,375 @@
+"""The evaluate job's ``metrics.json``: its JSON Schema, a validator, and JSON numbers.
+
+Scores are written by :func:`json_number` (NaN -> null, +-inf -> ``"inf"``/``"-inf"``) and
+read back by :func:`from_json_number`. :func:`validate_metrics` checks a document against
+:data:`METRICS_SCHEMA` (draft 2020-12, the subset used here) without the jsonschema package.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, get_args
+
+import numpy as np
+
+from sepcore.errors import SepError
+from sepcore.evaluate import bss as metrics
+from sepcore.evaluate.config import METHODS, SOURCES, Mode
+
+#: Format tag of metrics.json.
+FORMAT = "sep-evaluate/1"
+#: File name of the document in the job's output.
+METRICS_FILE = "metrics.json"
+
+
+class EvaluationError(SepError):
+    """An evaluation input does not fit (wrong checkpoint task, shapes, metrics.json)."""
+
+
+
+_NUM = {"type": ["number", "string", "null"]}
+_SCORES: dict[str, Any] = {
+    "type": "object",
+    "required": ["sdr", "sir", "sar"],
+    "properties": {m: _NUM for m in metrics.METRICS},
+}
+_PER_SOURCE = {
+    "type": "object",
+    "required": list(SOURCES),
+    "properties": {s: _SCORES for s in SOURCES},
+}
+_MEDIAN_SOURCE = {**_SCORES, "required": ["sdr", "sir", "sar", "count"],
+                  "properties": {**_SCORES["properties"], "count": {"type": "integer"}}}  # fmt: skip
+_METHOD_MAP = {"type": "object", "propertyNames": {"enum": list(METHODS)}}
+_MATRIX = {"type": "array", "items": {"type": "array", "items": _NUM}}
+
+#: JSON Schema (draft 2020-12) of metrics.json; :func:`validate_metrics` checks it.
+METRICS_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "sep evaluate metrics.json",
+    "type": "object",
+    "required": [
+        "format",
+        "task",
+        "checkpoint",
+        "data",
+        "split",
+        "sample_rate",
+        "evaluation",
+        "tracks_selected",
+        "tracks_evaluated",
+        "timing",
+        "failed",
+        "separation",
+        "activation",
+    ],  # fmt: skip
+    "properties": {
+        "format": {"enum": [FORMAT]},
+        "task": {"enum": ["separator", "activation"]},
+        "checkpoint": {"type": "string"},
+        "data": {"type": "string"},
+        "split": {"type": "string"},
+        "target": {"type": ["string", "null"]},
+        "sample_rate": {"type": "integer"},
+        "evaluation": {
+            "type": "object",
+            "required": ["mode", "backend", "segment_seconds", "window_seconds", "hop_seconds"],
+            "properties": {
+                "mode": {"enum": list(get_args(Mode))},
+                "backend": {"enum": list(get_args(metrics.Backend))},
+                "segment_seconds": {"type": "number"},
+                "window_seconds": {"type": "number"},
+                "hop_seconds": {"type": "number"},
+            },  # fmt: skip
+        },
+        "tracks_selected": {"type": "integer"},
+        "tracks_evaluated": {"type": "integer"},
+        "timing": {
+            "type": "object",
+            "required": ["audio_seconds", "eval_seconds", "eval_seconds_per_audio_minute"],
+            "properties": {
+                k: {"type": ["number", "null"]}
+                for k in (
+                    "audio_seconds",
+                    "eval_seconds",
+                    "eval_seconds_per_audio_minute",
+                    "separate_seconds",
+                    "wall_seconds",
+                )
+            },  # fmt: skip
+        },
+        "failed": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["item", "error"],
+                "properties": {"item": {"type": "string"}, "error": {"type": "string"}},
+            },
+        },
+        "skipped": {"type": "object", "additionalProperties": {"type": "string"}},
+        "separation": {
+            "type": ["object", "null"],
+            "additionalProperties": {  # one entry per class
+                "type": "object",
+                "required": ["methods", "median", "tracks"],
+                "properties": {
+                    "methods": {"type": "array", "items": {"enum": list(METHODS)}},
+                    "median": {
+                        **_METHOD_MAP,
+                        "additionalProperties": {
+                            "type": "object",
+                            "required": list(SOURCES),
+                            "properties": {s: _MEDIAN_SOURCE for s in SOURCES},
+                        },
+                    },
+                    "tracks": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["track_id", "seconds", "scores"],
+                            "properties": {
+                                "track_id": {"type": "string"},
+                                "seconds": {"type": "number"},
+                                "scores": {**_METHOD_MAP, "additionalProperties": _PER_SOURCE},
+                            },
+                        },
+                    },
+                },  # fmt: skip
+            },
+        },
+        "activation": {
+            "type": ["object", "null"],
+            "required": [
+                "classes",
+                "per_class",
+                "tracks",
+                "noise_matrix_db",
+                "leakage_matrix_db",
+                "sequence",
+            ],
+            "properties": {
+                "classes": {"type": "array", "items": {"type": "string"}},
+                "per_class": {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "object",
+                        "required": ["mae", "error_db", "tracks"],
+                        "properties": {
+                            "mae": _NUM,
+                            "error_db": _NUM,
+                            "tracks": {"type": "integer"},
+                        },
+                    },
+                },
+                "tracks": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["track_id", "seconds", "mae", "error_db"],
+                        "properties": {
+                            "track_id": {"type": "string"},
+                            "seconds": {"type": "number"},
+                            "mae": {"type": "object"},
+                            "error_db": {"type": "object"},
+                        },
+                    },
+                },
+                "noise_matrix_db": {"anyOf": [_MATRIX, {"type": "null"}]},
+                "leakage_matrix_db": {"anyOf": [_MATRIX, {"type": "null"}]},
+                "sequence": {
+                    "type": ["array", "null"],
+                    "items": {
+                        "type": "object",
+                        "required": ["class", "track_id", "start_s", "seconds"],
+                        "properties": {
+                            "class": {"type": "string"},
+                            "track_id": {"type": "string"},
+                            "start_s": {"type": "number"},
+                            "seconds": {"type": "number"},
+                        },
+                    },
+                },
+            },  # fmt: skip
+        },
+        "report": {"type": "object"},
+    },
+}
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "object": (dict,), "array": (list,), "string": (str,), "null": (type(None),),
+    "number": (int, float), "integer": (int,), "boolean": (bool,),
+}  # fmt: skip
+
+
+def _type_ok(value: Any, names: str | list[str]) -> bool:
+    for name in [names] if isinstance(names, str) else names:
+        if isinstance(value, bool) and name in ("number", "integer"):
+            continue
+        if isinstance(value, _TYPES[name]):
+            return True
+    return False
+
+
+def _errors(value: Any, schema: Mapping[str, Any], path: str) -> list[str]:
+    """Problems of ``value`` against the JSON Schema subset used by :data:`METRICS_SCHEMA`."""
+    if "anyOf" in schema:
+        options = [_errors(value, s, path) for s in schema["anyOf"]]
+        return [] if any(not o for o in options) else options[0]
+    if "type" in schema and not _type_ok(value, schema["type"]):
+        return [f"{path}: expected {schema['type']}, got {type(value).__name__}"]
+    if "enum" in schema and value not in schema["enum"]:
+        return [f"{path}: {value!r} is not one of {schema['enum']}"]
+    out: list[str] = []
+    if isinstance(value, dict):
+        out += [f"{path}: missing '{k}'" for k in schema.get("required", []) if k not in value]
+        names = schema.get("propertyNames", {}).get("enum")
+        out += [
+            f"{path}: unexpected key '{k}'" for k in value if names is not None and k not in names
+        ]
+        for key, item in value.items():
+            sub = schema.get("properties", {}).get(key, schema.get("additionalProperties"))
+            if isinstance(sub, Mapping):
+                out += _errors(item, sub, f"{path}.{key}")
+    if isinstance(value, list) and "items" in schema:
+        for k, item in enumerate(value):
+            out += _errors(item, schema["items"], f"{path}[{k}]")
+    if (
+        isinstance(value, str)
+        and schema.get("type") == ["number", "string", "null"]
+        and value not in ("inf", "-inf")
+    ):
+        out.append(f"{path}: a score is a number, null, 'inf' or '-inf', got {value!r}")
+    return out
+
+
+def validate_metrics(doc: Any, name: str = "metrics.json") -> None:
+    """Raise :class:`EvaluationError` naming ``name`` and every place ``doc`` breaks the schema."""
+    problems = _errors(doc, METRICS_SCHEMA, "$")
+    if problems:
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        raise EvaluationError(
+            f"{name}: does not match {FORMAT}: " + "; ".join(problems[:10]) + more
+        )
+
+
+def json_number(x: float | int | np.floating | np.integer | None) -> float | int | str | None:
+    """A score as metrics.json writes it: NaN -> null, +-inf -> ``"inf"``/``"-inf"``, else a number."""
+    if x is None:
+        return None
+    if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
+        return int(x)
+    value = float(x)
+    if math.isnan(value):
+        return None
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return round(value, 4)
+
+
+def to_json(value: Any) -> Any:
+    """Nested results with numpy values -> plain JSON data (scores by :func:`json_number`)."""
+    if isinstance(value, Mapping):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_json(value.tolist())
+    if isinstance(value, (float, int, np.floating, np.integer)) and not isinstance(value, bool):
+        return json_number(value)
+    return value
+
+
+def from_json_number(x: Any) -> float:
+    """Inverse of :func:`json_number` for reading metrics.json: null -> NaN, "inf" -> inf."""
+    if x is None:
+        return math.nan
+    return float(x)
+
+
+# ---------------------------------------------------------------- building the document
+
+
+def _separation_section(results: list[dict[str, Any]], classes: list[str]) -> dict[str, Any]:
+    from sepcore.evaluate.scoring import median_table
+
+    out = {}
+    for cls in classes:
+        tracks = [{"track_id": r["track_id"], "seconds": round(r["seconds"], 3), "scores": r["classes"][cls]}
+                  for r in results if cls in r.get("classes", {})]  # fmt: skip
+        if tracks:
+            methods = [m for m in METHODS if m in tracks[0]["scores"]]
+            out[cls] = {"methods": methods, "median": median_table(tracks), "tracks": tracks}
+    return out
+
+
+def _activation_section(results: list[dict[str, Any]], classes: list[str],
+                        sequence: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
+    from sepcore.evaluate.scoring import nanmedian
+
+    ok = [r for r in results if "error" not in r]
+    per_class = {}
+    for cls in classes:
+        active = [r for r in ok if r["errors"]["active_frames"][cls] > 0]
+        per_class[cls] = {"mae": nanmedian([r["errors"]["mae"][cls] for r in active]),
+                          "error_db": nanmedian([r["errors"]["error_db"][cls] for r in active]),
+                          "tracks": len(active)}  # fmt: skip
+    tracks = [{"track_id": r["track_id"], "seconds": round(r["seconds"], 3), "mae": r["errors"]["mae"],
+               "error_db": r["errors"]["error_db"]} for r in ok]  # fmt: skip
+    return {"classes": list(classes), "per_class": per_class, "tracks": tracks,
+            "noise_matrix_db": sequence["noise"] if sequence else None,
+            "leakage_matrix_db": sequence["leakage"] if sequence else None,
+            "sequence": sequence["sequence"] if sequence else None}  # fmt: skip
+
+
+def metrics_document(head: Mapping[str, Any], evaluation: Mapping[str, Any], classes: list[str],
+                     results: list[dict[str, Any]], sequence: dict[str, Any] | None,
+                     listing_errors: list[str], wall: float) -> dict[str, Any]:  # fmt: skip
+    """The content of metrics.json (see :data:`METRICS_SCHEMA`).
+
+    ``head``: ``task``, ``checkpoint``, ``data``, ``split``, ``target``, ``sample_rate``,
+    ``feature``, ``frames``, ``tracks_selected``; ``evaluation``: its entry
+    (:meth:`sepcore.evaluate.config.ScoringConfig.described`); ``classes``: the classes
+    scored (separators: the target first) or of the activations; ``results``: per-track
+    results and failures (``{"track_id", "error"}``); ``sequence``: the sequence test.
+    """
+    task = head["task"]
+    ok = [r for r in results if "error" not in r and (task == "activation" or r["classes"])]
+    failed = [{"item": r["track_id"], "error": r["error"]} for r in results if "error" in r]
+    failed += [{"item": "listing", "error": e} for e in listing_errors]
+    audio = sum(r["seconds"] for r in ok)
+    evaluated = sum(r["seconds"] * sum(len(s) for s in r.get("classes", {}).values()) for r in ok)
+    eval_s = sum(r.get("eval_seconds", 0.0) for r in ok)
+    separator = task == "separator"
+    doc = {
+        "format": FORMAT, "task": task, "checkpoint": head["checkpoint"], "data": head["data"],
+        "split": head["split"], "target": head["target"] if separator else None,
+        "sample_rate": int(head["sample_rate"]), "feature": head.get("feature"), "frames": head.get("frames"),
+        "evaluation": dict(evaluation),
+        "tracks_evaluated": len(ok),
+        "timing": {"audio_seconds": audio, "scored_audio_seconds": evaluated if separator else audio,
+                   "eval_seconds": eval_s, "separate_seconds": sum(r.get("separate_seconds", 0.0) for r in ok),
+                   "eval_seconds_per_audio_minute": eval_s / (evaluated / 60.0) if separator and evaluated
+                   else (eval_s / (audio / 60.0) if audio else None), "wall_seconds": wall},
+        "failed": failed,
+        "skipped": {f"{r['track_id']}/{c}": why for r in results for c, why in r.get("skipped", {}).items()},
+        "separation": _separation_section(ok, classes) if separator else None,
+        "activation": _activation_section(results, classes, sequence) if not separator else None,
+    }  # fmt: skip
+    return {**to_json(doc), "tracks_selected": int(head["tracks_selected"])}
+
+
+def summary_entries(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``counts`` and ``figures`` of the job's summary.json, from a metrics document."""
+    figures: dict[str, Any] = {"eval_seconds_per_audio_minute": doc["timing"]["eval_seconds_per_audio_minute"],
+                               "audio_seconds": round(doc["timing"]["audio_seconds"], 1)}  # fmt: skip
+    for cls, sec in (doc["separation"] or {}).items():
+        for method in sec["methods"]:
+            for src in SOURCES:
+                m = sec["median"][method][src]
+                figures[f"{cls}/{method}/{src}"] = " / ".join(
+                    f"{from_json_number(m[k]):.2f}" for k in ("sdr", "sir", "sar")
+                )
+    counts = {"tracks": doc["tracks_selected"], "evaluated": doc["tracks_evaluated"],
+              "failed": len(doc["failed"]), "skipped": len(doc["skipped"])}  # fmt: skip
+    return {"counts": counts, "figures": figures}

@@ -1,0 +1,231 @@
+"""The evaluate job's report: tables, box plots, examples, activation figures (seed 001/002).
+
+:func:`build_report` turns a metrics document (:mod:`sepcore.evaluate.document`) and the
+per-track results into :class:`sepcore.report.html.Section` s; the ``write_*`` functions
+save a track's example clips and figures under ``<output>/report_files/`` as its task
+ends, so that only their names travel back to the driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from sepcore.data.classes import CLASSES
+from sepcore.evaluate.document import SOURCES, from_json_number
+from sepcore.evaluate.tracks import loudest_span, safe_name
+from sepcore.io import storage
+from sepcore.report import html as R
+
+#: File names of the sequence test's figures, in the report's order.
+SEQUENCE_IMAGES = ("sequence_activations.png", "noise_matrix.png", "leakage_matrix.png")
+
+
+def write_example(output: str, track_id: str, signals: Mapping[str, Any], sample_rate: int, target: str,
+                  rep: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Spectrograms and audio clips of one track's loudest stretch of the target.
+
+    ``signals``: the target's pair and estimates (:func:`sepcore.evaluate.tracks.evaluate_separation`);
+    ``rep``: the report section (``audio_seconds``, ``audio_format``).
+    """
+    from sepcore.io.audio import Audio, encode_bytes
+
+    sr = sample_rate
+    start, _ = loudest_span(signals["instrument"], sr, rep["audio_seconds"])
+    stop = start + int(round(rep["audio_seconds"] * sr))
+    est = signals["estimates"]
+    clips = {"mixture": est["mixture"]["instrument"], f"reference {target}": signals["instrument"],
+             f"model {target}": est["model"]["instrument"], "model rest": est["model"]["rest"],
+             f"IRM {target}": est["irm"]["instrument"]}  # fmt: skip
+    base, assets = safe_name(track_id), storage.join(output, R.ASSETS)
+    names = []
+    for label, audio in clips.items():
+        name = f"{base}_{safe_name(label.replace(' ', '_'))}.{rep['audio_format']}"
+        clip = np.clip(audio[:, start:stop], -1.0, 1.0)
+        storage.write_bytes(
+            storage.join(assets, name), encode_bytes(Audio(clip, sr), rep["audio_format"])
+        )
+        names.append((name, label))
+    spec_name = f"{base}_spectrograms.png"
+    shown = {k: v[:, start:stop] for k, v in clips.items() if k != "model rest"}
+    png = R.spectrograms_png(shown, sr, title=f"{track_id}, {start / sr:.1f}-{stop / sr:.1f} s")
+    storage.write_bytes(storage.join(assets, spec_name), png)
+    return {"track_id": track_id, "spectrogram": spec_name, "clips": names, "start_s": start / sr}
+
+
+def write_activation_plot(output: str, track_id: str, res: Mapping[str, Any], sample_rate: int) -> str:
+    """A track's predicted and reference activations as a PNG; returns its file name."""
+    name = f"{safe_name(track_id)}_activations.png"
+    png = R.activations_png(res["pred"], res["ref"], CLASSES, res["hop"] / sample_rate, f"activations: {track_id}")
+    storage.write_bytes(storage.join(output, R.ASSETS, name), png)
+    return name
+
+
+def write_sequence_images(output: str, seq: Mapping[str, Any], playing: Sequence[str], sample_rate: int) -> list[str]:
+    """The sequence test's activations, noise and leakage matrices as PNGs; their file names."""
+    pngs = [R.activations_png(seq["pred"], seq["ref"], CLASSES, seq["hop"] / sample_rate,
+                              "sequence: " + ", ".join(playing)),
+            R.matrix_png(seq["noise"], CLASSES, CLASSES, "noise matrix (dB)",
+                         "instrument predicted", "instrument playing"),
+            R.matrix_png(seq["leakage"], CLASSES, CLASSES, "leakage matrix (dB)",
+                         "instrument playing", "instrument predicted")]  # fmt: skip
+    for name, png in zip(SEQUENCE_IMAGES, pngs, strict=True):
+        storage.write_bytes(storage.join(output, R.ASSETS, name), png)
+    return list(SEQUENCE_IMAGES)
+
+
+def _num(x: Any) -> float:
+    return from_json_number(x)
+
+
+def _median_tables(separation: dict[str, Any]) -> list[R.Table]:
+    tables = []
+    for cls, sec in separation.items():
+        rows = []
+        for method in sec["methods"]:
+            for src in SOURCES:
+                m = sec["median"][method][src]
+                rows.append([f"{method}: {cls if src == 'instrument' else 'rest'}",
+                             *(_num(m[k]) for k in ("sdr", "sir", "sar")), m["count"]])  # fmt: skip
+        tables.append(
+            R.Table(
+                f"{cls}: median over tracks (dB)",
+                ["", "SDR", "SIR", "SAR", "tracks"],
+                rows,
+                note="model: the checkpoint; irm / ibm: oracle ideal ratio / binary masks with the "
+                "model's STFT (upper bounds); mixture: the mixture as the estimate (lower bound).",
+            )
+        )
+    return tables
+
+
+def _track_tables(separation: dict[str, Any]) -> list[R.Table]:
+    tables = []
+    for cls, sec in separation.items():
+        cols = ["track", "seconds"] + [
+            f"{m} {k.upper()}" for m in sec["methods"] for k in ("sdr", "sir", "sar")
+        ]
+        rows = [[t["track_id"], t["seconds"], *(_num(t["scores"][m]["instrument"][k]) for m in sec["methods"]
+                                                for k in ("sdr", "sir", "sar"))] for t in sec["tracks"]]  # fmt: skip
+        tables.append(R.Table(f"{cls}: per track, instrument (dB)", cols, rows))
+    return tables
+
+
+def _box_plots(separation: dict[str, Any]) -> list[R.Image]:
+    images = []
+    for src in SOURCES:
+        groups = {cls: {m: [_num(t["scores"][m][src]["sdr"]) for t in sec["tracks"]] for m in sec["methods"]}
+                  for cls, sec in separation.items()}  # fmt: skip
+        images.append(R.Image(f"box_sdr_{src}.png", R.box_plot_png(groups, "SDR (dB)", f"SDR of the {src} per track"),
+                              title=f"SDR of the {src}, per class and method"))  # fmt: skip
+    return images
+
+
+def _training_section(meta: dict[str, Any]) -> R.Section | None:
+    history = meta.get("history")
+    if not history:
+        return None
+    last = history[-1]
+    rows = [[k, v] for k, v in last.items() if isinstance(v, (int, float))]
+    return R.Section("Training", [R.Image("loss_curve.png", R.loss_curve_png(history), title="loss curves"),
+                                  R.Table(f"last epoch ({len(history)} in all)", ["metric", "value"], rows,
+                                          digits=4)])  # fmt: skip
+
+
+def _summary_text(doc: dict[str, Any]) -> R.Text:
+    ev, tm = doc["evaluation"], doc["timing"]
+    mode = (
+        f"full tracks (segments of at most {ev['segment_seconds']:g} s pooled)"
+        if ev["mode"] == "full"
+        else f"windows of {ev['window_seconds']:g} s every {ev['hop_seconds']:g} s, median over windows"
+    )
+    per_min = tm["eval_seconds_per_audio_minute"]
+    return R.Text(f"Checkpoint {doc['checkpoint']}, data {doc['data']}, split '{doc['split']}': "
+                  f"{doc['tracks_evaluated']} tracks, {tm['audio_seconds']:.1f} s of audio, "
+                  f"{len(doc['failed'])} failed.\n\nBSS Eval ({ev['backend']}) on {mode}; "
+                  f"{per_min if per_min is None else round(per_min, 2)} s of evaluation per minute of audio "
+                  f"scored; wall time {tm['wall_seconds']:.1f} s.")  # fmt: skip
+
+
+def build_report(doc: dict[str, Any], results: list[dict[str, Any]], sequence: dict[str, Any] | None,
+                 meta: dict[str, Any]) -> list[R.Section]:  # fmt: skip
+    """The report's sections for a finished evaluation."""
+    sections = [R.Section("Summary", [_summary_text(doc)])]
+    if doc["separation"]:
+        sep = doc["separation"]
+        sections += [R.Section("Median scores (seed 002's tables)", _median_tables(sep)),
+                     R.Section("Distributions", _box_plots(sep)),
+                     R.Section("Per track", _track_tables(sep))]  # fmt: skip
+        examples = [r["example"] for r in results if "example" in r]
+        items: list[Any] = []
+        for ex in examples:
+            items.append(
+                R.Image(ex["spectrogram"], title=f"{ex['track_id']} from {ex['start_s']:.1f} s")
+            )
+            items.append(
+                R.AudioGroup(
+                    f"{ex['track_id']}: listen", [R.AudioClip(n, label) for n, label in ex["clips"]]
+                )
+            )
+        if items:
+            sections.append(R.Section("Examples", items))
+    if doc["activation"]:
+        sections += _activation_sections(doc["activation"], results, sequence)
+    training = _training_section(meta)
+    if training is not None:
+        sections.append(training)
+    if doc["failed"]:
+        sections.append(
+            R.Section(
+                "Failed",
+                [
+                    R.Table(
+                        "failed items",
+                        ["item", "error"],
+                        [[f["item"], f["error"]] for f in doc["failed"]],
+                    )
+                ],
+            )
+        )
+    return sections
+
+
+def _activation_sections(act: dict[str, Any], results: list[dict[str, Any]],
+                         sequence: dict[str, Any] | None) -> list[R.Section]:  # fmt: skip
+    rows = [
+        [c, _num(v["mae"]), _num(v["error_db"]), v["tracks"]] for c, v in act["per_class"].items()
+    ]
+    out = [R.Section("Activations per class", [R.Table(
+        "median over tracks where the class plays", ["class", "mean |error|", "error (dB)", "tracks"], rows,
+        note="mean |error| on the [0, 1] activation scale (60 dB range); error (dB): mean absolute amplitude "
+             "deviation, cut at -60 dB.", digits=3)])]  # fmt: skip
+    if sequence:
+        names = sequence["images"]
+        classes = act["classes"]
+        noise = [
+            [c, *(_num(v) for v in row)]
+            for c, row in zip(classes, act["noise_matrix_db"], strict=True)
+        ]
+        leak = [
+            [c, *(_num(v) for v in row)]
+            for c, row in zip(classes, act["leakage_matrix_db"], strict=True)
+        ]
+        parts = ", ".join(
+            f"{p['class']} ({p['track_id']} at {p['start_s']:.1f} s)" for p in act["sequence"]
+        )
+        out.append(R.Section("Sequence test (seed 001 §5.3-5.4)", [
+            R.Text(f"Solo parts played one after another: {parts}."),
+            R.Image(names[0], title="predicted and reference activations"),
+            R.Image(names[1], title="noise matrix", caption="rows: instrument playing; columns: instrument "
+                    "predicted; mean absolute deviation of the predicted amplitude in dB, cut at -60 dB."),
+            R.Table("noise matrix (dB)", ["playing \\ predicted", *classes], noise, digits=1),
+            R.Image(names[2], title="leakage matrix", caption="rows: instrument predicted; columns: instrument "
+                    "playing; predicted level relative to the playing instrument's reference level, in the 60 dB range."),
+            R.Table("leakage matrix (dB)", ["predicted \\ playing", *classes], leak, digits=1),
+        ]))  # fmt: skip
+    plots = [R.Image(r["plot"], title=r["track_id"]) for r in results if "plot" in r]
+    if plots:
+        out.append(R.Section("Activations of whole tracks", plots))
+    return out

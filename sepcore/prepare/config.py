@@ -1,0 +1,170 @@
+"""The prepare job's configuration sections and :class:`PrepareSpec`, the per-track settings.
+
+Each section is one class, used by the job's configuration (``ray_jobs.prepare``) and
+by the library. :meth:`PrepareSpec.of` resolves a configuration into the flat, picklable
+settings a worker needs to turn one track into rows; evaluation and training build a
+:class:`PrepareSpec` directly from a checkpoint's metadata.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from sepcore.config import Config
+from sepcore.data.classes import CLASSES
+from sepcore.prepare import features, qa
+
+OUTPUTS = ("target", "irm", "ibm", "activations")
+MASK_OUTPUTS = ("irm", "ibm")
+
+
+class SourceConfig(Config):
+    kind: Literal["slakh", "stems", "stemfile"] = Field(description="layout of the source")
+    uri: str = Field(description="URI of the dataset root")
+    name: str | None = Field(None, description="prefix of track ids (default: the kind)")
+    splits: list[str] | None = Field(None, description="slakh only: splits to read")
+    split: str | None = Field(None, description="stems/stemfile only: split of every track")
+
+
+class SplitConfig(Config):
+    train: float = Field(0.8, ge=0, le=1)
+    validation: float = Field(0.1, ge=0, le=1)
+    test: float = Field(0.1, ge=0, le=1)
+
+
+class SilenceConfig(Config):
+    """Seed 002 §4.3.3: cut silences of the target, longest first, to ``target_ratio``."""
+
+    enabled: bool = Field(False, description="cut the target's silences (seed 002 §4.3.3)")
+    target_ratio: float = Field(0.7, gt=0, le=1, description="audio-to-total ratio to reach")
+    cutoff_ratio: float = Field(0.5, ge=0, le=1, description="drop a track still below this")
+    threshold_dbfs: float = Field(-50.0, le=0, description="silence level")
+    min_silence_s: float = Field(1.0, gt=0, description="shortest silence that may be cut")
+
+
+class QAConfig(Config):
+    detect: bool = Field(True, description="flag silent (missing), inaudible and clipping stems")
+    exclude: list[str] = Field(list(qa.DEFAULT_EXCLUDE), description="stems with these flags are left out")
+    flags_csv: str | None = Field(
+        None, description="URI of a CSV 'track,stem,flag' of manual flags (stem: id or class)"
+    )
+
+
+class FeatureConfig(Config):
+    name: Literal["stft", "logmel", "cqt"] = Field("stft", description="feature extractor")
+    n_fft: int | None = Field(1536, description="FFT size (stft, logmel)")
+    hop: int | None = Field(384, description="hop in samples")
+    n_mels: int | None = Field(None, description="logmel bands (default 128)")
+    fmin: float | None = Field(None, description="logmel/cqt lowest frequency (default 27.5)")
+    fmax: float | None = Field(None, description="logmel highest frequency (default 20000)")
+    bins_per_octave: int | None = Field(None, description="cqt (default 24)")
+    n_octaves: int | None = Field(None, description="cqt (default 8)")
+
+    def params(self) -> dict[str, Any]:
+        """The extractor's name and the parameters that are set (cqt has no n_fft)."""
+        out = {k: v for k, v in self.model_dump().items() if v is not None}
+        if self.name == "cqt":
+            out.pop("n_fft", None)
+        return out
+
+
+class ChunkConfig(Config):
+    frames: int = Field(64, ge=1, description="frames per chunk")
+    hop: int | None = Field(None, ge=1, description="frames between chunk starts (default: frames)")
+    pad: bool = Field(True, description="zero-pad the last partial chunk (else drop it)")
+    context: int = Field(0, ge=0, description="context frames stacked on each side (seed 000: 3)")
+
+
+class RandomMixConfig(Config):
+    segment_seconds: float = Field(3.0, gt=0, description="length of a solo segment")
+    min_instruments: int = Field(1, ge=1)
+    max_instruments: int = Field(4, ge=1)
+    epochs: int = Field(2, ge=1, description="mixing epochs; each segment once per epoch")
+    balance: bool = Field(True, description="balance classes in train (at most max_oversample x)")
+    max_oversample: float = Field(2.0, ge=1)
+    batch_mixes: int = Field(64, ge=1, description="segments grouped per mixing call and shard")
+
+
+class ActorsConfig(Config):
+    mix: int = Field(2, ge=1, description="most mixing actors")
+    feature: int = Field(2, ge=1, description="most feature actors")
+    cpus: float = Field(
+        0.5, gt=0, description="CPUs reserved per actor (0.5: both pools can grow on every core)"
+    )
+
+
+class PrepareSpec(Config):
+    """Everything a worker needs to turn one track into rows (plain, picklable).
+
+    ``silence`` is None when silences are not cut; ``skip_without_target``: a track
+    without a usable target stem is skipped (:class:`sepcore.prepare.pairs.SkipTrack`).
+    """
+
+    target: str = "guitar"
+    sample_rate: int = 22050
+    channels: int = 1
+    feature: dict[str, Any] = Field(default_factory=lambda: {"name": "stft", "n_fft": 1536, "hop": 384})
+    frames: int = 64
+    chunk_hop: int | None = None
+    pad: bool = True
+    context: int = 0
+    outputs: tuple[str, ...] = ("target", "activations")
+    dtype: str = "float16"
+    silence: SilenceConfig | None = None
+    detect_flags: bool = True
+    exclude_flags: tuple[str, ...] = qa.DEFAULT_EXCLUDE
+    skip_without_target: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> PrepareSpec:
+        unknown = set(self.outputs) - set(OUTPUTS)
+        if unknown:
+            raise ValueError(f"unknown outputs {sorted(unknown)}; known: {OUTPUTS}")
+        if set(self.outputs) & set(MASK_OUTPUTS) and self.feature.get("name") != "stft":
+            raise ValueError("masks (irm, ibm) are defined on STFT magnitudes only; use feature stft")
+        return self
+
+    @classmethod
+    def of(cls, cfg: Any) -> PrepareSpec:
+        """The spec of a prepare configuration (its target, rate, channels, sections, outputs).
+
+        Random mixes keep only the ``activations`` output, cut no silences and keep
+        tracks without the target. The feature extractor is built once, so bad feature
+        parameters raise here.
+        """
+        random_mix = cfg.target == "random_mix"
+        spec = cls(
+            target=cfg.target, sample_rate=cfg.sample_rate, channels=cfg.channels,
+            feature=cfg.features.params(), frames=cfg.chunks.frames, chunk_hop=cfg.chunks.hop,
+            pad=cfg.chunks.pad, context=cfg.chunks.context, dtype=cfg.dtype,
+            outputs=tuple(o for o in cfg.outputs if not random_mix or o == "activations"),
+            silence=cfg.silence if cfg.silence.enabled and not random_mix else None,
+            detect_flags=cfg.qa.detect, exclude_flags=tuple(cfg.qa.exclude),
+            skip_without_target=not random_mix,
+        )  # fmt: skip
+        spec.extractor()
+        return spec
+
+    def extractor(self) -> features.FeatureExtractor:
+        params = {k: v for k, v in self.feature.items() if k != "name"}
+        return features.make_feature(self.feature["name"], sample_rate=self.sample_rate, **params)
+
+    def settings(self) -> dict[str, Any]:
+        """The settings recorded beside the data (``prepare_spec.json``), as plain data."""
+        return self.model_dump(mode="json", exclude={"silence": {"enabled"}})
+
+
+def check(cfg: Any) -> None:
+    """Check a prepare configuration across its sections (ValueError); builds its spec."""
+    if cfg.target != "random_mix" and cfg.target not in CLASSES:
+        raise ValueError(f"target must be one of {CLASSES} or random_mix, got '{cfg.target}'")
+    if abs(cfg.split.train + cfg.split.validation + cfg.split.test - 1) > 1e-6:
+        raise ValueError("split fractions must sum to 1")
+    if cfg.random_mix.min_instruments > cfg.random_mix.max_instruments:
+        raise ValueError("random_mix.min_instruments exceeds max_instruments")
+    unknown = set(cfg.qa.exclude) - set(qa.FLAGS)
+    if unknown:
+        raise ValueError(f"qa.exclude: unknown flags {sorted(unknown)}; known: {qa.FLAGS}")
+    PrepareSpec.of(cfg)

@@ -1,0 +1,132 @@
+"""The prepare job's listing, ``dataset.json`` and summary figures, without Ray.
+
+``dataset.json`` (:data:`MANIFEST`): how to read the rows (:func:`~sepcore.prepare.pairs.dataset_schema`),
+the shards, the tracks of each split, rows per split, QA flags and silence statistics
+(instrument targets) or segments per class (random mixes), and the configuration.
+It is written after the shards, from the done-records of the tracks (:data:`DONE`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from sepcore.data.sources import SourceTrack, list_sources
+from sepcore.io import storage
+from sepcore.prepare import pairs as P
+from sepcore.prepare import qa, silence
+from sepcore.prepare.config import QAConfig, SourceConfig, SplitConfig
+from sepcore.prepare.mixing import assign_splits
+
+MANIFEST = "dataset.json"
+#: The settings the data was made with: a rerun with others is refused.
+SPEC_FILE = "prepare_spec.json"
+#: Folder of the done-records: one per finished track (one per mixing epoch for random mixes).
+DONE = "_done"
+
+
+def list_tracks(sources: Sequence[SourceConfig], qa_cfg: QAConfig, split: SplitConfig,
+                seed: int) -> tuple[list[SourceTrack], dict[str, str], list[str]]:  # fmt: skip
+    """The tracks of ``sources`` with manual QA flags, the split of each, and listing errors."""
+    errors: list = []
+    specs = [{k: v for k, v in s.model_dump().items() if v is not None} for s in sources]
+    tracks = list_sources(specs, errors)
+    if qa_cfg.flags_csv:
+        manual = qa.read_flags_csv(storage.read_text(qa_cfg.flags_csv), qa_cfg.flags_csv)
+        tracks = P.apply_manual_flags(tracks, manual)
+    fixed = {t.track_id: t.split for t in tracks if t.split}
+    splits = assign_splits([t.track_id for t in tracks], split.model_dump(), seed, fixed)
+    return tracks, splits, [str(e) for e in errors]
+
+
+def rows_per_split(shards: list[dict[str, Any]]) -> dict[str, int]:
+    counts: Counter[str] = Counter()
+    for shard in shards:
+        counts[shard["split"]] += shard["rows"]
+    return dict(sorted(counts.items()))
+
+
+def silence_histogram_rows(ratios: list[dict[str, Any]]) -> dict[str, Any]:
+    """Histograms of the audio-to-total ratio of the tracks before and after the silence cuts."""
+    return {
+        "before": silence.silence_histogram([r["ratio_before"] for r in ratios]),
+        "after": silence.silence_histogram([r["ratio_after"] for r in ratios]),
+    }
+
+
+def write_manifest(output: str, manifest: dict[str, Any]) -> None:
+    storage.write_text(storage.join(output, MANIFEST), json.dumps(manifest, indent=1))
+
+
+# ---------------------------------------------------------------- instrument targets
+
+
+def track_manifest(spec: P.PrepareSpec, records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, Any]:
+    """``dataset.json`` of an instrument target from the tracks' done-records."""
+    ok = [m for m in records if m["status"] == "ok"]
+    shards = sorted(({"uri": m["shard"], "split": m["split"], "track_id": m["track_id"], "rows": m["rows"]}
+                     for m in ok if m.get("shard")), key=lambda s: s["uri"])  # fmt: skip
+    ratios = [m["silence"] for m in ok if m.get("silence")]
+    return {
+        **P.dataset_schema(spec),
+        "shards": shards,
+        "splits": {s: sorted(m["track_id"] for m in ok if m["split"] == s) for s in sorted({m["split"] for m in ok})},
+        "rows_per_split": rows_per_split(shards),
+        "skipped": {m["track_id"]: m["reason"] for m in records if m["status"] == "skipped"},
+        "qa_flags": {m["track_id"]: {k: v for k, v in m["flags"].items() if v} for m in ok if any(m["flags"].values())},
+        "silence_histogram": silence_histogram_rows(ratios) if ratios else None,
+        "config": config,
+    }
+
+
+def track_summary(manifest: dict[str, Any], records: list[dict[str, Any]], failed: list[dict[str, str]],
+                  done_before: int) -> dict[str, Any]:  # fmt: skip
+    """The summary's counts and figures; ``failed``: this run's failures, listing included."""
+    ok = [m for m in records if m["status"] == "ok"]
+    return {
+        "counts": {
+            "tracks": len(records) + len(failed), "prepared": len(ok), "skipped": len(manifest["skipped"]),
+            "done_before": done_before, "failed": len(failed),
+            "rows": sum(s["rows"] for s in manifest["shards"]), "shards": len(manifest["shards"]),
+        },
+        "figures": {
+            "audio_seconds": round(sum(m.get("seconds", 0) for m in ok), 1),
+            "rows_per_split": manifest["rows_per_split"],
+        },
+        "failed": failed,
+        "silence_histogram": manifest["silence_histogram"],
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------- random mixes
+
+
+def mix_manifest(spec: P.PrepareSpec, shards: list[dict[str, Any]], segments: list[dict[str, Any]],
+                 config: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """``dataset.json`` of random mixes: the epochs' shards and the segments they were made of."""
+    by_split: dict[str, set[str]] = {}
+    for m in segments:
+        by_split.setdefault(m["split"], set()).add(m["track_id"])
+    return {
+        **P.dataset_schema(spec),
+        "shards": sorted(shards, key=lambda s: s["uri"]),
+        "splits": {s: sorted(ids) for s, ids in sorted(by_split.items())},
+        "rows_per_split": rows_per_split(shards),
+        "segments_per_class": dict(Counter(m["inst_class"] for m in segments)),
+        "config": config,
+    }
+
+
+def mix_summary(manifest: dict[str, Any], segments: list[dict[str, Any]], failed: list[dict[str, str]]) -> dict[str, Any]:
+    """The summary's counts and figures of random mixes; a track counts once, failed or not."""
+    shards = manifest["shards"]
+    tracks = {m["track_id"] for m in segments} | {f["item"] for f in failed if f["item"] != "listing"}
+    return {
+        "counts": {"tracks": len(tracks), "segments": len(segments), "failed": len(failed),
+                   "mixes": sum(s["mixes"] for s in shards), "rows": sum(s["rows"] for s in shards),
+                   "shards": len(shards)},  # fmt: skip
+        "figures": {"rows_per_split": manifest["rows_per_split"], "segments_per_class": manifest["segments_per_class"]},
+        "failed": failed,
+    }

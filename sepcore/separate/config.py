@@ -1,0 +1,98 @@
+"""The separate job's configuration sections and :class:`SeparationSettings`.
+
+:class:`DecodeLimits` and :class:`Inference` are sections of the job's configuration
+(``ray_jobs.separate``); :meth:`SeparationSettings.of` resolves the job's configuration
+and the checkpoint's metadata into how one file is separated and written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import Field
+
+from sepcore.config import Config
+from sepcore.errors import ConfigError
+from sepcore.units import Hertz, Seconds
+
+
+class DecodeLimits(Config):
+    timeout_s: float = Field(default=600.0, gt=0, description="wall-clock limit to decode one file")
+    max_memory_mb: int = Field(
+        default=4096, ge=256, description="address-space limit of the decoding process, MiB"
+    )
+    max_seconds: float = Field(
+        default=4 * 3600.0, gt=0, description="longest audio accepted, seconds (longer: error)"
+    )
+
+
+class Inference(Config):
+    batch_size: int = Field(default=8, ge=1, description="chunks per forward pass")
+    pool_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="separator actors (default: one per GPU, else one per cpus_per_actor CPUs)",
+    )
+    cpus_per_actor: float = Field(default=1.0, gt=0, description="CPUs reserved per actor")
+    gpus_per_actor: float | None = Field(
+        default=None, ge=0, description="GPUs per actor (default: 1 when the cluster has GPUs)"
+    )
+    threads: int = Field(default=1, ge=1, description="torch threads per actor")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="auto: cuda when the actor has a GPU"
+    )
+    block_seconds: float = Field(
+        default=60.0, gt=0, description="audio separated at once; bounds memory per file"
+    )
+    overlap: float = Field(default=0.5, ge=0, lt=1, description="chunk overlap (Hann overlap-add)")
+
+    def pool(self, resources: Mapping[str, float]) -> tuple[int, float]:
+        """Actor count and GPUs per actor on a cluster with ``resources`` (``CPU``, ``GPU``)."""
+        gpus = self.gpus_per_actor
+        if gpus is None:
+            gpus = 1.0 if resources.get("GPU", 0) >= 1 and self.device != "cpu" else 0.0
+        if self.pool_size:
+            return self.pool_size, gpus
+        if gpus > 0:
+            return max(1, int(resources.get("GPU", 0) // gpus)), gpus
+        return max(1, int(resources.get("CPU", 1) // self.cpus_per_actor)), gpus
+
+
+class SeparationSettings(Config):
+    """How a file is separated and written; part of what decides a rerun."""
+
+    n_fft: int
+    hop: int
+    frames: int
+    model_rate: Hertz
+    batch_size: int = 8
+    overlap: float = 0.5
+    block_seconds: Seconds = 60.0
+    output_format: str = "flac"
+    sample_rate: Hertz | None = None  # None: the source's
+    channels: int | None = None  # None: the source's; 1: mono (mean of the channels)
+    device: str = "cpu"
+
+    @classmethod
+    def of(cls, cfg: Any, meta: Mapping[str, Any]) -> SeparationSettings:
+        """The settings of a separate configuration (``inference``, ``format``, ``sample_rate``,
+        ``channels``) with the checkpoint's metadata ``meta``; ConfigError when it is no separator."""
+        feature = meta.get("feature") or {}
+        if meta.get("task") != "separator" or "n_fft" not in feature:
+            raise ConfigError("checkpoint", f"{cfg.checkpoint} is not a separator checkpoint "
+                              f"(task {meta.get('task')!r}); train an hourglass or BLSTM")  # fmt: skip
+        inf = cfg.inference
+        return cls(
+            n_fft=int(feature["n_fft"]), hop=int(feature["hop"]), frames=int(meta["frames"]),
+            model_rate=int(meta["sample_rate"]), batch_size=inf.batch_size, overlap=inf.overlap,
+            block_seconds=inf.block_seconds, output_format=cfg.format, sample_rate=cfg.sample_rate,
+            channels=cfg.channels,
+        )  # fmt: skip
+
+    def key(self) -> str:
+        """Hash of the settings that change the stems (not batch size or device)."""
+        fields = (self.n_fft, self.hop, self.frames, self.model_rate, self.overlap,
+                  self.output_format, self.sample_rate, self.channels)  # fmt: skip
+        return hashlib.sha256(repr(fields).encode()).hexdigest()[:12]

@@ -1,0 +1,260 @@
+"""The separate job's state in its output, and its work on one file, without Ray.
+
+* ``stems/<safe name>-<hash>/instrument.<fmt>``, ``rest.<fmt>``: the stems;
+* ``_records/<key>.json`` (:data:`RECORDS`): one record per file, written as soon as
+  the file is finished (``ok`` or ``error``), so a run killed halfway loses no work;
+* ``_started/<key>`` (:data:`STARTED`): how many times a file was started (by this run
+  and runs killed before their manifest); a worker that dies mid-file is restarted by
+  Ray and the file done again, so ``attempts`` in its row is then 2 or more;
+* ``manifest.parquet`` (:data:`MANIFEST`): one row per library file (``ok``, ``error``
+  or ``skipped``), written last and atomically; the run's records and start counts are
+  then removed (:func:`clear_run`).
+
+``<key>`` is :func:`key` of the file's URI.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from torch import nn
+
+from sepcore.errors import SepError
+from sepcore.io import storage
+from sepcore.separate.config import DecodeLimits, SeparationSettings
+from sepcore.separate.library import LibraryFile, output_dir, separate_file
+
+log = logging.getLogger("sep.separate")
+
+MANIFEST = "manifest.parquet"
+RECORDS = "_records"
+STARTED = "_started"
+DONE_STATUSES = ("ok", "skipped")
+#: ``error_class`` of a file that ran past ``item_timeout_s``.
+ITEM_TIMEOUT = "ItemTimeout"
+
+#: Manifest columns, in order. Times are seconds; ``processed_at`` is ISO 8601 UTC.
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("relative", pa.string()),
+        ("size", pa.int64()),
+        ("version", pa.string()),
+        ("change_key", pa.string()),
+        ("status", pa.string()),
+        ("error_class", pa.string()),
+        ("error", pa.string()),
+        ("duration_s", pa.float64()),
+        ("source_sample_rate", pa.int64()),
+        ("source_channels", pa.int64()),
+        ("decoder", pa.string()),
+        ("sample_rate", pa.int64()),
+        ("channels", pa.int64()),
+        ("instrument_uri", pa.string()),
+        ("rest_uri", pa.string()),
+        ("model_id", pa.string()),
+        ("target", pa.string()),
+        ("settings", pa.string()),
+        ("fetch_s", pa.float64()),
+        ("decode_s", pa.float64()),
+        ("separate_s", pa.float64()),
+        ("write_s", pa.float64()),
+        ("total_s", pa.float64()),
+        ("processed_at", pa.string()),
+        ("run_id", pa.string()),
+        ("node", pa.string()),
+        ("attempts", pa.int64()),
+    ]
+)
+
+
+def key(source: str) -> str:
+    """The name of a source's record and start count."""
+    return hashlib.sha256(source.encode()).hexdigest()[:24]
+
+
+def record_uri(output: str, source: str) -> str:
+    return storage.join(output, RECORDS, key(source) + ".json")
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def count_start(output: str, source: str) -> int | None:
+    """Count one more start of ``source``; returns the count (1 on the first start).
+
+    Bookkeeping only: when storage fails here the file is still done (count None).
+    """
+    uri = storage.join(output, STARTED, key(source))
+    try:
+        attempts = 1 + (int(storage.read_text(uri)) if storage.exists(uri) else 0)
+        storage.write_text(uri, str(attempts))
+    except (SepError, ValueError) as exc:
+        log.warning("separate: cannot count the start of %s: %s", source, exc)
+        return None
+    return attempts
+
+
+def timed_out(output: str, source: str, run_id: str) -> dict[str, Any] | None:
+    """Run ``run_id``'s record of ``source`` when the file ran out of time (and the process
+    was ended: Ray restarted the actor and retried the file), else None."""
+    uri = record_uri(output, source)
+    try:
+        row = json.loads(storage.read_text(uri)) if storage.exists(uri) else {}
+    except (SepError, ValueError) as exc:
+        log.warning("separate: cannot read the record of %s: %s", source, exc)
+        return None
+    if row.get("run_id") == run_id and row.get("error_class") == ITEM_TIMEOUT:
+        return row
+    return None
+
+
+def record(output: str, row: dict[str, Any], start: float, **fields: Any) -> dict[str, Any]:
+    """Finish ``row`` (``fields``, ``total_s`` since ``start``, ``processed_at``) and record it."""
+    row = {**row, **fields, "total_s": time.monotonic() - start, "processed_at": now()}
+    storage.write_text(record_uri(output, row["source"]), json.dumps(row))
+    return row
+
+
+def separate_row(model: nn.Module, row: dict[str, Any], output: str, settings: SeparationSettings,
+                 scratch: str | None, limits: DecodeLimits) -> dict[str, Any]:  # fmt: skip
+    """Separate one file of the library (a :func:`plan` row) into its stems: the row with
+    the result's fields and ``status`` ok, or ``status`` error, ``error_class`` and ``error``."""
+    source = LibraryFile(row["source"], row["relative"], row["size"], row["version"])
+    try:
+        result = separate_file(
+            model, source, output_dir(output, source.relative), settings, scratch,
+            limits.timeout_s, limits.max_memory_mb, limits.max_seconds,
+        )  # fmt: skip
+        return {**row, **result, "status": "ok", "error_class": None, "error": None}
+    except Exception as exc:  # a bad file is recorded; the job goes on
+        if not isinstance(exc, SepError):
+            log.exception("separate: unexpected error on %s", source.uri)
+        return {**row, "status": "error", "error_class": type(exc).__name__, "error": str(exc)}
+
+
+# ---------------------------------------------------------------------- the run
+
+
+def read_manifest(output: str) -> list[dict[str, Any]]:
+    """Rows of the output's manifest (empty when there is none)."""
+    uri = storage.join(output, MANIFEST)
+    if not storage.exists(uri):
+        return []
+    return pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pylist()
+
+
+def previous_state(output: str) -> dict[str, dict[str, Any]]:
+    """Latest known row per source: the manifest, updated by records of an unfinished run."""
+    state = {row["source"]: row for row in read_manifest(output)}
+    uris = storage.list_files(storage.join(output, RECORDS), suffix=".json")
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        for row in pool.map(lambda u: json.loads(storage.read_text(u)), uris):
+            state[row["source"]] = row
+    return state
+
+
+def is_done(prev: dict[str, Any] | None, f: LibraryFile, model_id: str, settings: str,
+            existing: set[str]) -> bool:  # fmt: skip
+    """Whether ``prev`` (a source's latest row) finished ``f`` as it is now, with this model
+    and settings, and its stems (in ``existing``) are still there."""
+    return bool(
+        prev
+        and prev.get("status") in DONE_STATUSES
+        and prev.get("change_key") == f.change_key
+        and prev.get("model_id") == model_id
+        and prev.get("settings") == settings
+        and prev.get("instrument_uri") in existing
+        and prev.get("rest_uri") in existing
+    )
+
+
+def plan(files: Sequence[LibraryFile], output: str, model_id: str, settings: str,
+         force: bool) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:  # fmt: skip
+    """The ``skipped`` rows of files done before (by source), and a row per file to do."""
+    prev = previous_state(output)
+    existing = set(storage.list_files(storage.join(output, "stems")))
+    skipped: dict[str, dict[str, Any]] = {}
+    todo = []
+    for f in files:
+        p = prev.get(f.uri)
+        if not force and p is not None and is_done(p, f, model_id, settings, existing):
+            skipped[f.uri] = {**p, "status": "skipped"}
+        else:
+            todo.append({"source": f.uri, "relative": f.relative, "size": f.size,
+                         "version": f.version, "change_key": f.change_key})  # fmt: skip
+    return skipped, todo
+
+
+def write_manifest(output: str, rows: list[dict[str, Any]]) -> str:
+    """Write the manifest atomically; returns its URI."""
+    table = pa.Table.from_pylist(
+        [{name: row.get(name) for name in MANIFEST_SCHEMA.names} for row in rows],
+        schema=MANIFEST_SCHEMA,
+    )
+    uri = storage.join(output, MANIFEST)
+    with storage.open_write(uri) as fh:
+        pq.write_table(table, fh)
+    return uri
+
+
+def clear_run(output: str) -> None:
+    """Remove the run's records and start counts (once the manifest holds them)."""
+    for uri in storage.list_files(storage.join(output, RECORDS), suffix=".json"):
+        storage.delete(uri)
+    storage.delete(storage.join(output, STARTED), recursive=True)
+
+
+def every_file_failed(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary's ``status: failed`` and ``error`` when every file this run tried failed.
+
+    Empty when nothing was tried or one file succeeded; ``skipped`` rows count neither way.
+    """
+    tried = [r for r in rows if r["status"] != "skipped"]
+    errors = [r for r in tried if r["status"] == "error"]
+    if not tried or len(errors) < len(tried):
+        return {}
+    first = errors[0]
+    return {"status": "failed", "error": f"every file failed ({len(errors)} of {len(tried)} "
+            f"separated); the first: {first['relative']}: {first['error_class']}: {first['error']}"}  # fmt: skip
+
+
+def summary(files: int, rows: list[dict[str, Any]], audio_s: float, wall: float, startup: float,
+            cpus: float, actors: int, **info: Any) -> dict[str, Any]:  # fmt: skip
+    """The summary's counts, figures, nodes, ``info``, retries and failures of a run's manifest ``rows``.
+
+    ``audio_s`` seconds of audio separated in ``wall`` seconds, ``startup`` of them until
+    the first of the ``actors`` was ready, on ``cpus`` CPUs.
+    """
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "error", "skipped")}
+    tried = [r for r in rows if r["status"] != "skipped"]
+    xrt = audio_s / wall if wall > 0 else 0.0
+    return {
+        "counts": {"files": files, **counts, "not_attempted": files - len(rows)},
+        "figures": {
+            "hours_of_audio": round(audio_s / 3600.0, 4),
+            "wall_s": round(wall, 2),
+            "x_realtime": round(xrt, 2),
+            "x_realtime_per_cpu": round(xrt / cpus, 2),
+            "startup_s": round(startup, 2),
+            "x_realtime_after_startup": round(audio_s / (wall - startup) if wall > startup else 0.0, 2),
+            "actors": actors,
+        },
+        "nodes": sorted({r["node"] for r in tried if r.get("node")}),
+        **info,
+        "retried": sum((r.get("attempts") or 1) > 1 for r in tried),
+        "failed": [{"item": r["source"], "error": f"{r['error_class']}: {r['error']}"}
+                   for r in rows if r["status"] == "error"],  # fmt: skip
+        **every_file_failed(rows),
+    }

@@ -1,0 +1,74 @@
+"""The train job's configuration sections, used by ``ray_jobs.train`` and by the library."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from sepcore.config import Config
+
+#: Settings that may change when a run is continued (raising optim.epochs is how it is
+#: continued); any other difference from the checkpoints' settings is refused.
+RESUMABLE_CHANGES = ("optim.epochs", "optim.early_stopping_patience", "scaling.*", "max_failures",
+                     "keep_checkpoints", "num_cpus", "output", "resume")  # fmt: skip
+
+
+class ModelConfig(Config):
+    name: Literal["hourglass", "blstm", "activation_cnn"] = Field("hourglass", description="registered model")
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="constructor arguments; sizes of the data (bins, channels, classes, frames) are filled in",
+    )
+    log_input: bool = Field(True, description="feed log1p(magnitude) to separators")
+
+    @model_validator(mode="after")
+    def _check_arguments(self) -> ModelConfig:
+        import inspect
+
+        from sepcore.models import MODELS
+
+        try:
+            inspect.signature(MODELS[self.name]).bind_partial(**self.config)
+        except TypeError as exc:  # an unknown or doubled argument: name it now, not in each worker
+            raise ValueError(f"config: {exc} (model {self.name})") from None
+        return self
+
+
+class OptimConfig(Config):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(4, ge=1, description="per worker")
+    lr: float = Field(1e-4, gt=0, description="Adam learning rate")
+    weight_decay: float = Field(0.0, ge=0)
+    scheduler: Literal["none", "plateau"] = Field("none", description="plateau: divide lr on stale epochs")
+    plateau_factor: float = Field(0.2, gt=0, lt=1, description="lr multiplier (0.2 = divide by 5)")
+    plateau_patience: int = Field(8, ge=0)
+    min_lr: float = Field(1e-5, ge=0)
+    early_stopping_patience: int = Field(10, ge=1, description="stop after this many stale epochs")
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap the steps of an epoch")
+    amp: bool = Field(True, description="automatic mixed precision (GPU only)")
+
+
+class ValidationConfig(Config):
+    sdr_tracks: int = Field(3, ge=0, description="validation tracks separated for SDR (separators; 0 = off)")
+    metric: Literal["val_loss", "val_sdr"] = Field("val_loss", description="selects the best checkpoint")
+    max_steps: int | None = Field(
+        None, ge=1, description="measure the validation loss on the first max_steps x batch_size x workers "
+        "rows of the validation split (in shard order): the same rows every epoch"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ValidationConfig:
+        if self.metric == "val_sdr" and self.sdr_tracks == 0:
+            raise ValueError("metric val_sdr needs sdr_tracks > 0 (with no SDR tracks there is no val_sdr)")
+        return self
+
+
+class ScalingConf(Config):
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = Field(False)
+    cpus_per_worker: float = Field(
+        1.0, gt=0, description="CPUs reserved per worker; leave some for Ray Data's reading tasks"
+    )
+    gpus_per_worker: float = Field(1.0, gt=0, description="with use_gpu")
+    threads: int | None = Field(None, ge=1, description="torch threads per worker (default: CPUs, at least 1)")

@@ -1,0 +1,188 @@
+"""A training output (no Ray): its data's manifest, resume checks, history and best checkpoint.
+
+A training output holds ``runs/<run>/checkpoint_*`` (checkpoints, see
+:mod:`sepcore.models.checkpoint`), ``best/`` (the best one by the validation metric),
+``metrics.jsonl`` (one line per finished epoch) and ``loss_curve.png``. ``cfg`` below is
+the train job's configuration (``ray_jobs.train.TrainConfig``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Any
+
+from sepcore.config import changed_keys, to_plain
+from sepcore.errors import ConfigError, SepError
+from sepcore.io import storage
+from sepcore.models import checkpoint as ckpt
+from sepcore.train.config import RESUMABLE_CHANGES
+from sepcore.train.loop import TASK_OF_MODEL
+from sepcore.train.selection import best_of
+
+log = logging.getLogger("sep.train")
+
+RUNS = "runs"
+METRICS_FILE = "metrics.jsonl"
+CURVE_FILE = "loss_curve.png"
+#: What a fresh start (``resume=false``) discards of an earlier run in the output.
+RUN_OUTPUTS = (RUNS, ckpt.BEST, METRICS_FILE, CURVE_FILE)
+
+
+def read_manifest(data: str) -> dict[str, Any]:
+    """``dataset.json`` of prepared data (ConfigError when it is not prepared)."""
+    uri = storage.join(storage.normalize_uri(data), "dataset.json")
+    if not storage.exists(uri):
+        raise ConfigError("data", f"{data} has no dataset.json: prepare it first (sep prepare)")
+    return json.loads(storage.read_text(uri))
+
+
+def split_bytes(manifest: dict[str, Any], splits: tuple[str, ...] = ("train", "validation")) -> int:
+    """Bytes of the feature columns of ``splits`` (what holding them in memory costs)."""
+    import numpy as np
+
+    row = sum(math.prod(shape) for shape in manifest["shapes"].values()) * np.dtype(manifest["dtype"]).itemsize
+    return row * sum(int(s.get("rows", 0)) for s in manifest["shards"] if s["split"] in splits)
+
+
+def model_meta(cfg: Any, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Model registry entry with the data's sizes filled in; checks the data fits."""
+    task = TASK_OF_MODEL[cfg.model.name]
+    shapes = manifest["shapes"]
+    needed = "target" if task == "separator" else "activations"
+    if needed not in shapes:
+        raise ConfigError("data", f"{cfg.data} has no '{needed}' column, which a {cfg.model.name} needs")
+    channels, bins, frames = shapes["mix"]
+    kwargs = dict(cfg.model.config)
+    if cfg.model.name == "hourglass":
+        kwargs.setdefault("in_channels", channels)
+    elif cfg.model.name == "blstm":
+        kwargs.update(n_bins=bins, channels=channels)
+    else:
+        kwargs.update(n_bins=bins, n_classes=len(manifest["classes"]), frames=frames)
+    return {"name": cfg.model.name, "config": kwargs, "log_input": cfg.model.log_input and task == "separator"}
+
+
+def inference_meta(cfg: Any, manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint carries besides the weights, ``settings`` (the training config) included."""
+    return {
+        "model": model_meta(cfg, manifest),
+        "task": TASK_OF_MODEL[cfg.model.name],
+        "target": manifest["target"],
+        "classes": manifest["classes"],
+        "sample_rate": manifest["sample_rate"],
+        "channels": manifest["channels"],
+        "feature": manifest["feature"],
+        "frames": manifest["frames"],
+        "data": storage.normalize_uri(cfg.data),
+        "settings": run_settings(cfg),
+    }
+
+
+def run_settings(cfg: Any) -> dict[str, Any]:
+    """The config as saved with every checkpoint (URIs normalised), to check a resume against."""
+    plain = to_plain(cfg)
+    return {**plain, "data": storage.normalize_uri(cfg.data), "output": storage.normalize_uri(cfg.output)}
+
+
+def check_resume(cfg: Any, latest: str) -> None:
+    """Refuse to continue the run in ``latest``'s output with other settings (exit status 2)."""
+    saved = ckpt.read_meta(latest).get("settings")
+    if saved is None:  # written before checkpoints carried their settings
+        log.warning("train: %s does not record its settings; resuming without checking them", latest)
+        return
+    diff = changed_keys(saved, run_settings(cfg), RESUMABLE_CHANGES)
+    if diff:
+        raise ConfigError(
+            "output", f"{storage.normalize_uri(cfg.output)} holds a training run with other settings "
+            f"({', '.join(diff)}); use a new output, or resume=false to discard that run"
+        )
+
+
+def validation_tracks(manifest: dict[str, Any], count: int) -> list:
+    """The first ``count`` validation tracks as SourceTrack records."""
+    if count <= 0 or manifest["target"] == "random_mix":
+        return []
+    from sepcore.data.sources import list_sources
+
+    wanted = manifest["splits"].get("validation", [])[:count]
+    sources = [{k: v for k, v in s.items() if v is not None} for s in manifest["config"]["sources"]]
+    return [t for t in list_sources(sources) if t.track_id in wanted]
+
+
+def worker_config(cfg: Any, manifest: dict[str, Any]) -> dict[str, Any]:
+    """What every worker's loop needs (:func:`sepcore.train.worker.train_worker`); checks a resume.
+
+    A run already in the output is continued only with the same settings (:func:`check_resume`).
+    """
+    if cfg.validation.metric == "val_sdr" and manifest["target"] == "random_mix":
+        raise ConfigError("validation.metric", "val_sdr needs an instrument target; this data is random_mix")
+    output = storage.normalize_uri(cfg.output)
+    meta = inference_meta(cfg, manifest)
+    latest = ckpt.find_latest(storage.join(output, RUNS))
+    if latest:
+        check_resume(cfg, latest)
+        log.info("train: resuming from %s (epoch %d)", latest, ckpt.read_meta(latest)["epoch"])
+    s = cfg.scaling
+    return {
+        "meta": meta, "optim": cfg.optim.model_dump(), "validation": cfg.validation.model_dump(),
+        "shapes": manifest["shapes"], "dtype": manifest["dtype"], "seed": cfg.seed,
+        "threads": s.threads or max(1, round(s.cpus_per_worker)), "output": output,
+        "val_tracks": validation_tracks(manifest, cfg.validation.sdr_tracks) if meta["task"] == "separator" else [],
+        "resume_from": latest, "keep_checkpoints": cfg.keep_checkpoints,
+    }  # fmt: skip
+
+
+def latest_epoch(output: str) -> int:
+    """The epoch of the latest complete checkpoint (-1 when there is none)."""
+    latest = ckpt.find_latest(storage.join(output, RUNS))
+    return int(ckpt.read_meta(latest)["epoch"]) if latest else -1
+
+
+def trained_out(output: str, optim: Any) -> bool:
+    """Whether the latest checkpoint under ``output`` ends the training (``optim``'s last epoch or patience)."""
+    latest = ckpt.find_latest(storage.join(output, RUNS))
+    if latest is None:
+        return False
+    meta = ckpt.read_meta(latest)
+    stale = (meta.get("progress") or {}).get("stale", 0)
+    return int(meta["epoch"]) + 1 >= optim.epochs or stale >= optim.early_stopping_patience
+
+
+def finish(output: str, metric: str) -> dict[str, Any]:
+    """Copy the best complete checkpoint to ``best/``, write metrics and the loss curve.
+
+    Returns the summary's keys (counts, figures, ``best_checkpoint``).
+    """
+    from sepcore.report import html as R
+
+    complete = ckpt.complete_checkpoints(storage.join(output, RUNS))
+    if not complete:
+        raise SepError(f"{output}: training wrote no complete checkpoint")
+    by_epoch = sorted(complete, key=lambda item: item[1]["epoch"])
+    best_dir, best_meta = best_of(by_epoch, metric, lambda item: item[1]["metrics"].get(metric)) or by_epoch[-1]
+    best = ckpt.publish_best(best_dir, output)
+    history = by_epoch[-1][1]["history"]
+    write_history(output, history)
+    storage.write_bytes(storage.join(output, CURVE_FILE), R.loss_curve_png(history))
+    figures = {k: round(v, 4) for k, v in history[-1].items() if isinstance(v, float)}
+    return {
+        "counts": {"epochs": len(history), "checkpoints": len(complete)},
+        "figures": {**figures, "best_epoch": best_meta["epoch"], f"best_{metric}": best_meta["metrics"].get(metric)},
+        "best_checkpoint": best,
+        "failed": [],
+    }
+
+
+def write_history(output: str, history: list[dict[str, Any]]) -> None:
+    """``metrics.jsonl``: one line per finished epoch (rewritten whole, atomically)."""
+    storage.write_text(storage.join(output, METRICS_FILE), "".join(json.dumps(h) + "\n" for h in history))
+
+
+def read_history(output: str) -> list[dict[str, Any]]:
+    """The per-epoch metrics of a training output (``metrics.jsonl``); [] before it is written."""
+    uri = storage.join(storage.normalize_uri(output), METRICS_FILE)
+    if not storage.exists(uri):
+        return []
+    return [json.loads(line) for line in storage.read_text(uri).splitlines() if line.strip()]

@@ -1,0 +1,195 @@
+"""The per-worker training loop (no Ray): epochs, validation, checkpoints, early stopping.
+
+:func:`train_worker` runs on every worker of a run. What it needs from its runtime
+comes through a :class:`Session`: its rank, the batches of its share of a split, the
+state Ray restored after a worker failure, and where an epoch's metrics and checkpoint
+go. ``ray_jobs.trainer`` has two: one inside a Ray Train worker (DDP, Ray's
+checkpoints) and one for a single worker in the calling process (a Tune trial), which
+keeps its checkpoints with :class:`LocalRun`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from sepcore.errors import SepError
+from sepcore.io import storage
+from sepcore.models import checkpoint as ckpt
+from sepcore.train import loop as L
+from sepcore.train.outputs import RUNS, write_history
+from sepcore.train.selection import is_better, stale_checkpoints
+
+log = logging.getLogger("sep.train")
+
+
+class Session(Protocol):
+    """What the loop needs from the process it runs in."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    def wrap(self, net: nn.Module) -> nn.Module:
+        """The model to train (DDP across workers, or ``net`` itself)."""
+
+    def batches(self, split: str, batch_size: int, shuffle: bool) -> Iterable[dict[str, Any]]:
+        """This worker's rows of ``split`` in numpy batches."""
+
+    def restored(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(meta, state) of the checkpoint restored after a worker failure, if any."""
+
+    def report(self, metrics: dict[str, Any], save: Callable[[str], None] | None) -> None:
+        """Report an epoch; ``save(folder)`` writes rank 0's checkpoint into a folder."""
+
+
+def train_worker(config: dict[str, Any], session: Session) -> None:
+    """Train from the resume point to ``optim.epochs`` (or early stop), one checkpoint per epoch."""
+    rank, world, device = session.rank, session.world, session.device
+    torch.manual_seed(config["seed"] + rank)
+    torch.set_num_threads(config["threads"])
+    meta, opt_cfg = config["meta"], config["optim"]
+    saved, state = resume_point(session.restored() or _saved(config["resume_from"]))
+    # Placed on the device before the optimizer is built and its state loaded (see build_for_training).
+    net, optimizer, scheduler, scaler = L.build_for_training(
+        meta["model"], opt_cfg, lambda m: m.to(device), saved,
+        scaler_device="cuda" if opt_cfg["amp"] and device.type == "cuda" else None)  # fmt: skip
+    model = session.wrap(net)
+    task = meta["task"]
+    columns = L.columns_for(task)
+    pairs = validation_pairs(config["val_tracks"], meta) if rank == 0 else []
+
+    def batches(split: str, shuffle: bool) -> Iterable[dict[str, torch.Tensor]]:
+        for b in session.batches(split, opt_cfg["batch_size"], shuffle):
+            yield L.decode_batch(b, config["shapes"], config["dtype"], columns, device)
+
+    metric = config["validation"]["metric"]
+    for epoch in range(state["epoch"], opt_cfg["epochs"]):
+        tr = L.run_epoch(task, model, batches("train", True), optimizer, scaler, opt_cfg["max_steps_per_epoch"])
+        va = L.run_epoch(task, model, batches("validation", False))  # validation.max_steps: the data is capped
+        metrics = {"epoch": epoch, **sum_over_workers(tr, va, world), "lr": optimizer.param_groups[0]["lr"]}
+        if pairs:
+            f = meta["feature"]  # separation puts the model back in training mode itself
+            metrics.update(L.separation_sdr(net, pairs, meta["sample_rate"], f["n_fft"], f["hop"], meta["frames"],
+                                            device))  # fmt: skip
+        if scheduler is not None:
+            scheduler.step(metrics["val_loss"])
+        state = update_progress(state, metrics, metric)
+        stop = broadcast_flag(state["stale"] >= opt_cfg["early_stopping_patience"], world)
+        save = None
+        if rank == 0:  # before the checkpoint: a killed run keeps its history (a resume rewrites it)
+            write_history(config["output"], state["history"])
+            full = {**meta, "metrics": metrics, "history": state["history"],
+                    "progress": {"best": state["best"], "stale": state["stale"]}}  # fmt: skip
+            save = functools.partial(_save, net=net, meta=full, epoch=epoch,
+                                     trained=L.training_state(optimizer, scheduler, scaler))  # fmt: skip
+        session.report(metrics, save)
+        if rank == 0:
+            log.info("train epoch %d/%d: %s%s", epoch + 1, opt_cfg["epochs"], epoch_line(metrics),
+                     " (early stop)" if stop else "")  # fmt: skip
+        if stop:
+            break
+
+
+def _save(folder: str, net: nn.Module, meta: dict[str, Any], trained: dict[str, Any], epoch: int) -> None:
+    ckpt.save(folder, net, meta, trained, epoch)
+
+
+def _saved(resume_from: str | None) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    return ckpt.load_state(resume_from) if resume_from else None
+
+
+def resume_point(found: tuple[dict[str, Any], dict[str, Any]] | None) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The saved state to restore and the progress to continue from (a fresh start without ``found``)."""
+    state: dict[str, Any] = {"epoch": 0, "history": [], "best": None, "stale": 0}
+    if found is None:
+        return None, state
+    meta, saved = found
+    progress = meta.get("progress", {})
+    return saved, {"epoch": saved["epoch"] + 1, "history": meta.get("history", []),
+                   "best": progress.get("best"), "stale": progress.get("stale", 0)}  # fmt: skip
+
+
+def update_progress(state: dict[str, Any], metrics: dict[str, Any], metric: str) -> dict[str, Any]:
+    value = metrics.get(metric, metrics["val_loss"])
+    better = is_better(metric, value, state["best"])
+    return {"epoch": metrics["epoch"] + 1, "history": [*state["history"], metrics],
+            "best": value if better else state["best"], "stale": 0 if better else state["stale"] + 1}  # fmt: skip
+
+
+def epoch_line(metrics: dict[str, Any]) -> str:
+    parts = [f"{k} {metrics[k]:.4g}" for k in ("train_loss", "val_loss", "val_sdr") if k in metrics]
+    return ", ".join(parts) + f", {metrics['samples_per_s']:.1f} samples/s"
+
+
+def validation_pairs(tracks: list, meta: dict[str, Any]) -> list:
+    """(mix, instrument) waveforms of the validation tracks measured for SDR."""
+    from sepcore.prepare.pairs import PrepareSpec, SkipTrack, make_pair
+
+    spec = PrepareSpec(target=meta["target"], sample_rate=meta["sample_rate"], channels=meta["channels"],
+                       feature={"name": "stft", "n_fft": meta["feature"]["n_fft"], "hop": meta["feature"]["hop"]},
+                       outputs=("target",))  # fmt: skip
+    pairs = []
+    for track in tracks:
+        try:
+            pair = make_pair(track, spec)
+        except (SkipTrack, SepError) as exc:
+            log.warning("validation track %s left out: %s", track.track_id, exc)
+            continue
+        pairs.append((pair.mix, pair.instrument))
+    return pairs
+
+
+def sum_over_workers(tr: dict[str, float], va: dict[str, float], world: int) -> dict[str, Any]:
+    """Epoch figures over all workers: each worker's own counts, summed (all-reduce).
+
+    Losses are sample-weighted means; ``samples_per_s`` is the train samples of all
+    workers over the slowest worker's time.
+    """
+    t = [tr["loss"] * tr["samples"], tr["samples"], va["loss"] * va["samples"], va["samples"]]
+    seconds = tr["seconds"]
+    if world > 1:
+        import torch.distributed as dist
+
+        summed = torch.tensor(t, dtype=torch.float64)
+        dist.all_reduce(summed)
+        slowest = torch.tensor([seconds], dtype=torch.float64)
+        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+        t, seconds = summed.tolist(), float(slowest.item())
+    return {"train_loss": t[0] / max(t[1], 1.0), "val_loss": t[2] / max(t[3], 1.0),
+            "samples_per_s": t[1] / max(seconds, 1e-9), "train_samples": int(t[1]), "val_samples": int(t[3])}  # fmt: skip
+
+
+def broadcast_flag(flag: bool, world: int) -> bool:
+    if world == 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+class LocalRun:
+    """Checkpoints of a run that keeps them itself: ``<output>/runs/<name>/checkpoint_<epoch>``.
+
+    After each checkpoint all but the ``keep`` best by ``metric`` and the latest are
+    deleted (Ray Train's rule); ``on_report(metrics)`` then hears of the epoch.
+    """
+
+    def __init__(self, output: str, keep: int, metric: str, on_report: Callable[[dict[str, Any]], None]):
+        self.folder = storage.join(output, RUNS, f"run-{int(time.time())}")
+        self.keep, self.metric, self.on_report = keep, metric, on_report
+
+    def report(self, metrics: dict[str, Any], save: Callable[[str], None] | None) -> None:
+        if save is not None:
+            save(storage.join(self.folder, f"checkpoint_{int(metrics['epoch']):06d}"))
+            for folder in stale_checkpoints(ckpt.complete_checkpoints(self.folder), self.metric, self.keep):
+                storage.delete(folder, recursive=True)
+        self.on_report(metrics)

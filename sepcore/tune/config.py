@@ -1,0 +1,108 @@
+"""The tune job's configuration sections, used by ``ray_jobs.tune`` and by the library."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from sepcore.config import Config
+from sepcore.tune.sweep import DIMENSIONS
+
+
+class RangeConfig(Config):
+    low: float = Field(gt=0)
+    high: float = Field(gt=0)
+    log: bool = Field(True, description="sample on a log scale")
+
+
+class SpaceConfig(Config):
+    """Values swept; a dimension left out keeps the value of the prepare/train settings."""
+
+    model: list[Literal["hourglass", "blstm"]] | None = Field(None, description="model families")
+    n_fft: list[int] | None = Field(None, description="FFT sizes (hop = n_fft x hop_fraction)")
+    silence: list[float | None] | None = Field(
+        None, description="silence adjustment: off or a target audio ratio, e.g. [off, 0.5, 0.7, 0.9]"
+    )
+    filters: list[int] | None = Field(None, description="hourglass filters F (BLSTM: hidden units)")
+    levels: list[int] | None = Field(None, description="hourglass levels S (BLSTM: layers)")
+    lr: list[float] | RangeConfig | None = Field(None, description="learning rates, or {low, high, log}")
+
+    @field_validator("silence", mode="before")
+    @classmethod
+    def _off(cls, value: Any) -> Any:
+        if isinstance(value, list):  # YAML reads a bare off as false
+            return [None if v is False or v is None or (isinstance(v, str) and v.lower() == "off") else v
+                    for v in value]  # fmt: skip
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> SpaceConfig:
+        for dim in DIMENSIONS:
+            values = getattr(self, dim)
+            if isinstance(values, list) and not values:
+                raise ValueError(f"space.{dim}: give at least one value (or leave it out)")
+        for ratio in self.silence or []:
+            if ratio is not None and not 0 < ratio <= 1:
+                raise ValueError(f"space.silence: a ratio must be in (0, 1], got {ratio}")
+        if isinstance(self.lr, RangeConfig) and self.lr.low > self.lr.high:
+            raise ValueError("space.lr: low exceeds high")
+        return self
+
+    def swept(self) -> list[str]:
+        return [d for d in DIMENSIONS if getattr(self, d) is not None]
+
+    def data_points(self) -> list[tuple[int | None, float | None | str]]:
+        """Every (n_fft, silence) pair the space can reach; ``"base"``: silence not swept."""
+        ffts: list[int | None] = list(self.n_fft) if self.n_fft else [None]
+        silences: list[float | None | str] = list(self.silence) if self.silence is not None else ["base"]
+        return [(n, s) for n in dict.fromkeys(ffts) for s in dict.fromkeys(silences)]
+
+    def size_points(self) -> list[dict[str, Any]]:
+        """Every (model, filters, levels) combination, to validate the model settings."""
+        models: list[str | None] = [*self.model] if self.model else [None]
+        filters: list[int | None] = [*self.filters] if self.filters else [None]
+        levels: list[int | None] = [*self.levels] if self.levels else [None]
+        return [{"model": m, "filters": f, "levels": s} for m in models for f in filters for s in levels]
+
+
+class SearchConfig(Config):
+    algorithm: Literal["grid", "random", "optuna"] = Field(
+        "grid", description="grid (every combination), random, or optuna (Bayesian; pip install optuna)"
+    )
+    num_samples: int = Field(1, ge=1, description="grid: repeats of the grid; random/optuna: trials")
+    max_concurrent: int | None = Field(None, ge=1, description="trials at once (default: what resources allow)")
+    seed: int = Field(0, description="seed of the random and optuna searchers")
+
+
+class SchedulerConfig(Config):
+    name: Literal["asha", "fifo"] = Field("asha", description="asha stops weak trials early; fifo runs all to the end")
+    grace_period: int = Field(2, ge=1, description="asha: epochs every trial runs before it can be stopped")
+    reduction_factor: float = Field(2.0, gt=1, description="asha: keep 1/reduction_factor at each rung")
+
+
+class ResourcesConfig(Config):
+    driver_cpus: float = Field(
+        0.01, gt=0, description="CPUs of the driver of a trial with several workers (it waits on its trainer)"
+    )
+    read_cpus: float = Field(0.25, gt=0, description="CPUs per task reading a trial's shards")
+
+
+def nested_error(section: str, exc: ValueError) -> ValueError:
+    """The error of a nested section's settings, naming ``section.<key>`` (pydantic's first error)."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        return ValueError(f"{section}.{key}: {what}" if key else f"{section}: {what}")
+    return ValueError(f"{section}: {exc}")
+
+
+def validated(cls: type[Config], section: str, tree: dict[str, Any]) -> Any:
+    """``cls`` of the settings ``tree`` of a nested section; an error names ``section.<key>``."""
+    try:
+        return cls.model_validate(tree)
+    except ValueError as exc:  # pydantic's ValidationError is one
+        raise nested_error(section, exc) from None
