@@ -3,19 +3,8 @@
     sep classify -c configs/classify_demo.yaml
     sep classify -c configs/classify_demo.yaml activation_checkpoint=out/demo/train_activation
 
-Each track of ``data`` (a Slakh-layout set) is one row of a Ray Dataset; a pool of
-*feature actors* writes its labelled, featurized 1-second snippets (and, with
-``activation_checkpoint``, that CNN's pooled activations) to one Parquet file under
-``<output>/snippets/<digest>/`` with a done-record beside it, so a rerun does only the
-missing tracks (:mod:`sepcore.classify.track`). Splits are track-level, as prepare
-assigns them. Ray Train's ``LightGBMTrainer`` trains one booster per class on the train
-split (early stopping on validation; data-parallel with ``scaling.num_workers`` > 1); a
-predictor actor on Ray Data scores validation and test, and the driver computes the ROC.
-
-Outputs at ``output``: ``model/`` (``<class>.txt`` boosters and ``classifier.json``,
-for :func:`sepcore.classify.classifier.predict`), ``metrics.json``, ``roc.png``,
-``importance.png``, ``report.html`` (:mod:`sepcore.classify.report`), ``snippets/``,
-``runs/`` (Ray Train), and ``summary.json`` last.
+See docs/classify.md. Feature actors on Ray Data (:class:`SnippetActor`), Ray Train's
+``LightGBMTrainer`` (:func:`train_loop`), a predictor actor; the rest is :mod:`sepcore.classify`.
 """
 
 from __future__ import annotations
@@ -26,64 +15,32 @@ import pickle
 import sys
 import tempfile
 import time
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
 
 from ray_jobs import common
 from ray_jobs.common import Job, JobConfig
 from ray_jobs.trainer import storage_args
 from sepcore import batch
 from sepcore.classify import config as C
+from sepcore.classify import job as J
 from sepcore.classify import lgbm
 from sepcore.classify import report as CR
 from sepcore.classify.classifier import BatchScorer
-from sepcore.classify.snippets import DEFAULT_CLASSES, split_tracks
+from sepcore.classify.snippets import split_tracks
 from sepcore.classify.track import snippet_folder, write_track
 from sepcore.data.sources import SourceTrack
-from sepcore.errors import ConfigError, SepError
+from sepcore.errors import SepError
 from sepcore.io import storage
 from sepcore.io.ledger import Ledger
 from sepcore.models import checkpoint as ckpt
-from sepcore.prepare.config import SplitConfig
 
 log = logging.getLogger("sep.classify")
 
 
-class ClassifyConfig(JobConfig):
-    data: str = Field(description="URI of a Slakh-layout dataset (stems give the labels)")
-    classes: list[str] = Field(list(DEFAULT_CLASSES), description="classes to detect (seed 000's five)")
-    snippets: C.SnippetConfig = Field(default_factory=C.SnippetConfig)
-    labels: C.LabelConfig = Field(default_factory=C.LabelConfig)
-    features: C.FeatureConfig = Field(default_factory=C.FeatureConfig)
-    split: SplitConfig = Field(default_factory=SplitConfig)
-    seed: int = Field(0, description="split assignment and LightGBM")
-    lightgbm: C.LightGBMConf = Field(default_factory=C.LightGBMConf)
-    scaling: C.ScalingConf = Field(default_factory=C.ScalingConf)
-    actors: C.ActorsConf = Field(default_factory=C.ActorsConf)
-    activation_checkpoint: str | None = Field(None, description="activation CNN (sep train output) compared on the same snippets; null = off")
-    activation_pool: Literal["mean", "max"] = Field("mean", description="pooling of CNN frames to snippets")
-    max_failed_fraction: float = Field(0.5, ge=0, le=1, description="fail the job above this share of tracks")
-    item_timeout_s: float = Field(
-        3600.0, gt=0, description="time limit of one track in a feature actor, from its start: then the "
-        "actor's process is ended and the track recorded as failed (an hour of audio takes minutes)",
-    )
-
-    @field_validator("classes")
-    @classmethod
-    def _classes(cls, value: list[str]) -> list[str]:
-        return C.check_classes(value)
-
-    @model_validator(mode="after")
-    def _check(self) -> ClassifyConfig:
-        if abs(self.split.train + self.split.validation + self.split.test - 1) > 1e-6:
-            raise ValueError("split fractions must sum to 1")
-        C.check_sections(self.snippets, self.features)  # bad feature parameters fail here, before Ray starts
-        return self
-
-    def spec(self) -> C.SnippetSpec:
-        return C.SnippetSpec(snippets=self.snippets, labels=self.labels, features=self.features)
+class ClassifyConfig(J.ClassifyKeys, JobConfig):
+    """The job's keys (:class:`sepcore.classify.job.ClassifyKeys`), after the common ones."""
 
 
 # ---------------------------------------------------------------- feature actors
@@ -102,12 +59,9 @@ class SnippetActor:
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         track: SourceTrack = pickle.loads(row["track"])
-        out = {"track_id": track.track_id, "status": "ok", "reason": ""}
         timed_out = self.watchdog.recorded(track.track_id)  # set: Ray's retry after the time limit ended the actor
         res = batch.guarded(track.uri, self._track, track) if timed_out is None else {"error": timed_out}
-        if "error" in res:
-            return {**out, "status": "error", "reason": res["error"]}
-        return {**out, "status": res["status"], "reason": res["reason"], "snippets": res["snippets"]}
+        return J.actor_row(track.track_id, res)
 
     def _track(self, track: SourceTrack) -> dict[str, Any]:
         with self.watchdog.running(track.track_id):
@@ -131,8 +85,7 @@ def _featurize(cfg: ClassifyConfig, spec: C.SnippetSpec, tracks: list[SourceTrac
                     compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.actors.feature))  # fmt: skip
         for row in ds.iter_rows():
             failed = row["status"] == "error"
-            progress.update(row["track_id"], row["reason"] if row["status"] != "ok" else f"{row['snippets']} snippets",
-                            failed)  # fmt: skip
+            progress.update(row["track_id"], J.row_note(row), failed)
             if failed:
                 errors.append({"item": row["track_id"], "error": row["reason"]})
         storage.delete(storage.join(output, batch.TIMEOUTS), recursive=True)
@@ -173,14 +126,10 @@ def _train(cfg: ClassifyConfig, datasets: dict[str, Any], names: list[str], clas
     import ray.train
     from ray.train.lightgbm import LightGBMTrainer
 
-    s = cfg.scaling
-    loop_config = {"features": names, "classes": classes, "params": cfg.lightgbm.lgb_params(cfg.seed, max(1, round(s.cpus_per_worker))),
-                   "rounds": cfg.lightgbm.num_boost_round, "early_stopping": cfg.lightgbm.early_stopping_rounds}  # fmt: skip
     trainer = LightGBMTrainer(
-        train_loop, train_loop_config=loop_config, datasets=datasets,
+        train_loop, train_loop_config=cfg.loop_config(names, classes), datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
-        scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers,
-                                               resources_per_worker={"CPU": s.cpus_per_worker}),
+        scaling_config=ray.train.ScalingConfig(**cfg.scaling.scaling_args()),
         run_config=ray.train.RunConfig(name=f"run-{int(time.time())}", **storage_args(output)),
     )  # fmt: skip
     try:
@@ -201,25 +150,19 @@ def run(cfg: ClassifyConfig) -> dict[str, Any]:
     cnn_dir = ckpt.resolve(cfg.activation_checkpoint) if cfg.activation_checkpoint else None
     folder = snippet_folder(output, spec, cnn_dir, cfg.activation_pool)
     tracks, splits, listing_errors = split_tracks(cfg.data, cfg.split.model_dump(), cfg.seed)
-    if not tracks:
-        raise ConfigError("data", f"{cfg.data} holds no usable Slakh-layout tracks")
     pending = Ledger(folder).pending([t.track_id for t in tracks])
     log.info("classify: %d tracks, %d done before, %d to featurize -> %s", len(tracks),
              len(tracks) - len(pending), len(pending), folder)  # fmt: skip
     todo = [t for t in tracks if t.track_id in set(pending)]
     failed = _featurize(cfg, spec, todo, folder, cnn_dir, len(tracks) - len(pending)) + listing_errors
     records = {t: m for t, m in Ledger(folder).records().items() if t in splits}
-    skipped = {t: m["reason"] for t, m in records.items() if m["status"] == "skipped"}
-    counts = {"tracks": len(tracks), "done_before": len(tracks) - len(pending), "failed": len(failed),
-              "skipped": len(skipped)}  # fmt: skip
+    counts, skipped = J.track_counts(records, len(tracks), len(pending), failed)
     judged = batch.verdict(len(failed), len(tracks), cfg.max_failed_fraction, "tracks")
     if judged:
         return {"counts": counts, "failed": failed, "skipped": skipped, **judged}
-    usable = {s: [m for t, m in sorted(records.items()) if m["status"] == "ok" and splits[t] == s] for s in CR.SPLITS}
+    usable = J.usable_by_split(records, splits)
     result = train_and_report(cfg, spec, output, usable, cnn_dir)
-    return {"counts": {**counts, **result.pop("counts")},
-            "figures": {**result.pop("figures"), "tracks_per_split": {s: len(m) for s, m in usable.items()}},
-            "failed": failed, "skipped": skipped, "snippets": folder, **result}  # fmt: skip
+    return J.run_summary(counts, result, usable, failed, skipped, folder)
 
 
 def train_and_report(cfg: ClassifyConfig, spec: C.SnippetSpec, output: str,
@@ -237,8 +180,7 @@ def train_and_report(cfg: ClassifyConfig, spec: C.SnippetSpec, output: str,
         BatchScorer, fn_constructor_args=(texts, names), batch_size=2048, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1).to_pandas()  # fmt: skip
     cnn = {"checkpoint": cnn_dir, "pool": cfg.activation_pool} if cnn_dir else None
-    done = CR.finish(output, spec, usable, trainable, untrained, texts, info, scored, cnn, cfg.data)
-    return {"counts": {f"snippets_{s}": v["snippets"] for s, v in sizes.items()}, **done}
+    return CR.finish(output, spec, usable, trainable, untrained, texts, info, scored, cnn, cfg.data)
 
 
 JOB = Job("classify", ClassifyConfig, run, "Train the LightGBM instrument-presence classifier on 1-s snippets.")

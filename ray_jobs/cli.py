@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in JOBS:
         print(f"sep: unknown job '{name}'\n\n{usage()}", file=sys.stderr)
         return 2
-    from ray_jobs.common import setup_logging
+    from sepcore.console import setup_logging
 
     setup_logging()  # before the job's imports (torch, Ray) can warn on the console
     module = importlib.import_module(JOBS[name][0])

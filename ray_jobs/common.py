@@ -22,7 +22,6 @@ import os
 import socket
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,16 +29,14 @@ from typing import Any
 import yaml
 from pydantic import Field
 
-from sepcore.batch import time_limit_error
+from sepcore.batch import Finished, ItemClock, format_summary, time_limit_error
 from sepcore.config import Config, describe, load_config, to_plain
+from sepcore.console import quiet_warnings, setup_logging, verbose
 from sepcore.errors import ConfigError, SepError
 from sepcore.io import storage
+from sepcore.stages import RESOLVED_CONFIG, SUMMARY
 
 log = logging.getLogger("sep")
-
-SUMMARY = "summary.json"
-RESOLVED_CONFIG = "config.yaml"
-
 
 class JobConfig(Config):
     """Keys every job has."""
@@ -108,54 +105,10 @@ def _end(error: str | None, status: int) -> int:
 
 # ---------------------------------------------------------------- the console
 #
-# A job's console shows its own lines (``sep.*`` loggers) and progress bars. Ray's
-# internals go to the session's log folder (named in the job's last line): worker and
-# raylet output stays in Ray's log files (``log_to_driver=False``), Ray Data logs only to
-# its ``ray-data.log``, and the ``ray`` loggers print errors only. ``SEP_LOG_LEVEL=DEBUG``
-# brings all of it back to the console.
-
-#: Libraries whose DEBUG records carry request headers (the S3 access key id is in
-#: ``Authorization``): never below INFO, whatever ``SEP_LOG_LEVEL`` says.
-QUIET_LOGGERS = ("botocore", "boto3", "aiobotocore", "s3transfer", "urllib3")
-#: Ray's Python loggers on the driver: WARNING (``ray`` itself: ERROR; ``ray.data``: its log
-#: file only) unless ``SEP_LOG_LEVEL=DEBUG``.
-RAY_LOGGERS = ("ray.train", "ray.tune", "ray.util", "ray.air")
-#: Modules whose deprecation warnings stay off the console (a regular expression).
-LIBRARIES = r"(ray|torch|pyarrow|pandas|lightgbm|sklearn|librosa|music21|pydantic|google|pkg_resources)(\..*)?$"
+# The logging set-up and the warning filters are in sepcore.console; what follows quiets Ray.
 
 #: Where this process's Ray writes its logs, once :func:`init_ray` ran.
 _RAY_LOGS: str | None = None
-
-
-def verbose() -> bool:
-    """Whether Ray's own output should reach the console (``SEP_LOG_LEVEL=DEBUG``)."""
-    return os.environ.get("SEP_LOG_LEVEL", "INFO").upper() == "DEBUG"
-
-
-def setup_logging() -> None:
-    """The job's log lines on stderr; libraries' deprecation warnings off the console."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=os.environ.get("SEP_LOG_LEVEL", "INFO").upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            datefmt="%H:%M:%S",
-        )
-    for name in QUIET_LOGGERS:
-        logger = logging.getLogger(name)
-        logger.setLevel(max(logger.getEffectiveLevel(), logging.INFO))
-    if not verbose():
-        for name in RAY_LOGGERS:
-            logging.getLogger(name).setLevel(logging.WARNING)
-        _quiet_warnings()
-
-
-def _quiet_warnings() -> None:
-    """Deprecations inside libraries, which this project cannot fix (its own calls are fixed).
-
-    Called again once Ray is imported: ``ray.util.annotations`` puts its own filter first.
-    """
-    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
-        warnings.filterwarnings("ignore", category=category, module=LIBRARIES)
 
 
 def init_ray(num_cpus: int | None) -> None:
@@ -177,7 +130,7 @@ def init_ray(num_cpus: int | None) -> None:
     _RAY_LOGS = _ray_log_folder()
     _quiet_ray_data(loud)
     if not loud:
-        _quiet_warnings()
+        quiet_warnings()
         _quiet_raylet_warnings()
 
 
@@ -251,53 +204,10 @@ def run_job(job: Job, cfg: JobConfig) -> dict[str, Any]:
     return summary
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    """A short human-readable account of a summary."""
-    lines = [f"{summary['job']}: done in {summary['seconds']:.1f} s"]
-    for section in ("counts", "figures"):
-        for key, value in (summary.get(section) or {}).items():
-            lines.append(f"  {key}: {value}")
-    failed = summary.get("failed") or []
-    for item in failed[:10]:
-        lines.append(f"  FAILED {item.get('item')}: {item.get('error')}")
-    if len(failed) > 10:
-        lines.append(f"  ... and {len(failed) - 10} more failures (see summary.json)")
-    lines.append(f"  summary: {storage.join(storage.normalize_uri(summary['config']['output']), SUMMARY)}")
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------- time limit per item (tasks)
 #
-# The plain parts (the error text, the watchdog of actor jobs) are in sepcore.batch.
-
-
-@dataclass(frozen=True)
-class Finished:
-    """What became of one item of :class:`ItemTasks`: the task's value, or why there is none."""
-
-    item: str
-    value: Any = None
-    error: str | None = None
-
-
-class _Clock:
-    """Ray actor: how long each running task of an :class:`ItemTasks` has run.
-
-    Tasks report their own start and end, so time spent waiting for a CPU is not charged.
-    """
-
-    def __init__(self) -> None:
-        self.started: dict[int, float] = {}
-
-    def start(self, index: int) -> None:
-        self.started[index] = time.monotonic()
-
-    def stop(self, index: int) -> None:
-        self.started.pop(index, None)
-
-    def elapsed(self) -> dict[int, float]:
-        now = time.monotonic()
-        return {index: now - t for index, t in self.started.items()}
+# The plain parts (the error text, Finished, the clock, the watchdog of actor jobs) are in
+# sepcore.batch.
 
 
 def _timed_call(clock: Any, index: int, item: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -353,7 +263,7 @@ class ItemTasks:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-        clock = ray.remote(_Clock).options(num_cpus=0, max_restarts=-1, scheduling_strategy=here)
+        clock = ray.remote(ItemClock).options(num_cpus=0, max_restarts=-1, scheduling_strategy=here)
         return clock.remote()
 
     def gather(self) -> Iterator[Finished]:

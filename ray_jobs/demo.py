@@ -1,22 +1,10 @@
 """demo: the main job end to end on the embedded default, with one report to look at.
 
     sep demo                                   # ./out/demo, local Ray, file storage
-    sep demo library=~/Music/some-album        # also separate a folder of your own songs
-    sep demo output=s3://bucket/demo           # the same on object storage (and RAY_ADDRESS)
     sep demo quick=true output=/tmp/demo_quick # the CI-sized smoke run (about 2 minutes)
 
-Each stage is one of the other jobs, run through its ``JOB`` with the demo's settings
-(``make_plan``): render -> ``data``, prepare -> ``shards_<target>``, train ->
-``train_<model>``, separate the held-out mixes (copied to ``heldout``) -> ``separated``
-and the user's ``library`` -> ``separated_library``, evaluate -> ``evaluate_<model>``,
-classify -> ``classify``; then ``report.html`` and ``metrics.json``
-(:mod:`sepcore.demo.report`). The ``extra_models`` follow when the time the run has cost
-so far plus their estimate fits ``budget_minutes``; the report is rewritten after each.
-
-A rerun reuses each stage done before with the same settings and inputs
-(:mod:`sepcore.stages`; ``separate`` always runs, skipping the files it did before). The
-budget counts what each stage cost when it ran, so a rerun makes the same choice of
-extras. See docs/demo.md.
+Each stage is one of the other jobs, run through its ``JOB`` with the settings of
+``make_plan``; the budget, presets and report are in :mod:`sepcore.demo`. See docs/demo.md.
 """
 
 from __future__ import annotations
@@ -26,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, create_model, model_validator
+from pydantic import Field, create_model, model_validator
 
 from ray_jobs import classify as classify_job
 from ray_jobs import evaluate as evaluate_job
@@ -36,22 +24,15 @@ from ray_jobs import separate as separate_job
 from ray_jobs import train as train_job
 from ray_jobs.common import Job, JobConfig, run_job
 from sepcore.config import Config, to_plain
-from sepcore.data.classes import CLASSES
-from sepcore.demo import report
-from sepcore.demo.presets import PRESETS, STAGE_KEYS, deep_merge
-from sepcore.errors import ConfigError
+from sepcore.demo import budget, report
+from sepcore.demo.budget import EXTRA_COST as EXTRA_COST  # these two: for the tests
+from sepcore.demo.budget import OVERHEAD_S as OVERHEAD_S
+from sepcore.demo.presets import PRESETS, STAGE_KEYS, check_demo, stage_config
 from sepcore.io import storage
 from sepcore.prepare.config import SplitConfig
-from sepcore.stages import Stages, fmt_seconds, is_done, stage_key
+from sepcore.stages import Stages
 
 log = logging.getLogger("sep.demo")
-
-ModelName = Literal["hourglass", "blstm", "activation_cnn"]
-#: Idle 2-core estimate of an extra model's cost as a multiple of the first separator's
-#: measured training time (then plus that separator's evaluation time), see docs/demo.md.
-EXTRA_COST = {"blstm": 0.75, "activation_cnn": 1.6}
-#: Seconds of the run not inside a stage (Ray start-up, listing, report), for the budget.
-OVERHEAD_S = 45.0
 
 StageOverrides = create_model(
     "StageOverrides", __base__=Config, __doc__="Per-stage keys laid over the preset (each a job's config, in part).",
@@ -68,7 +49,7 @@ class DemoConfig(JobConfig):
     quick: bool = Field(False, description="the CI-sized smoke run: 6 short songs, tiny STFT, a few steps")
     models: list[Literal["hourglass", "blstm"]] = Field(
         ["hourglass"], min_length=1, description="separators always trained (the first is the main one)")
-    extra_models: list[ModelName] = Field(
+    extra_models: list[Literal["hourglass", "blstm", "activation_cnn"]] = Field(
         ["blstm", "activation_cnn"], description="trained afterwards when they fit budget_minutes")
     budget_minutes: float = Field(15.0, gt=0, description="time budget that decides the extra models")
     split: SplitConfig | None = Field(
@@ -78,11 +59,7 @@ class DemoConfig(JobConfig):
 
     @model_validator(mode="after")
     def _check(self) -> DemoConfig:
-        if self.target not in CLASSES:
-            raise ValueError(f"unknown target '{self.target}'; known: {list(CLASSES)}")
-        split = self.split
-        if split and abs(split.train + split.validation + split.test - 1) > 1e-6:
-            raise ValueError("split fractions must sum to 1")
+        check_demo(self.target, self.split)
         make_plan(self)  # every stage's config is valid before anything starts
         return self
 
@@ -108,13 +85,7 @@ def make_plan(cfg: DemoConfig) -> Plan:
     size, out = PRESETS["quick" if cfg.quick else "full"], storage.normalize_uri(cfg.output)
 
     def stage(cls: type[Config], name: str, **fixed: Any) -> Any:
-        tree = deep_merge(deep_merge(size[name], getattr(cfg.stages, name)), {"num_cpus": cfg.num_cpus, **fixed})
-        try:
-            return cls.model_validate(tree)
-        except ValidationError as exc:  # a ConfigError passes through pydantic to the CLI (exit 2)
-            err = exc.errors()[0]
-            problem = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            raise ConfigError(f"stages.{name}." + ".".join(str(p) for p in err["loc"]), problem) from None
+        return stage_config(cls, name, size[name], getattr(cfg.stages, name), {"num_cpus": cfg.num_cpus, **fixed})
 
     def at(name: str) -> str:
         return storage.join(out, name)
@@ -142,9 +113,6 @@ def make_plan(cfg: DemoConfig) -> Plan:
     )  # fmt: skip
 
 
-# ---------------------------------------------------------------- driver
-
-
 def run_stage(stages: Stages, name: str, job: Job, config: JobConfig, inputs: list[str], cache: bool = True) -> None:
     """Run ``job`` with ``config`` as a stage; its summary records the stage's key."""
 
@@ -158,8 +126,7 @@ def run_stage(stages: Stages, name: str, job: Job, config: JobConfig, inputs: li
 def run(cfg: DemoConfig) -> dict[str, Any]:
     plan, main = make_plan(cfg), cfg.models[0]
     extras = [m for m in cfg.extra_models if m not in cfg.models]
-    total = 4 + 2 * len(cfg.models) + bool(cfg.library) + sum(3 if m == "activation_cnn" else 2 for m in extras)
-    stages = Stages(total, "demo", log)
+    stages = Stages(budget.stage_count(cfg.models, extras, bool(cfg.library)), "demo", log)
     log.info("demo: %s, %d songs, target %s, models %s, extras %s when they fit %g min; output %s",
              "quick run" if cfg.quick else "full run", plan.render.tracks, cfg.target, cfg.models, extras,
              cfg.budget_minutes, plan.output)  # fmt: skip
@@ -177,24 +144,22 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     for m in cfg.models:
         run_stage(stages, f"evaluate {m}", evaluate_job.JOB, plan.evaluate[m], [f"train {m}"])
     run_stage(stages, "classify", classify_job.JOB, plan.classify, ["render"])
-    decisions = {m: "trained" for m in cfg.models}
+    decisions: dict[str, str] = {m: "trained" for m in cfg.models}
     result = write_outputs(cfg, plan, stages, decisions)  # a report before the extras start
     for extra in extras:
         decisions[extra] = run_extra(cfg, plan, stages, extra)
         result = write_outputs(cfg, plan, stages, decisions)
-    announce(result["report"], result["metrics"])
+    report.announce(result["report"], result["metrics"])
     return result
 
 
 def run_extra(cfg: DemoConfig, plan: Plan, stages: Stages, model: str) -> str:
     """Train and evaluate an extra model when it fits the budget (or was trained before)."""
-    main, cnn = cfg.models[0], model == "activation_cnn"
+    cnn = model == "activation_cnn"
     names = ["activation prepare"] * cnn + [f"train {model}", f"evaluate {model}"]
-    estimate = EXTRA_COST[model] * stages.records[f"train {main}"].seconds + stages.records[f"evaluate {main}"].seconds
-    spent, budget = stages.spent(OVERHEAD_S), cfg.budget_minutes * 60
-    if not trained_before(plan, stages, model) and spent + estimate > budget:
-        why = (f"skipped: the run has cost {fmt_seconds(spent)} and {model} would take about "
-               f"{fmt_seconds(estimate)} more, over the {cfg.budget_minutes:g}-minute budget")  # fmt: skip
+    before = budget.trained_before(stages, to_plain(plan.train[model]), to_plain(plan.activation_prepare) if cnn else None)
+    why = None if before else budget.over_budget(stages, cfg.models[0], model, cfg.budget_minutes)
+    if why:
         for name in names:
             stages.skip(name, why)
         return why
@@ -203,17 +168,6 @@ def run_extra(cfg: DemoConfig, plan: Plan, stages: Stages, model: str) -> str:
     run_stage(stages, names[-2], train_job.JOB, plan.train[model], [names[0] if cnn else "prepare"])
     run_stage(stages, names[-1], evaluate_job.JOB, plan.evaluate[model], [names[-2]])
     return "trained"
-
-
-def trained_before(plan: Plan, stages: Stages, model: str) -> bool:
-    """Whether an extra model's training (and for the CNN its data) is done with today's settings."""
-    inputs = [stages.key("prepare")]
-    if model == "activation_cnn":
-        prep = plan.activation_prepare
-        inputs = [stage_key(to_plain(prep), [stages.key("render")])]
-        if not is_done(prep.output, inputs[0]):
-            return False
-    return is_done(plan.train[model].output, stage_key(to_plain(plan.train[model]), inputs))
 
 
 def write_outputs(cfg: DemoConfig, plan: Plan, stages: Stages, decisions: dict[str, str]) -> dict[str, Any]:
@@ -227,17 +181,6 @@ def write_outputs(cfg: DemoConfig, plan: Plan, stages: Stages, decisions: dict[s
         plan.classify.output, separated)  # fmt: skip
     return report.write_outputs(layout, cfg.models[0], decisions, list(stages.records.values()),
                                 stages.elapsed(), cfg.budget_minutes * 60)  # fmt: skip
-
-
-def announce(page: str, metrics: str) -> None:
-    """Print where the report is and how to open it."""
-    if storage.is_local(page):
-        path = storage.local_path(page)
-        how = f"python -m webbrowser file://{path}   (or: xdg-open {path}, open {path} on macOS)"
-    else:
-        how = (f"aws s3 cp --recursive {storage.parent(page)} ./demo_report --exclude '*' --include report.html "
-               f"--include 'report_files/*'   then open ./demo_report/report.html")  # fmt: skip
-    print(f"\nThe demo's report: {page}\n  open it: {how}\n  numbers: {metrics}\n", flush=True)
 
 
 JOB = Job("demo", DemoConfig, run, "Run the main job end to end on the embedded default, with one report.")

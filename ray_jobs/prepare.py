@@ -3,24 +3,12 @@
     sep prepare -c configs/prepare_demo.yaml
     sep prepare -c configs/prepare_demo.yaml target=random_mix output=out/demo/shards_mix
 
-Target mode (``target: guitar``): one row per track flows through a pool of mixing
-actors (load and resample stems, QA flags, instrument/rest pair, silence adjustment)
-and a pool of feature actors (features, chunks, targets), which write one Parquet
-shard per track under ``<output>/shards/<split>/`` plus a small done-record, so a
-rerun skips finished tracks. Random-mix mode (``target: random_mix``, seed 001):
-segment actors cut every usable stem into solo segments, which are balanced,
-shuffled and grouped into random mixes by mixing actors once per mixing epoch
-(:mod:`ray_jobs.prepare_mix`).
-
-``dataset.json`` (columns, shapes, dtype, feature parameters, shards, splits, QA and
-silence statistics) is written after the shards and ``summary.json`` last.
-:func:`stream_dataset` returns the same pipeline as a lazy Ray Dataset of rows.
-The per-track work is :mod:`sepcore.prepare.steps`, the documents :mod:`sepcore.prepare.manifest`.
+See docs/prepare.md. Random-mix mode is :mod:`ray_jobs.prepare_mix`; the per-track work
+is :mod:`sepcore.prepare.steps`, the documents and summaries :mod:`sepcore.prepare.manifest`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 from typing import Any, Literal
@@ -29,19 +17,10 @@ from pydantic import Field, model_validator
 
 from ray_jobs.common import Job, JobConfig
 from ray_jobs.prepare_mix import TrackActor, one_thread, pool, run_random_mix, track_dataset
-from sepcore.batch import (
-    TIMEOUTS,
-    ItemWatchdog,
-    Progress,
-    check_settings,
-    settings_fingerprint,
-    timeout_ledger,
-    verdict,
-)
+from sepcore.batch import ItemWatchdog, timeout_ledger, verdict
 from sepcore.config import to_plain
 from sepcore.data.sources import SourceTrack
 from sepcore.errors import ConfigError
-from sepcore.io import storage
 from sepcore.io.ledger import Ledger
 from sepcore.prepare import config as C
 from sepcore.prepare import manifest as M
@@ -83,25 +62,16 @@ class PrepareConfig(JobConfig):
 
 
 class FeatureActor:
-    """Feature actor: a pair -> chunk rows; with ``output`` it writes the track's shard
-    and done-record and returns one result row instead."""
+    """Feature actor: :func:`sepcore.prepare.steps.feature_rows` per pair row."""
 
     def __init__(self, spec: PrepareSpec, output: str | None, done: Ledger | None, limit_s: float,
                  ledger: str | None):  # fmt: skip
         one_thread()
-        self.spec, self.extractor, self.output, self.done = spec, spec.extractor(), output, done
-        self.watchdog = ItemWatchdog(limit_s, "item_timeout_s", ledger)
+        watchdog = ItemWatchdog(limit_s, "item_timeout_s", ledger)
+        self.args = (spec, spec.extractor(), watchdog, output, done)
 
     def __call__(self, row: dict[str, Any]) -> list[dict[str, Any]]:
-        timed_out = self.watchdog.recorded(row["track_id"]) if row["status"] == "ok" else None
-        if timed_out is not None:  # this call is Ray's retry after the time limit ended the actor
-            row = {**row, "status": "error", "reason": timed_out}
-        ok = row["status"] == "ok"
-        with self.watchdog.running(row["track_id"]) if ok else contextlib.nullcontext():
-            rows, result = steps.chunk_rows(row, self.spec, self.extractor)
-        if self.output is None or self.done is None:
-            return rows
-        return [{"result": json.dumps(steps.commit_track(self.output, self.done, result, rows))}]
+        return steps.feature_rows(row, *self.args)
 
 
 def _pipeline(cfg: PrepareConfig, spec: PrepareSpec, tracks: list[SourceTrack], splits: dict[str, str],
@@ -133,31 +103,21 @@ def _run_tracks(cfg: PrepareConfig, spec: PrepareSpec, tracks: list[SourceTrack]
     """Instrument-target mode: the tracks not done before -> shards; the summary."""
     finished = done.records()
     todo = [t for t in tracks if t.track_id not in finished]
-    progress = Progress("prepare", len(todo), len(tracks) - len(todo), "track")
-    errors: list[dict[str, str]] = []
+    progress = M.TrackProgress(len(todo), len(tracks) - len(todo))
     for row in _pipeline(cfg, spec, todo, splits, output, done, timeouts).iter_rows() if todo else []:
-        res = json.loads(row["result"])
-        state = res["reason"] if res["status"] != "ok" else f"{res['rows']} chunks"
-        progress.update(f"{res['track_id']} ({res['split']})", state, failed=res["status"] == "error")
-        if res["status"] == "error":
-            errors.append({"item": res["track_id"], "error": res["reason"]})
+        progress.update(json.loads(row["result"]))
     progress.close()
-    records = list(done.records().values())
-    manifest = M.track_manifest(spec, records, to_plain(cfg))
-    M.write_manifest(output, manifest)
-    return M.track_summary(manifest, records, errors + listing, len(tracks) - len(todo))
+    return M.finish_tracks(output, spec, done, to_plain(cfg), progress.errors + listing, len(tracks) - len(todo))
 
 
 def run(cfg: PrepareConfig) -> dict[str, Any]:
-    output = storage.normalize_uri(cfg.output)
     spec = PrepareSpec.of(cfg)
-    check_settings(output, M.SPEC_FILE, spec.settings())
-    done = Ledger(storage.join(output, M.DONE), settings_fingerprint(spec.settings()))
+    output, done = M.open_output(cfg.output, spec.settings())
     tracks, splits, listing_errors = M.list_tracks(cfg.sources, cfg.qa, cfg.split, cfg.seed)
     mode = run_random_mix if cfg.target == "random_mix" else _run_tracks
     summary = mode(cfg, spec, tracks, splits, output, done, timeout_ledger(output),
                    [{"item": "listing", "error": e} for e in listing_errors])  # fmt: skip
-    storage.delete(storage.join(output, TIMEOUTS), recursive=True)
+    M.clear_timeouts(output)
     counts = summary["counts"]
     return {**summary, **verdict(counts["failed"], counts["tracks"], cfg.max_failed_fraction, "tracks")}
 

@@ -1,18 +1,12 @@
 """prepare, random-mix mode (seed 001): solo segments -> balanced, shuffled random mixes.
 
-Called by ``ray_jobs.prepare`` when ``target: random_mix``; it also holds the Ray pieces
-both modes use (:class:`TrackActor`, :func:`track_dataset`, :func:`pool`). Segment actors
-cut every usable stem into solo segments (materialised once); training segments are
-balanced by class (:func:`sepcore.prepare.steps.segment_copies`); per mixing epoch the
-segments are shuffled (seeded) and mixing actors group each batch, split by split, into
-mixes of 1..4 instruments with seed 001's levels; feature actors write one shard per
-batch and split. A done-record per finished epoch lists its shards; a rerun skips those.
+Called by ``ray_jobs.prepare`` when ``target: random_mix`` (see docs/prepare.md); it also
+holds the Ray pieces both modes use (:class:`TrackActor`, :func:`track_dataset`, :func:`pool`).
 Segments never cross splits, so no track reaches two splits.
 """
 
 from __future__ import annotations
 
-import logging
 import pickle
 from collections import Counter
 from collections.abc import Callable
@@ -24,8 +18,6 @@ from sepcore.io.ledger import Ledger
 from sepcore.prepare import manifest as M
 from sepcore.prepare import steps
 from sepcore.prepare.config import PrepareSpec
-
-log = logging.getLogger("sep.prepare")
 
 
 def one_thread() -> None:
@@ -84,11 +76,7 @@ class BatchActor:
 
 def _epoch(segments: Any, cfg: Any, spec: PrepareSpec, output: str, epoch: int, copies: Counter[str]) -> Any:
     rm, a = cfg.random_mix, cfg.actors
-
-    def expand(row: dict[str, Any]) -> list[dict[str, Any]]:
-        return [{**row, "copy": c} for c in range(copies.get(row["segment_id"], 0))]
-
-    ds = segments.flat_map(expand).random_shuffle(seed=cfg.seed * 1000 + epoch)
+    ds = segments.flat_map(steps.copies_of, fn_args=(copies,)).random_shuffle(seed=cfg.seed * 1000 + epoch)
     mix = (steps.mix_batch, spec, rm.min_instruments, rm.max_instruments, cfg.seed, epoch)
     ds = ds.map_batches(BatchActor, batch_size=rm.batch_mixes, compute=pool(a.mix), num_cpus=a.cpus,
                         fn_constructor_args=mix)  # fmt: skip
@@ -106,22 +94,14 @@ def run_random_mix(cfg: Any, spec: PrepareSpec, tracks: list[SourceTrack], split
                 .flat_map(TrackActor, fn_constructor_args=args, compute=pool(a.mix), num_cpus=a.cpus)
                 .materialize())  # fmt: skip
     meta = segments.select_columns(["track_id", "split", "segment_id", "inst_class", "error"]).take_all()
-    failed = [{"item": m["track_id"], "error": m["error"]} for m in meta if m["error"]]
-    good = [m for m in meta if not m["error"]]
-    log.info("prepare: %d solo segments from %d tracks", len(good), len({m["track_id"] for m in good}))
+    good, failed = M.split_segments(meta)
     copies = steps.segment_copies(good, rm.balance, rm.max_oversample, cfg.seed)
     shards: list[dict[str, Any]] = []
     for epoch in range(rm.epochs):
         record = done.get(f"mix-e{epoch:03d}")
         if record is None:
             columns = segments.select_columns(["segment_id", "inst_class", "split", "audio"])
-            written = _epoch(columns, cfg, spec, output, epoch, copies).take_all()
-            record = {"shards": [{"uri": w["shard"], "split": w["split"], "epoch": epoch, "rows": w["rows"],
-                                  "mixes": w["mixes"]} for w in written]}  # fmt: skip
+            record = M.epoch_record(_epoch(columns, cfg, spec, output, epoch, copies).take_all(), epoch)
             done.put(f"mix-e{epoch:03d}", record)
-            log.info("prepare: epoch %d: %d mixes, %d rows", epoch, sum(s["mixes"] for s in record["shards"]),
-                     sum(s["rows"] for s in record["shards"]))  # fmt: skip
         shards.extend(record["shards"])
-    manifest = M.mix_manifest(spec, shards, good, cfg.model_dump(mode="json"))
-    M.write_manifest(output, manifest)
-    return M.mix_summary(manifest, good, failed + listing)
+    return M.finish_mixes(output, spec, shards, good, cfg.model_dump(mode="json"), failed + listing)

@@ -3,10 +3,7 @@
     sep render midi=demo output=file:///tmp/demo tracks=40
     python -m ray_jobs.render -c configs/render_demo.yaml
 
-Songs are numbered ``Track00001``... in the sorted order of the MIDI files. A track
-whose ``metadata.yaml`` exists is finished and is skipped on a rerun; a song that
-fails to render is reported in ``summary.json`` and the others go on. The per-song
-work is :func:`sepcore.data.render.render_song`.
+See docs/render.md. The per-song work is :func:`sepcore.data.render.render_song`.
 """
 
 from __future__ import annotations

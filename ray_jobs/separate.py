@@ -2,28 +2,13 @@
 
     sep separate -c configs/separate_demo.yaml library=s3://music/incoming output=s3://music/stems
 
-Pipeline (Ray Data): the driver lists the library and drops files already done;
-the rest go, one row per file, to a pool of separator actors. Each actor loads the
-checkpoint once (GPU when it has one) and runs :func:`sepcore.separate.library.separate_file`
-per file: isolated decode, resample, chunked inference with 50 % Hann overlap-add in
-blocks of bounded memory, inverse STFT with the mixture's phase, stems written
-atomically. A file is the unit of work: a per-chunk row would cost more in the
-object store than the inference on a CPU. The state in the output (stems, records,
-start counts, ``manifest.parquet``) is described in :mod:`sepcore.separate.state`.
-
-A rerun skips a file whose change key (URI, size, mtime or ETag), model id (hash of
-the checkpoint's weights) and settings match a previous ``ok`` (or ``skipped``) row
-whose stems exist; changed and failed files are done again.
-
-Exit status: 1 when files were separated and every one of them failed (a model that
-cannot take the audio, a broken decoder): the manifest and ``summary.json`` (status
-``failed``) are still written. Files skipped as done before count neither way; when
-at least one file succeeds the job exits 0 and the failures are in the summary.
+See docs/separate.md. A file is the unit of work: a per-chunk row would cost more in
+the object store than the inference on a CPU. The state in the output is described in
+:mod:`sepcore.separate.state`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import logging
 import time
@@ -32,7 +17,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ray_jobs.common import Job, JobConfig
-from sepcore.batch import ItemWatchdog, Progress
+from sepcore.batch import ItemWatchdog
 from sepcore.errors import ConfigError, SepError
 from sepcore.io import storage
 from sepcore.models import checkpoint
@@ -85,9 +70,7 @@ class Separator:
         import torch
 
         torch.set_num_threads(cfg.inference.threads)
-        device = cfg.inference.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = cfg.inference.torch_device()
         self.model, _ = checkpoint.load_model(cfg.checkpoint, device)
         self.settings = settings.model_copy(update={"device": device})
         self.info = {**info, "settings": settings.key(), "node": ray.get_runtime_context().get_node_id()}
@@ -124,21 +107,11 @@ def _separate(cfg: SeparateConfig, settings: SeparationSettings, info: dict[str,
         Separator, fn_constructor_args=(cfg, settings, info), compute=ray.data.ActorPoolStrategy(size=size),
         num_cpus=cfg.inference.cpus_per_actor, num_gpus=gpus,
     )  # fmt: skip
-    progress = Progress("separate", len(todo), done_before, "file")
-    rows, audio_s, startup, t0 = [], 0.0, 0.0, time.monotonic()
+    progress = S.RunProgress(len(todo), done_before)
     for row in ds.iter_rows():
-        rows.append(row)
-        elapsed = time.monotonic() - t0
-        if len(rows) == 1:  # until the first actor was ready: start-up, paid once per run
-            startup = max(0.0, elapsed - row["total_s"])
-        if row["status"] == "ok":
-            audio_s += row["duration_s"]
-            speed = audio_s / max(elapsed, 1e-9)
-            progress.update(row["relative"], f"ok ({row['duration_s']:.0f} s of audio, {speed:.1f}x real time so far)")
-        else:
-            progress.update(row["relative"], f"{row['status']}: {row['error']}", failed=True)
+        progress.update(row)
     progress.close()
-    return rows, audio_s, startup, size
+    return progress.rows, progress.audio_s, progress.startup, size
 
 
 def run(cfg: SeparateConfig) -> dict[str, Any]:
@@ -150,8 +123,7 @@ def run(cfg: SeparateConfig) -> dict[str, Any]:
     except SepError as exc:
         raise ConfigError("checkpoint", str(exc)) from exc
     settings = SeparationSettings.of(cfg, meta)
-    info = {"model_id": str(meta.get("model_sha256", ""))[:16], "target": str(meta.get("target")),
-            "run_id": dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")}  # fmt: skip
+    info = S.run_info(meta)
     files = list_library(cfg.library, tuple(cfg.suffixes), exclude=output)
     if not files:
         log.warning("separate: no audio files below %s", cfg.library)

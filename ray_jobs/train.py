@@ -3,22 +3,8 @@
     sep train -c configs/train_hourglass_cpu_small.yaml
     sep train -c configs/train_hourglass.yaml scaling.num_workers=4 scaling.use_gpu=true
 
-A TorchTrainer (:func:`ray_jobs.trainer.build_trainer`) runs the per-worker loop of
-:mod:`sepcore.train.worker` on ``scaling.num_workers`` workers (DDP through Ray's
-``prepare_model``; gloo on CPUs, NCCL on GPUs). Each worker streams its shard of the
-prepared Parquet rows with ``get_dataset_shard(...).iter_batches``; nothing passes
-through the driver. Every epoch: validation loss on the validation split, and for
-separators the median SDR of the target on a few validation tracks through the same
-separation code the separate job uses, plus the mixture-as-estimate baseline.
-
-Checkpoints (model, optimizer, epoch, history and everything inference needs: model
-config, sample rate, n_fft, hop, frames, target) go to ``<output>/runs/...`` through
-Ray Train's storage; the best ``keep_checkpoints`` by the validation metric are kept and
-the best is copied to ``<output>/best``, so the output URI itself is a valid
-``checkpoint`` for separate and evaluate. A rerun of the same command after a kill
-continues from the latest complete checkpoint; a worker failure during training is
-recovered by Ray (``max_failures``). ``resume=false`` first discards an earlier run in the
-output (``runs/``, ``best/``, ``metrics.jsonl``, ``loss_curve.png``).
+See docs/train.md. The trainer is :func:`ray_jobs.trainer.build_trainer`; the per-worker
+loop is :mod:`sepcore.train.worker`.
 """
 
 from __future__ import annotations

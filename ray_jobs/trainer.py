@@ -1,11 +1,8 @@
 """The Ray Train layer shared by train, tune and classify (not a job).
 
-:func:`build_trainer` turns a train configuration into something to ``fit()``: a
-``TorchTrainer`` running :func:`sepcore.train.worker.train_worker` on
-``scaling.num_workers`` workers (DDP; gloo on CPUs, NCCL on GPUs), each streaming its
-shard of the prepared rows; or, for a one-worker Tune trial, the same loop in the
-trial's own process (no Train controller, worker actors or dataset coordinator to
-start). Checkpoints go to ``<output>/runs/<run>/``; :func:`storage_args` says where.
+:func:`build_trainer` gives something to ``fit()``: a ``TorchTrainer`` running
+:func:`sepcore.train.worker.train_worker` on ``scaling.num_workers`` workers, or for a
+one-worker Tune trial :class:`sepcore.train.worker.InProcessTrainer`. See docs/train.md.
 """
 
 from __future__ import annotations
@@ -17,33 +14,19 @@ from typing import Any
 
 from ray_jobs.common import setup_logging
 from sepcore.errors import ConfigError
-from sepcore.io import storage
 from sepcore.models import checkpoint as ckpt
 from sepcore.train import outputs as O
+from sepcore.train.outputs import storage_args as storage_args  # classify's, through this layer
 from sepcore.train.selection import metric_mode
-from sepcore.train.worker import LocalRun, train_worker
+from sepcore.train.worker import InProcessTrainer, LocalRun, split_batches, train_worker
 
 #: Hold a run's splits in the object store when they take at most this share of it.
 MATERIALIZE_SHARE = 0.25
 
 
-def storage_args(output: str) -> dict[str, Any]:
-    """RunConfig storage arguments for ``<output>/runs`` (S3 through our fsspec filesystem)."""
-    runs = storage.join(output, O.RUNS)
-    if storage.is_local(runs):
-        return {"storage_path": storage.local_path(runs)}
-    import pyarrow.fs as pafs
-
-    fs, path = storage.filesystem(runs)
-    return {"storage_path": path, "storage_filesystem": pafs.PyFileSystem(pafs.FSSpecHandler(fs))}
-
-
 def shard_dataset(uris: list[str], shuffle: bool, read_cpus: float = 1.0) -> Any:
-    """The rows of prepared shards as a Ray Dataset, one read task of ``read_cpus`` CPUs per shard.
-
-    Shards keep the manifest's order (``shuffle``: random block order, for training).
-    Reads go through :mod:`sepcore.io.storage`, so any URI works.
-    """
+    """The rows of prepared shards (any URI) as a Ray Dataset, one read task of ``read_cpus``
+    CPUs per shard, in the manifest's order (``shuffle``: random block order, for training)."""
     import ray
 
     if not uris:
@@ -51,16 +34,7 @@ def shard_dataset(uris: list[str], shuffle: bool, read_cpus: float = 1.0) -> Any
     ds = ray.data.from_items([{"uri": u} for u in uris], override_num_blocks=len(uris))
     if shuffle:
         ds = ds.randomize_block_order()
-    return ds.map_batches(_read_shards, batch_size=1, batch_format="numpy", num_cpus=read_cpus)
-
-
-def _read_shards(batch: dict[str, Any]) -> Any:
-    import io
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    return pa.concat_tables([pq.read_table(io.BytesIO(storage.read_bytes(str(u)))) for u in batch["uri"]])
+    return ds.map_batches(O.read_shards, batch_size=1, batch_format="numpy", num_cpus=read_cpus)
 
 
 def build_datasets(cfg: Any, manifest: dict[str, Any], read_cpus: float = 1.0,
@@ -76,7 +50,7 @@ def build_datasets(cfg: Any, manifest: dict[str, Any], read_cpus: float = 1.0,
     for split in ("train", "validation"):
         train, uris = split == "train", [sh["uri"] for sh in manifest["shards"] if sh["split"] == split]
         if materialize and uris:
-            ds = ray.data.from_arrow_refs([ray.put(_read_shards({"uri": [u]})) for u in uris])
+            ds = ray.data.from_arrow_refs([ray.put(O.read_shards({"uri": [u]})) for u in uris])
             ds = ds.randomize_block_order() if train else ds
         else:
             ds = shard_dataset(uris, train, read_cpus)
@@ -110,39 +84,29 @@ def data_config() -> Any:
 
 
 class _Session:
-    """The loop's view of its process (:class:`sepcore.train.worker.Session`): a Ray Train
-    worker, or with ``run`` the calling process as the only worker of a run."""
+    """The loop's view of a Ray Train worker (:class:`sepcore.train.worker.Session`)."""
 
-    def __init__(self, run: LocalRun | None = None, datasets: dict[str, Any] | None = None, gpu: bool = False):
-        import torch
+    def __init__(self) -> None:
+        import ray.train
+        from ray.train.torch import get_device
 
-        self.run, self.datasets = run, datasets or {}
-        if run is None:
-            import ray.train
-            from ray.train.torch import get_device
-
-            ctx = ray.train.get_context()
-            self.rank, self.world, self.device = ctx.get_world_rank(), ctx.get_world_size(), get_device()
-        else:
-            self.rank, self.world = 0, 1
-            self.device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
+        ctx = ray.train.get_context()
+        self.rank, self.world, self.device = ctx.get_world_rank(), ctx.get_world_size(), get_device()
 
     def wrap(self, net: Any) -> Any:
         from ray.train.torch import prepare_model
 
-        return net if self.run else prepare_model(net, move_to_device=False)
+        return prepare_model(net, move_to_device=False)
 
     def batches(self, split: str, batch_size: int, shuffle: bool) -> Any:
         import ray.train
 
-        data = self.datasets[split] if self.run else ray.train.get_dataset_shard(split)
-        return data.iter_batches(batch_size=batch_size, batch_format="numpy",
-                                 local_shuffle_buffer_size=batch_size * 16 if shuffle else None)  # fmt: skip
+        return split_batches(ray.train.get_dataset_shard(split), batch_size, shuffle)
 
     def restored(self) -> Any:
         import ray.train
 
-        found = None if self.run else ray.train.get_checkpoint()
+        found = ray.train.get_checkpoint()
         if found is None:
             return None
         with found.as_directory() as folder:
@@ -151,8 +115,6 @@ class _Session:
     def report(self, metrics: dict[str, Any], save: Callable[[str], None] | None) -> None:
         import ray.train
 
-        if self.run is not None:
-            return self.run.report(metrics, save)
         with tempfile.TemporaryDirectory(prefix="sep-ckpt-") as folder:
             if save is not None:
                 save(folder)
@@ -163,16 +125,6 @@ def train_loop(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
     setup_logging()
     train_worker(config, _Session())
-
-
-class InProcessTrainer:
-    """One worker's training in the calling process (``fit()``, like a TorchTrainer's)."""
-
-    def __init__(self, config: dict[str, Any], datasets: dict[str, Any], run: LocalRun, gpu: bool):
-        self.config, self.datasets, self.run, self.gpu = config, datasets, run, gpu
-
-    def fit(self) -> None:
-        train_worker(self.config, _Session(self.run, self.datasets, self.gpu))
 
 
 def _tune_report(metrics: dict[str, Any]) -> None:
@@ -213,11 +165,10 @@ def build_trainer(cfg: Any, read_cpus: float = 1.0, datasets: dict[str, Any] | N
     if in_trial and s.num_workers == 1:
         return InProcessTrainer(config, datasets, LocalRun(output, cfg.keep_checkpoints, metric, _tune_report),
                                 s.use_gpu)  # fmt: skip
-    resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
     return TorchTrainer(
         train_loop, train_loop_config=config, datasets=datasets, dataset_config=data_config(),
         scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=s.worker_resources()),
         run_config=ray.train.RunConfig(
             name=f"run-{int(time.time())}", **storage_args(output), callbacks=[_tune_callback()] if in_trial else [],
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),

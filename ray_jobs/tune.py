@@ -3,18 +3,8 @@
     sep tune -c configs/tune_cpu_small.yaml
     sep tune -c configs/tune_hourglass_gpu.yaml output=s3://bucket/tune variants=s3://bucket/variants
 
-1. **Data variants.** Each distinct (``n_fft``, silence) pair of the space is prepared once
-   by the prepare job into ``<variants>/<key>/`` (the key hashes every setting that shapes
-   the data) and reused by every trial and later sweeps; a variant small enough is read
-   once into the object store and shared by its trials.
-2. **Trials.** One Tune trial per point (grid, random or Optuna), trained with the train
-   job's settings by :func:`ray_jobs.trainer.build_trainer`: one worker in the trial's own
-   process, more in a nested ``TorchTrainer``. Every epoch reaches Tune (ASHA stops weak
-   trials); a trial writes a train output and ``trial.json`` to ``<output>/trials/<id>/``.
-3. **Outputs.** ``results.csv``/``.parquet``, ``best/`` (``<output>`` is a ``checkpoint``
-   for separate and evaluate), ``best_train.yaml``, plots, ``report.html``, ``summary.json``.
-4. **Resume.** The same command again restores the experiment in ``<output>/runs/sweep``:
-   finished trials stay, unfinished ones continue from their last checkpoint.
+See docs/tune.md. A trial trains through :func:`ray_jobs.trainer.build_trainer`; the plain
+parts (settings, variant keys, results, plots) are in :mod:`sepcore.tune`.
 """
 
 from __future__ import annotations
@@ -24,11 +14,11 @@ import sys
 import time
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import model_validator
 
 from ray_jobs import prepare, train
 from ray_jobs.common import Job, JobConfig, run_job
-from ray_jobs.trainer import build_datasets, build_trainer, fits_in_memory, storage_args
+from ray_jobs.trainer import build_datasets, build_trainer, fits_in_memory
 from sepcore.batch import verdict
 from sepcore.errors import ConfigError, SepError
 from sepcore.io import storage
@@ -40,39 +30,12 @@ from sepcore.tune import sweep as T
 log = logging.getLogger("sep.tune")
 
 SWEEP_NAME = "sweep"
-SEPARATORS = tuple(T.SIZE_KEYS)  # the model families tune sweeps
 
 
-class TuneConfig(JobConfig):
-    prepare: dict[str, Any] = Field(description="keys of sep prepare (not output): the data of every variant")
-    train: dict[str, Any] = Field(default_factory=dict, description="keys of sep train (not data, output)")
-    model_configs: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="base constructor arguments of other model families in space.model"
-    )
-    variants: str | None = Field(None, description="where data variants are prepared (default <output>/variants)")
-    hop_fraction: float = Field(0.25, gt=0, le=1, description="hop = n_fft x hop_fraction for swept FFT sizes")
-    space: C.SpaceConfig = Field(default_factory=C.SpaceConfig)
-    search: C.SearchConfig = Field(default_factory=C.SearchConfig)
-    scheduler: C.SchedulerConfig = Field(default_factory=C.SchedulerConfig)
-    resources: C.ResourcesConfig = Field(default_factory=C.ResourcesConfig)
-    max_failures: int = Field(1, ge=0, description="retries of a failed trial (it resumes from its checkpoint)")
-    max_failed_fraction: float = Field(0.5, ge=0, le=1, description="fail the job when more trials than this fail")
-
+class TuneConfig(C.TuneSettings, JobConfig):
     @model_validator(mode="after")
     def _check(self) -> TuneConfig:
-        for section, key in (("prepare", "output"), ("train", "data"), ("train", "output")):
-            if key in getattr(self, section):
-                raise ValueError(f"{section}.{key} is set by the sweep; leave it out")
-        if self.search.algorithm == "grid" and isinstance(self.space.lr, C.RangeConfig):
-            raise ValueError("space.lr: grid search needs a list of values, not a range")
-        for n_fft, silence in self.space.data_points():
-            validate_prepare(T.variant_settings(self.prepare, n_fft, silence, self.hop_fraction))
-        for values in self.space.size_points():
-            tcfg = validate_train(T.train_settings(self.train, values, self.model_configs))
-            if tcfg.model.name not in SEPARATORS:
-                raise ValueError(f"train.model.name: tune sweeps separators {SEPARATORS}, not {tcfg.model.name}")
-        if validate_train(self.train).validation.metric == "val_sdr" and self.prepare.get("target") == "random_mix":
-            raise ValueError("train.validation.metric val_sdr needs an instrument target; use val_loss")
+        C.check_tune(self, validate_prepare, validate_train)
         return self
 
 
@@ -86,12 +49,8 @@ def validate_train(settings: dict[str, Any]) -> train.TrainConfig:
 
 def prepare_variants(cfg: TuneConfig, output: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
     """Prepare every data variant of the space not there yet: ``data_key -> URI`` and one record each."""
-    root = storage.normalize_uri(cfg.variants) if cfg.variants else storage.join(output, "variants")
     uris, records = {}, []
-    for n_fft, silence in cfg.space.data_points():
-        settings = T.absolute_sources(T.variant_settings(cfg.prepare, n_fft, silence, cfg.hop_fraction))
-        resolved = validate_prepare(settings)
-        uri = storage.join(root, T.variant_key(resolved.model_dump(mode="json")))
+    for key, uri, settings, resolved in S.variant_plan(cfg, output, validate_prepare):
         done = S.prepared(uri)
         if not done:
             log.info("tune: preparing data variant %s", uri)
@@ -100,7 +59,7 @@ def prepare_variants(cfg: TuneConfig, output: str) -> tuple[dict[str, str], list
                 raise SepError(f"{uri}: preparing the data variant failed: {summary.get('error')}")
         else:
             log.info("tune: data variant %s is prepared already", uri)
-        uris[T.data_key(n_fft, silence)] = uri
+        uris[key] = uri
         records.append(S.variant_record(uri, resolved, not done))
     return uris, records
 
@@ -122,16 +81,10 @@ def run_trial(point: dict[str, Any], sweep: dict[str, Any], datasets: dict[str, 
     import ray.tune
 
     trial_id = ray.tune.get_context().get_trial_id()
-    out = S.trial_output(sweep["output"], trial_id)
-    values = {**sweep["base"], **point}
-    key = T.data_key(values.get("n_fft") if "n_fft" in point else None,
-                     values.get("silence") if "silence" in point else "base")  # fmt: skip
-    settings = T.train_settings(sweep["train"], values, sweep["model_configs"])
+    out, values, key, settings = S.trial_settings(sweep, point, trial_id)
     tcfg = train.TrainConfig.model_validate({**settings, "data": sweep["variants"][key], "output": out})
     record, trained = S.read_record(out), False
-    # Done before: the marker says so, or the scheduler ended the trial at its last epoch
-    # before the marker was written. Either way it is not trained again.
-    if record.get("status") != "done" and not O.trained_out(out, tcfg.optim):
+    if not S.done_before(out, record, tcfg.optim):
         label = T.trial_label(values, sweep["swept"])
         record = S.start_trial(out, trial_id, label, values, tcfg.data, settings)
         before = O.latest_epoch(out)
@@ -147,15 +100,8 @@ def run_trial(point: dict[str, Any], sweep: dict[str, Any], datasets: dict[str, 
 def param_space(cfg: TuneConfig) -> dict[str, Any]:
     from ray import tune
 
-    pick = tune.grid_search if cfg.search.algorithm == "grid" else tune.choice
-    space: dict[str, Any] = {}
-    for dim in cfg.space.swept():
-        values = getattr(cfg.space, dim)
-        if isinstance(values, C.RangeConfig):
-            space[dim] = (tune.loguniform if values.log else tune.uniform)(values.low, values.high)
-        else:
-            space[dim] = pick(list(values))
-    return space
+    kinds = {"grid": tune.grid_search, "choice": tune.choice, "uniform": tune.uniform, "loguniform": tune.loguniform}
+    return {dim: kinds[kind](*args) for dim, (kind, args) in C.space_spec(cfg.space, cfg.search.algorithm).items()}
 
 
 def tune_config(cfg: TuneConfig, parallel: int) -> Any:
@@ -185,7 +131,7 @@ def tune_config(cfg: TuneConfig, parallel: int) -> Any:
 
 def sweep_path(output: str) -> tuple[str, Any]:
     """Path and filesystem of the Tune experiment (``<output>/runs/sweep``)."""
-    store = storage_args(output)
+    store = O.storage_args(output)
     return store["storage_path"].rstrip("/") + "/" + SWEEP_NAME, store.get("storage_filesystem")
 
 
@@ -194,15 +140,10 @@ def run_sweep(cfg: TuneConfig, output: str, variants: dict[str, str], resume: bo
     import ray
     from ray import tune
 
-    tcfg = validate_train(cfg.train)
-    sweep = {"output": output, "variants": variants, "train": cfg.train, "model_configs": cfg.model_configs,
-             "base": T.base_values(cfg.prepare, cfg.train), "swept": cfg.space.swept(),
-             "read_cpus": cfg.resources.read_cpus}  # fmt: skip
-    s = tcfg.scaling  # a one-worker trial trains in its own process: it holds the worker's resources
-    own = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
+    s, sweep = validate_train(cfg.train).scaling, T.sweep_settings(cfg, output, variants)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, sweep=sweep, datasets=shared_datasets(cfg, variants)),
-        own if s.num_workers == 1 else {"CPU": cfg.resources.driver_cpus})  # fmt: skip
+        T.trial_resources(s, cfg.resources.driver_cpus))  # fmt: skip
     path, fs = sweep_path(output)
     if resume:
         log.info("tune: resuming the sweep in %s", path)
@@ -211,7 +152,7 @@ def run_sweep(cfg: TuneConfig, output: str, variants: dict[str, str], resume: bo
     demand = T.trial_demand(s, cfg.resources.driver_cpus, cfg.resources.read_cpus)
     parallel = T.concurrency(demand, ray.cluster_resources(), cfg.search.max_concurrent)
     log.info("tune: %d trials at a time (each %s)", parallel, demand)
-    run_config = tune.RunConfig(name=SWEEP_NAME, verbose=1, **storage_args(output),
+    run_config = tune.RunConfig(name=SWEEP_NAME, verbose=1, **O.storage_args(output),
                                 failure_config=tune.FailureConfig(max_failures=cfg.max_failures))  # fmt: skip
     return tune.Tuner(trainable, param_space=param_space(cfg), tune_config=tune_config(cfg, parallel),
                       run_config=run_config).fit()  # fmt: skip
@@ -230,13 +171,8 @@ def run(cfg: TuneConfig) -> dict[str, Any]:
     states, failed = S.tune_states(grid, T.base_values(cfg.prepare, cfg.train), cfg.space.swept())
     tcfg = validate_train(cfg.train)
     rows, curves = S.trial_rows(output, tcfg, states)
-    # From the trials' own records (a trial restored from an earlier run's experiment state
-    # lacks Tune's ``done`` flag even when it had finished); trials never started have none.
-    unfinished = sum(1 for r in rows if r["status"] == "unfinished") + max(0, len(grid) - len(rows))
     written = S.write_results(cfg, tcfg.validation.metric, output, rows, curves, variants, time.monotonic() - t0)
-    if unfinished > 0:
-        raise SepError(f"{output}: the sweep stopped with {unfinished} unfinished trials; "
-                       "run the same command again to resume it")  # fmt: skip
+    S.check_finished(output, rows, len(grid))
     return {**S.summary(output, len(grid), rows, failed, variants, written),
             **verdict(len(failed), len(grid), cfg.max_failed_fraction, "trials")}
 

@@ -27,12 +27,14 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from sepcore import faults
 from sepcore.config import changed_keys
 from sepcore.errors import ConfigError, SepError
 from sepcore.io import storage
+from sepcore.stages import SUMMARY
 
 log = logging.getLogger("sep")
 
@@ -233,3 +235,47 @@ class ItemWatchdog:
             log.exception("cannot record the time-limit failure of %s", item)
         logging.shutdown()  # flush the log handlers
         os._exit(1)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A short human-readable account of a summary."""
+    lines = [f"{summary['job']}: done in {summary['seconds']:.1f} s"]
+    for section in ("counts", "figures"):
+        for key, value in (summary.get(section) or {}).items():
+            lines.append(f"  {key}: {value}")
+    failed = summary.get("failed") or []
+    for item in failed[:10]:
+        lines.append(f"  FAILED {item.get('item')}: {item.get('error')}")
+    if len(failed) > 10:
+        lines.append(f"  ... and {len(failed) - 10} more failures (see summary.json)")
+    lines.append(f"  summary: {storage.join(storage.normalize_uri(summary['config']['output']), SUMMARY)}")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What became of one item of ``ray_jobs.common.ItemTasks``: the task's value, or why there is none."""
+
+    item: str
+    value: Any = None
+    error: str | None = None
+
+
+class ItemClock:
+    """How long each running task of ``ray_jobs.common.ItemTasks`` has run (a Ray actor there).
+
+    Tasks report their own start and end, so time spent waiting for a CPU is not charged.
+    """
+
+    def __init__(self) -> None:
+        self.started: dict[int, float] = {}
+
+    def start(self, index: int) -> None:
+        self.started[index] = time.monotonic()
+
+    def stop(self, index: int) -> None:
+        self.started.pop(index, None)
+
+    def elapsed(self) -> dict[int, float]:
+        now = time.monotonic()
+        return {index: now - t for index, t in self.started.items()}

@@ -79,3 +79,24 @@ def test_a_ledger_counts_only_records_made_with_its_fingerprint(tmp_path):
 def test_record_names_are_safe_and_distinct():
     a, b = record_name("x/../../etc/passwd"), record_name("x/../../etc/passwd ")
     assert a != b and "/" not in a and a.endswith(".json")
+
+
+def test_format_summary_lists_counts_and_the_first_ten_failures(tmp_path):
+    summary = {"job": "render", "seconds": 12.34, "config": {"output": str(tmp_path)},
+               "counts": {"tracks": 12}, "figures": {"sdr": 3.5},
+               "failed": [{"item": f"t{i}", "error": "bad"} for i in range(12)]}  # fmt: skip
+    lines = batch.format_summary(summary).splitlines()
+    assert lines[:3] == ["render: done in 12.3 s", "  tracks: 12", "  sdr: 3.5"]
+    assert lines[3] == "  FAILED t0: bad" and sum(line.startswith("  FAILED") for line in lines) == 10
+    assert lines[-2] == "  ... and 2 more failures (see summary.json)"
+    assert lines[-1].startswith("  summary: ") and lines[-1].endswith("summary.json")
+
+
+def test_item_clock_charges_only_running_items():
+    clock = batch.ItemClock()
+    clock.start(0)
+    clock.start(1)
+    clock.stop(0)
+    elapsed = clock.elapsed()
+    assert list(elapsed) == [1] and elapsed[1] >= 0
+    assert batch.Finished("a").error is None and batch.Finished("a", error="x").value is None

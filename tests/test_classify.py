@@ -521,3 +521,36 @@ def test_activation_checkpoint_scores_windows(tmp_path):
     mix = np.random.default_rng(8).standard_normal((1, 2 * RATE)).astype(np.float32) * 0.1
     scores = N.activation_window_scores(loaded, loaded_meta, mix, RATE, np.array([0.0, 1.0]), 1.0, ["bass", "drums"])
     assert scores.shape == (2, 2) and np.all((scores > 0) & (scores < 1))
+
+
+def test_job_steps_count_tracks_and_shape_rows():
+    from sepcore.classify import job as J
+
+    records = {"a": {"status": "ok", "split": "x"}, "b": {"status": "skipped", "reason": "no stems"},
+               "c": {"status": "ok"}}  # fmt: skip
+    counts, skipped = J.track_counts(records, 4, 1, [{"item": "d", "error": "bad"}])
+    assert counts == {"tracks": 4, "done_before": 3, "failed": 1, "skipped": 1} and skipped == {"b": "no stems"}
+    usable = J.usable_by_split(records, {"a": "test", "b": "train", "c": "train"})
+    assert usable == {"train": [records["c"]], "validation": [], "test": [records["a"]]}
+    assert J.actor_row("t", {"error": "boom"}) == {"track_id": "t", "status": "error", "reason": "boom"}
+    row = J.actor_row("t", {"status": "ok", "reason": "", "snippets": 7, "shard": "s"})
+    assert row == {"track_id": "t", "status": "ok", "reason": "", "snippets": 7}
+    assert J.row_note(row) == "7 snippets" and J.row_note({"status": "skipped", "reason": "silent"}) == "silent"
+    result = {"counts": {"snippets_train": 9}, "figures": {"auc_test_bass": 0.9}, "model": "m"}
+    summary = J.run_summary(counts, result, usable, [], skipped, "f")
+    assert list(summary) == ["counts", "figures", "failed", "skipped", "snippets", "model"]
+    assert summary["counts"]["snippets_train"] == 9 and summary["figures"]["tracks_per_split"]["train"] == 1
+    keys = J.ClassifyKeys(data="d", scaling={"num_workers": 2, "cpus_per_worker": 2.6})
+    assert keys.scaling.scaling_args() == {"num_workers": 2, "resources_per_worker": {"CPU": 2.6}}
+    loop = keys.loop_config(["f1"], ["bass"])
+    assert loop["params"]["num_threads"] == 3 and loop["rounds"] == 300 and loop["early_stopping"] == 30
+    with pytest.raises(ValueError, match="split fractions must sum to 1"):
+        J.ClassifyKeys(data="d", split={"train": 0.5, "validation": 0.1, "test": 0.1})
+
+
+def test_split_tracks_without_tracks_names_the_data_key(tmp_path):
+    from sepcore.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        K.split_tracks(str(tmp_path), {"train": 0.8, "validation": 0.1, "test": 0.1}, 0)
+    assert info.value.key == "data" and "holds no usable Slakh-layout tracks" in str(info.value)

@@ -11,8 +11,9 @@ from pydantic import Field
 from ray_jobs import demo
 from ray_jobs.common import Job, JobConfig
 from sepcore.config import load_config
-from sepcore.demo import report
-from sepcore.demo.presets import deep_merge
+from sepcore.demo import budget, report
+from sepcore.demo.presets import check_demo, deep_merge, stage_config
+from sepcore.errors import ConfigError
 from sepcore.io import storage
 from sepcore.report import html as R
 from sepcore.stages import StageRecord, Stages
@@ -210,3 +211,23 @@ def test_stages_are_reused_or_redone_by_key(local_ray, tmp_path):
     stages.records["up"] = StageRecord("up", "", 1.0, False, "other-input", {})
     demo.run_stage(stages, "d", job, _Cfg(output=out, value=2), ["up"])  # same settings, another input: redone
     assert calls == [1, 2, 2] and stages.count == 4
+
+
+def test_budget_estimates_extras_from_the_main_model():
+    stages = Stages(total=6)
+    for name, seconds in (("train hourglass", 300), ("evaluate hourglass", 40)):
+        stages.records[name] = StageRecord(name, "", seconds, True, f"key-{name}", {})
+    # 340 s + 45 s overhead + 0.75 x 300 + 40 s = 650 s
+    assert budget.over_budget(stages, "hourglass", "blstm", 11) is None
+    why = budget.over_budget(stages, "hourglass", "blstm", 10)
+    assert why == ("skipped: the run has cost 6 min 25 s and blstm would take about 4 min 25 s more, "
+                   "over the 10-minute budget")  # fmt: skip
+    assert budget.stage_count(["hourglass"], ["blstm", "activation_cnn"], True) == 12
+
+
+def test_stage_config_names_the_bad_key():
+    with pytest.raises(ConfigError, match="stages.render.nope"):
+        stage_config(_Cfg, "render", {"output": "x"}, {"nope": 1}, {})
+    assert stage_config(_Cfg, "render", {"output": "x", "value": 1}, {"value": 2}, {"output": "y"}).value == 2
+    with pytest.raises(ValueError, match="unknown target"):
+        check_demo("kazoo", None)

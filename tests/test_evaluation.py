@@ -436,3 +436,31 @@ def test_activation_plot_shows_reference_and_prediction_per_class():
         outline = {tuple(v) for v in np.round(ax.collections[0].get_paths()[0].vertices, 9)}
         assert {tuple(v) for v in np.round(np.stack([t, ref[k]], axis=1), 9)} <= outline
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["reference", "predicted"]
+
+
+def test_job_steps_pick_classes_tracks_and_summary():
+    from types import SimpleNamespace as NS
+
+    from sepcore.evaluate import job as J
+    from sepcore.evaluate.config import EvaluateKeys
+
+    assert J.run_classes(True, "guitar", ["piano", "guitar"]) == ["guitar", "piano"]
+    assert J.run_classes(False, None, ["piano"]) == list(CLASSES)
+    with pytest.raises(ValueError, match="unknown class 'kazoo'"):
+        EvaluateKeys(data="d", checkpoint="c", classes=["kazoo"])
+    with pytest.raises(ValueError, match="split_fractions must sum to 1"):
+        EvaluateKeys(data="d", checkpoint="c", split_fractions={"train": 0.5, "validation": 0.1, "test": 0.1})
+    tracks = [NS(track_id=f"t{i}", classes=["guitar"] if i % 2 else ["piano"]) for i in range(6)]
+    cfg = NS(report=NS(examples=2), activation=NS(plots=1))
+    assert J.shown_tracks(cfg, tracks, True, "guitar") == {"t1", "t3"}
+    assert J.shown_tracks(cfg, tracks, False, None) == {"t0"}
+    seq = J.sequence_result([("bass", tracks[2], 22050)], {"noise": 1, "leakage": 2}, ["a.png"], 22050, 5.0)
+    assert seq == {"noise": 1, "leakage": 2, "images": ["a.png"],
+                   "sequence": [{"class": "bass", "track_id": "t2", "start_s": 1.0, "seconds": 5.0}]}  # fmt: skip
+    doc = {"timing": {"eval_seconds_per_audio_minute": None, "audio_seconds": 0}, "separation": None,
+           "tracks_selected": 2, "tracks_evaluated": 0, "failed": [{"track_id": "t0", "error": "x"}], "skipped": {}}  # fmt: skip
+    summary = J.run_summary(doc, "o/metrics.json", "o/report.html", 2, 1.0)
+    assert summary["counts"] == {"tracks": 2, "evaluated": 0, "failed": 1, "skipped": 0}
+    assert summary["status"] == "failed" and summary["error"] == "no track could be evaluated"
+    assert J.run_summary({**doc, "tracks_evaluated": 1}, "m", "r", 2, 0.4)["error"] == "1 of 2 tracks failed"
+    assert "status" not in J.run_summary({**doc, "tracks_evaluated": 1}, "m", "r", 2, 0.5)

@@ -347,3 +347,17 @@ def test_a_done_file_is_skipped_only_as_it_was(tmp_path):
     assert state.every_file_failed([row, {**row, "status": "error", "error_class": "X", "error": "bad"}]) == {}
     state.clear_run(out)
     assert state.previous_state(out) == {}
+
+
+def test_run_info_and_run_progress() -> None:
+    from sepcore.separate import state
+
+    info = state.run_info({"model_sha256": "0123456789abcdef0123", "target": "guitar"})
+    assert info["model_id"] == "0123456789abcdef" and info["target"] == "guitar"
+    assert len(info["run_id"]) == 16 and info["run_id"].endswith("Z")
+    progress = state.RunProgress(todo=2, done_before=1)
+    progress.update({"relative": "a.wav", "status": "ok", "duration_s": 10.0, "total_s": 0.0})
+    progress.update({"relative": "b.wav", "status": "error", "error": "broken", "total_s": 0.0})
+    progress.close()
+    assert [r["relative"] for r in progress.rows] == ["a.wav", "b.wav"]
+    assert progress.audio_s == 10.0 and progress.startup >= 0.0

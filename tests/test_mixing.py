@@ -355,3 +355,23 @@ def test_manifest_and_summary_of_track_records():
     summary = manifest.track_summary(doc, records, [{"item": "listing", "error": "x"}], done_before=1)
     assert summary["counts"] == {"tracks": 3, "prepared": 1, "skipped": 1, "done_before": 1, "failed": 1,
                                  "rows": 3, "shards": 1}  # fmt: skip
+
+
+def test_track_progress_collects_failures_and_epoch_records() -> None:
+    from sepcore.prepare import manifest, steps
+
+    progress = manifest.TrackProgress(todo=2, done_before=0)
+    progress.update({"track_id": "a", "split": "train", "status": "ok", "rows": 3})
+    progress.update({"track_id": "b", "split": "test", "status": "error", "reason": "b: broken"})
+    progress.close()
+    assert progress.errors == [{"item": "b", "error": "b: broken"}]
+    meta = [{"track_id": "a", "segment_id": "a0", "error": None}, {"track_id": "b", "segment_id": "", "error": "x"}]
+    good, failed = manifest.split_segments(meta)
+    assert good == meta[:1] and failed == [{"item": "b", "error": "x"}]
+    written = [{"shard": "s.parquet", "split": "train", "rows": 4, "mixes": 2}]
+    assert manifest.epoch_record(written, 3) == {
+        "shards": [{"uri": "s.parquet", "split": "train", "epoch": 3, "rows": 4, "mixes": 2}]
+    }
+    row = {"segment_id": "a0"}
+    assert steps.copies_of(row, Counter({"a0": 2})) == [{"segment_id": "a0", "copy": 0}, {"segment_id": "a0", "copy": 1}]
+    assert steps.copies_of(row, Counter()) == []

@@ -116,3 +116,49 @@ def test_a_run_that_keeps_its_own_checkpoints_keeps_the_best_and_the_latest():
     assert stale_checkpoints(items, "val_sdr", 2) == ["c0"]  # c1, c2 best; c3 the latest
     assert stale_checkpoints(items, "val_loss", 1) == ["c0", "c1", "c2"]  # c3: the best and the latest
     assert stale_checkpoints(items, "val_sdr", 5) == [] and stale_checkpoints([], "val_sdr", 1) == []
+
+
+def test_run_storage_and_worker_resources(tmp_path):
+    from sepcore.io import storage
+    from sepcore.train.config import ScalingConf
+
+    out = storage.normalize_uri(str(tmp_path))
+    assert O.storage_args(out) == {"storage_path": storage.local_path(storage.join(out, O.RUNS))}
+    assert ScalingConf(cpus_per_worker=0.5).worker_resources() == {"CPU": 0.5}
+    assert ScalingConf(use_gpu=True, gpus_per_worker=0.5).worker_resources() == {"CPU": 1.0, "GPU": 0.5}
+
+
+def test_read_shards_concatenates_the_rows_of_each_shard(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    uris = []
+    for i in range(2):
+        path = tmp_path / f"shard_{i}.parquet"
+        pq.write_table(pa.table({"x": [i, i + 10]}), path)
+        uris.append(str(path))
+    assert O.read_shards({"uri": uris}).column("x").to_pylist() == [0, 10, 1, 11]
+
+
+def test_local_session_serves_its_splits_and_keeps_checkpoints_with_its_run():
+    from sepcore.train.worker import LocalSession
+
+    class Split:
+        def iter_batches(self, **kwargs):
+            return kwargs
+
+    reported = []
+
+    class Run:
+        def report(self, metrics, save):
+            reported.append((metrics, save))
+
+    session = LocalSession(Run(), {"train": Split()})  # type: ignore[arg-type]
+    assert (session.rank, session.world, session.device.type) == (0, 1, "cpu")
+    net = torch.nn.Linear(2, 2)
+    assert session.wrap(net) is net and session.restored() is None
+    assert session.batches("train", 4, shuffle=True) == {"batch_size": 4, "batch_format": "numpy",
+                                                          "local_shuffle_buffer_size": 64}  # fmt: skip
+    assert session.batches("train", 4, shuffle=False)["local_shuffle_buffer_size"] is None
+    session.report({"epoch": 0}, None)
+    assert reported == [({"epoch": 0}, None)]

@@ -14,7 +14,7 @@ import pytest
 
 from ray_jobs import tune
 from sepcore.config import load_config
-from sepcore.errors import ConfigError
+from sepcore.errors import ConfigError, SepError
 from sepcore.io import storage
 from sepcore.report import html as R
 from sepcore.train.config import ScalingConf
@@ -141,6 +141,55 @@ def test_param_space_scheduler_and_concurrency():
     assert T.concurrency({"CPU": 1.0, "GPU": 1.0}, {"CPU": 64.0, "GPU": 4.0}, None) == 4
     assert T.concurrency({"CPU": 4.0}, {"CPU": 2.0}, None) == 1
     assert T.concurrency(demand, {"CPU": 2.0}, 5) == 5
+
+
+def test_space_spec_names_each_dimension_sampler():
+    grid = _cfg(space={"n_fft": [512, 1024], "lr": [0.001]})
+    assert C.space_spec(grid.space, "grid") == {"n_fft": ("grid", ([512, 1024],)), "lr": ("grid", ([0.001],))}
+    ranged = _cfg(space={"lr": {"low": 1e-4, "high": 1e-2, "log": True}, "filters": [4, 8]},
+                  search={"algorithm": "random"})  # fmt: skip
+    assert C.space_spec(ranged.space, "random") == {"filters": ("choice", ([4, 8],)),
+                                                    "lr": ("loguniform", (1e-4, 1e-2))}  # fmt: skip
+    uniform = _cfg(space={"lr": {"low": 1e-4, "high": 1e-2, "log": False}}, search={"algorithm": "random"})
+    assert C.space_spec(uniform.space, "random") == {"lr": ("uniform", (1e-4, 1e-2))}
+
+
+def test_trial_resources_data_key_and_settings(tmp_path):
+    one = ScalingConf(cpus_per_worker=0.5)
+    assert T.trial_resources(one, 0.01) == {"CPU": 0.5}  # trains in the trial: the worker's resources
+    gpu = ScalingConf(cpus_per_worker=4, use_gpu=True, gpus_per_worker=1)
+    assert T.trial_resources(gpu, 0.01) == {"CPU": 4, "GPU": 1}
+    assert T.trial_resources(ScalingConf(num_workers=2, use_gpu=True), 0.01) == {"CPU": 0.01}  # only the driver
+    cfg = _cfg(space={"n_fft": [512, 1024], "filters": [4, 8]})
+    sweep = T.sweep_settings(cfg, "file:///o", {T.data_key(512, "base"): "file:///v"})
+    assert sweep["swept"] == ["n_fft", "filters"] and sweep["read_cpus"] == 0.25 and sweep["train"] == TRAIN
+    out, values, key, settings = S.trial_settings(sweep, {"n_fft": 512, "filters": 4}, "t1")
+    assert out == S.trial_output("file:///o", "t1") and values["n_fft"] == 512
+    assert key == T.data_key(512, "base") and settings["model"]["config"]["filters"] == 4
+    assert T.trial_data_key({"filters": 4}, {"n_fft": 512, "silence": None}) == T.data_key(None, "base")
+    out = storage.normalize_uri(str(tmp_path))
+    optim = tune.validate_train(TRAIN).optim
+    assert not S.done_before(out, {}, optim)
+    assert S.done_before(out, {"status": "done"}, optim)
+
+
+def test_variant_plan_lists_each_variant_under_its_root():
+    cfg = _cfg(space={"n_fft": [512, 1024], "filters": [4, 8]})
+    plan = S.variant_plan(cfg, "file:///o", tune.validate_prepare)
+    assert [key for key, *_ in plan] == [T.data_key(512, "base"), T.data_key(1024, "base")]
+    for _, uri, settings, resolved in plan:
+        assert uri == storage.join("file:///o/variants", T.variant_key(resolved.model_dump(mode="json")))
+        assert settings["features"]["n_fft"] == resolved.features.n_fft
+    shared = S.variant_plan(cfg.model_copy(update={"variants": "file:///shared"}), "file:///o", tune.validate_prepare)
+    assert all(uri.startswith("file:///shared/") for _, uri, _, _ in shared)
+
+
+def test_a_sweep_with_unfinished_trials_fails_after_its_results():
+    S.check_finished("o", [{"status": "done"}, {"status": "stopped"}], 2)
+    with pytest.raises(SepError, match="stopped with 1 unfinished trials; run the same command again"):
+        S.check_finished("o", [{"status": "done"}, {"status": "unfinished"}], 2)
+    with pytest.raises(SepError, match="stopped with 2 unfinished trials"):
+        S.check_finished("o", [{"status": "done"}], 3)  # two never started
 
 
 def test_a_rerun_into_the_same_output_must_sweep_the_same_space(tmp_path):

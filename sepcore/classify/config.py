@@ -75,6 +75,10 @@ class ScalingConf(Config):
     num_workers: int = Field(1, ge=1, description="LightGBM workers (data-parallel above 1)")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per worker (also LightGBM threads)")
 
+    def scaling_args(self) -> dict[str, Any]:
+        """The arguments of Ray Train's ``ScalingConfig``."""
+        return {"num_workers": self.num_workers, "resources_per_worker": {"CPU": self.cpus_per_worker}}
+
 
 class ActorsConf(Config):
     feature: int = Field(2, ge=1, description="most feature actors (one track per call)")

@@ -184,7 +184,7 @@ def finish(output: str, spec: SnippetSpec, usable: dict[str, list[dict[str, Any]
     """From the scored validation and test snippets: the model folder, metrics.json, the plots, the report.
 
     ``scored``: a pandas frame of :class:`sepcore.classify.classifier.BatchScorer` rows.
-    Returns the job's summary entries ``figures``, ``model``, ``metrics``.
+    Returns the job's summary entries ``figures``, ``model``, ``metrics`` and ``counts`` (snippets per split).
     """
     which = scored["track_id"].map({m["track_id"]: s for s in ("validation", "test") for m in usable[s]})
     frames = {s: scored[which == s] for s in ("validation", "test") if usable[s]}
@@ -199,7 +199,8 @@ def finish(output: str, spec: SnippetSpec, usable: dict[str, list[dict[str, Any]
     metrics = metrics_document(classes, untrained, ev, sizes, thresholds, usable, cnn, spec, info, model_dir)
     write_outputs(output, metrics, ev["roc"], texts, spec)
     return {"figures": summary_figures(ev, cnn is not None), "model": model_dir,
-            "metrics": storage.join(output, METRICS)}  # fmt: skip
+            "metrics": storage.join(output, METRICS),
+            "counts": {f"snippets_{s}": v["snippets"] for s, v in sizes.items()}}  # fmt: skip
 
 
 def trainable_classes(sizes: dict[str, dict[str, Any]], classes: list[str],

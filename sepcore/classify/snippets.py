@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from sepcore.classify.config import SnippetSpec
-from sepcore.errors import SepError
+from sepcore.errors import ConfigError, SepError
 from sepcore.prepare import features
 from sepcore.prepare.mixing import assign_splits
 
@@ -130,7 +130,7 @@ def split_tracks(data: str, fractions: Mapping[str, float], seed: int) -> tuple[
     """The Slakh-layout tracks of ``data`` in a train/validation/test split, every track's split
     (:func:`track_splits`; a track's own split wins) and the listing errors as failed items.
 
-    Slakh-redux's ``omitted`` tracks stay out.
+    Slakh-redux's ``omitted`` tracks stay out. Raises :class:`ConfigError` when no track is left.
     """
     from sepcore.data.sources import slakh_tracks
 
@@ -139,4 +139,6 @@ def split_tracks(data: str, fractions: Mapping[str, float], seed: int) -> tuple[
     fixed = {t.track_id: t.split for t in listed if t.split}
     splits = track_splits([t.track_id for t in listed], fractions, seed, fixed)
     tracks = [t for t in listed if splits[t.track_id] in ("train", "validation", "test")]
+    if not tracks:
+        raise ConfigError("data", f"{data} holds no usable Slakh-layout tracks")
     return tracks, splits, [{"item": "listing", "error": str(e)} for e in errors]

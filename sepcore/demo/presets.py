@@ -7,7 +7,14 @@ the user's ``stages.*`` keys and the keys it fixes itself (outputs, seed, split)
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from sepcore.data.classes import CLASSES
+from sepcore.errors import ConfigError
+
+C = TypeVar("C", bound=BaseModel)
 
 _HOURGLASS_SMALL = {"filters": 8, "levels": 3, "dropout": 0.1, "initial_channels": [4, 4, 4, 4, 8],
                     "final_channels": 8}  # fmt: skip
@@ -84,3 +91,25 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         both = isinstance(value, dict) and isinstance(out.get(key), dict)
         out[key] = deep_merge(out[key], value) if both else copy.deepcopy(value)
     return out
+
+
+def stage_config(cls: type[C], name: str, preset: dict[str, Any], overrides: dict[str, Any], fixed: dict[str, Any]) -> C:
+    """One stage's config: its ``preset``, the user's ``stages.<name>`` keys, then what the demo fixes.
+
+    A key that does not validate is a :class:`ConfigError` named ``stages.<name>.<key>``,
+    which passes through pydantic to the CLI (exit 2).
+    """
+    try:
+        return cls.model_validate(deep_merge(deep_merge(preset, overrides), fixed))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        problem = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ConfigError(f"stages.{name}." + ".".join(str(p) for p in err["loc"]), problem) from None
+
+
+def check_demo(target: str, split: Any) -> None:
+    """The demo's own keys: a known ``target``, and ``split`` fractions (when given) that sum to 1."""
+    if target not in CLASSES:
+        raise ValueError(f"unknown target '{target}'; known: {list(CLASSES)}")
+    if split and abs(split.train + split.validation + split.test - 1) > 1e-6:
+        raise ValueError("split fractions must sum to 1")

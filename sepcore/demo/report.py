@@ -352,3 +352,14 @@ def prune_tracks(data: str, tracks: int) -> list[str]:
             storage.delete(storage.parent(uri), recursive=True)
             removed.append(name)
     return removed
+
+
+def announce(page: str, metrics: str) -> None:
+    """Print where the report is and how to open it."""
+    if storage.is_local(page):
+        path = storage.local_path(page)
+        how = f"python -m webbrowser file://{path}   (or: xdg-open {path}, open {path} on macOS)"
+    else:
+        how = (f"aws s3 cp --recursive {storage.parent(page)} ./demo_report --exclude '*' --include report.html "
+               f"--include 'report_files/*'   then open ./demo_report/report.html")  # fmt: skip
+    print(f"\nThe demo's report: {page}\n  open it: {how}\n  numbers: {metrics}\n", flush=True)

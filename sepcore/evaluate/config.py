@@ -2,17 +2,21 @@
 
 :class:`ScoringConfig` holds the top-level scoring keys (``mode``, ``backend``,
 ``segment_seconds``, ``window_seconds``, ``hop_seconds``); the job's config extends it,
-and :func:`sepcore.evaluate.scoring.score` takes it as it is.
+and :func:`sepcore.evaluate.scoring.score` takes it as it is. :class:`EvaluateKeys` holds
+the job's own keys; ``ray_jobs.evaluate.EvaluateConfig`` joins them with the scoring and
+common job keys.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sepcore.config import Config
+from sepcore.data.classes import CLASSES
 from sepcore.evaluate import bss
+from sepcore.prepare.config import SplitConfig
 
 Mode = Literal["full", "windowed"]
 #: Methods of a separation evaluation, in table order.
@@ -66,3 +70,37 @@ class ActivationEvalConfig(Config):
     )
     plots: int = Field(3, ge=0, description="tracks with per-instrument activation plots")
     batch_size: int = Field(32, ge=1, description="windows per model call")
+
+
+class EvaluateKeys(Config):
+    """The evaluate job's own keys (``output`` and ``num_cpus`` come from the job config)."""
+
+    data: str = Field(description="URI of a Slakh-layout set (tracks with stems/ and metadata.yaml)")
+    checkpoint: str = Field(description="checkpoint folder or training output (meaning its best/)")
+    target: str | None = Field(None, description="class separated (default: the checkpoint's target)")
+    classes: list[str] = Field(default_factory=list, description="more classes scored with the oracle and mixture rows only")
+    split: Literal["train", "validation", "test", "all"] = Field("test", description="tracks evaluated")
+    split_fractions: SplitConfig | None = Field(
+        None, description="fractions for tracks without a split (default: the training data's, else 0.8/0.1/0.1)")
+    seed: int | None = Field(None, description="seed of the split assignment (default: the training data's, else 0)")
+    tracks: int | None = Field(None, ge=1, description="evaluate at most this many tracks (sorted by id)")
+    batch_size: int = Field(8, ge=1, description="separator chunks per model call")
+    cpus_per_task: float = Field(1.0, gt=0, description="CPUs reserved per track task")
+    threads: int = Field(1, ge=1, description="torch threads per task")
+    report: ReportConfig = Field(default_factory=lambda: ReportConfig.model_validate({}))
+    activation: ActivationEvalConfig = Field(default_factory=lambda: ActivationEvalConfig.model_validate({}))
+    max_failed_fraction: float = Field(0.5, ge=0, le=1, description="the job fails when more tracks than this fail")
+    item_timeout_s: float = Field(
+        7200.0, gt=0, description="time limit of one track's task (and of the sequence test), from its start: "
+        "then it is cancelled and the track recorded as failed (a 15-minute track takes minutes)")
+
+    @model_validator(mode="after")
+    def _check(self) -> EvaluateKeys:
+        for name in ([self.target] if self.target else []) + self.classes:
+            if name not in CLASSES:
+                raise ValueError(f"unknown class '{name}'; known: {CLASSES}")
+        if self.split_fractions is not None:
+            f = self.split_fractions
+            if abs(f.train + f.validation + f.test - 1) > 1e-6:
+                raise ValueError("split_fractions must sum to 1")
+        return self

@@ -1,4 +1,4 @@
-"""The prepare job's listing, ``dataset.json`` and summary figures, without Ray.
+"""The prepare job's listing, output folder, progress lines, ``dataset.json`` and summaries, without Ray.
 
 ``dataset.json`` (:data:`MANIFEST`): how to read the rows (:func:`~sepcore.prepare.pairs.dataset_schema`),
 the shards, the tracks of each split, rows per split, QA flags and silence statistics
@@ -9,16 +9,21 @@ It is written after the shards, from the done-records of the tracks (:data:`DONE
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from sepcore.batch import TIMEOUTS, Progress, check_settings, settings_fingerprint
 from sepcore.data.sources import SourceTrack, list_sources
 from sepcore.io import storage
+from sepcore.io.ledger import Ledger
 from sepcore.prepare import pairs as P
 from sepcore.prepare import qa, silence
 from sepcore.prepare.config import QAConfig, SourceConfig, SplitConfig
 from sepcore.prepare.mixing import assign_splits
+
+log = logging.getLogger("sep.prepare")
 
 MANIFEST = "dataset.json"
 #: The settings the data was made with: a rerun with others is refused.
@@ -54,6 +59,18 @@ def silence_histogram_rows(ratios: list[dict[str, Any]]) -> dict[str, Any]:
         "before": silence.silence_histogram([r["ratio_before"] for r in ratios]),
         "after": silence.silence_histogram([r["ratio_after"] for r in ratios]),
     }
+
+
+def open_output(uri: str, settings: dict[str, Any]) -> tuple[str, Ledger]:
+    """The normalized output and its done-records; refuses an output made with other ``settings``."""
+    output = storage.normalize_uri(uri)
+    check_settings(output, SPEC_FILE, settings)
+    return output, Ledger(storage.join(output, DONE), settings_fingerprint(settings))
+
+
+def clear_timeouts(output: str) -> None:
+    """Deletes the run's record of items past their time limit (:data:`sepcore.batch.TIMEOUTS`)."""
+    storage.delete(storage.join(output, TIMEOUTS), recursive=True)
 
 
 def write_manifest(output: str, manifest: dict[str, Any]) -> None:
@@ -100,7 +117,59 @@ def track_summary(manifest: dict[str, Any], records: list[dict[str, Any]], faile
     }  # fmt: skip
 
 
+class TrackProgress:
+    """Progress lines of the tracks prepared in a run; their failures in ``errors`` (``item``, ``error``)."""
+
+    def __init__(self, todo: int, done_before: int):
+        self.progress = Progress("prepare", todo, done_before, "track")
+        self.errors: list[dict[str, str]] = []
+
+    def update(self, res: dict[str, Any]) -> None:
+        """One track's result (see :func:`sepcore.prepare.steps.commit_track`)."""
+        state = res["reason"] if res["status"] != "ok" else f"{res['rows']} chunks"
+        self.progress.update(f"{res['track_id']} ({res['split']})", state, failed=res["status"] == "error")
+        if res["status"] == "error":
+            self.errors.append({"item": res["track_id"], "error": res["reason"]})
+
+    def close(self) -> None:
+        self.progress.close()
+
+
+def finish_tracks(output: str, spec: P.PrepareSpec, done: Ledger, config: dict[str, Any],
+                  failed: list[dict[str, str]], done_before: int) -> dict[str, Any]:  # fmt: skip
+    """Writes ``dataset.json`` of an instrument target from the done-records; the summary."""
+    records = list(done.records().values())
+    manifest = track_manifest(spec, records, config)
+    write_manifest(output, manifest)
+    return track_summary(manifest, records, failed, done_before)
+
+
 # ---------------------------------------------------------------- random mixes
+
+
+def split_segments(meta: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """The segments cut (``meta``: a row per segment or failed track) and the failures."""
+    failed = [{"item": m["track_id"], "error": m["error"]} for m in meta if m["error"]]
+    good = [m for m in meta if not m["error"]]
+    log.info("prepare: %d solo segments from %d tracks", len(good), len({m["track_id"] for m in good}))
+    return good, failed
+
+
+def epoch_record(written: list[dict[str, Any]], epoch: int) -> dict[str, Any]:
+    """The done-record of a mixing epoch: its shards (``written``: the feature actors' rows)."""
+    record = {"shards": [{"uri": w["shard"], "split": w["split"], "epoch": epoch, "rows": w["rows"],
+                          "mixes": w["mixes"]} for w in written]}  # fmt: skip
+    log.info("prepare: epoch %d: %d mixes, %d rows", epoch, sum(s["mixes"] for s in record["shards"]),
+             sum(s["rows"] for s in record["shards"]))  # fmt: skip
+    return record
+
+
+def finish_mixes(output: str, spec: P.PrepareSpec, shards: list[dict[str, Any]], segments: list[dict[str, Any]],
+                 config: dict[str, Any], failed: list[dict[str, str]]) -> dict[str, Any]:  # fmt: skip
+    """Writes ``dataset.json`` of random mixes; the summary."""
+    manifest = mix_manifest(spec, shards, segments, config)
+    write_manifest(output, manifest)
+    return mix_summary(manifest, segments, failed)
 
 
 def mix_manifest(spec: P.PrepareSpec, shards: list[dict[str, Any]], segments: list[dict[str, Any]],

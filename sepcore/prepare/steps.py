@@ -3,7 +3,7 @@
 Instrument targets, one row per track: :func:`pair_row` (mixing step: the pickled
 :class:`~sepcore.prepare.pairs.TrackPair` or why there is none), :func:`chunk_rows`
 (feature step: chunk rows and the track's facts) and :func:`commit_track` (its shard
-and done-record). Random mixes (seed 001): :func:`segment_rows` (solo segments of a
+and done-record), both within the time limit in :func:`feature_rows`. Random mixes (seed 001): :func:`segment_rows` (solo segments of a
 track), :func:`mix_batch` (a batch of shuffled segments -> mixes) and
 :func:`write_mix_shards` (a batch of mixes -> one shard per split).
 
@@ -13,13 +13,16 @@ column) naming the track and the problem, and the other tracks go on.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import pickle
 from collections import Counter
 from typing import Any
 
 import numpy as np
 
+from sepcore.batch import ItemWatchdog
 from sepcore.data.sources import SourceTrack
 from sepcore.errors import SepError
 from sepcore.io import storage
@@ -92,6 +95,22 @@ def commit_track(output: str, done: Ledger, result: dict[str, Any], rows: list[d
     return result
 
 
+def feature_rows(row: dict[str, Any], spec: P.PrepareSpec, extractor: FeatureExtractor, watchdog: ItemWatchdog,
+                 output: str | None, done: Ledger | None) -> list[dict[str, Any]]:  # fmt: skip
+    """The feature step of a pair row: its chunk rows, within ``watchdog``'s time limit;
+    with ``output`` it writes the track's shard and done-record and returns one result
+    row (``result``: :func:`commit_track`'s, as JSON) instead."""
+    timed_out = watchdog.recorded(row["track_id"]) if row["status"] == "ok" else None
+    if timed_out is not None:  # this call is Ray's retry after the time limit ended the actor
+        row = {**row, "status": "error", "reason": timed_out}
+    ok = row["status"] == "ok"
+    with watchdog.running(row["track_id"]) if ok else contextlib.nullcontext():
+        rows, result = chunk_rows(row, spec, extractor)
+    if output is None or done is None:
+        return rows
+    return [{"result": json.dumps(commit_track(output, done, result, rows))}]
+
+
 # ---------------------------------------------------------------- random mixes (seed 001)
 
 
@@ -107,6 +126,11 @@ def segment_rows(track: SourceTrack, split: str, spec: P.PrepareSpec, seconds: f
         return [{**failed, "error": str(exc)}]
     return [{**base, "segment_id": sid, "inst_class": cls, "audio": pickle.dumps(a, protocol=5), "error": ""}
             for sid, cls, a in segments]  # fmt: skip
+
+
+def copies_of(row: dict[str, Any], copies: Counter[str]) -> list[dict[str, Any]]:
+    """A segment row once per copy of it in ``copies`` (:func:`segment_copies`), numbered in ``copy``."""
+    return [{**row, "copy": c} for c in range(copies.get(row["segment_id"], 0))]
 
 
 def segment_copies(segments: list[dict[str, Any]], balance: bool, max_oversample: float, seed: int) -> Counter[str]:

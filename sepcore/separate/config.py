@@ -59,6 +59,14 @@ class Inference(Config):
             return max(1, int(resources.get("GPU", 0) // gpus)), gpus
         return max(1, int(resources.get("CPU", 1) // self.cpus_per_actor)), gpus
 
+    def torch_device(self) -> str:
+        """``device``, with ``auto`` resolved: cuda when this process sees a GPU, else cpu."""
+        import torch
+
+        if self.device != "auto":
+            return self.device
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
 
 class SeparationSettings(Config):
     """How a file is separated and written; part of what decides a rerun."""

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from torch import nn
 
+from sepcore.batch import Progress
 from sepcore.errors import SepError
 from sepcore.io import storage
 from sepcore.separate.config import DecodeLimits, SeparationSettings
@@ -258,3 +259,41 @@ def summary(files: int, rows: list[dict[str, Any]], audio_s: float, wall: float,
                    for r in rows if r["status"] == "error"],  # fmt: skip
         **every_file_failed(rows),
     }
+
+
+def run_info(meta: dict[str, Any]) -> dict[str, str]:
+    """``model_id``, ``target`` and ``run_id`` (the UTC start time) of a run with checkpoint ``meta``."""
+    return {
+        "model_id": str(meta.get("model_sha256", ""))[:16],
+        "target": str(meta.get("target")),
+        "run_id": dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
+    }
+
+
+class RunProgress:
+    """Progress lines of the files separated in a run, with the running x real time.
+
+    Keeps the finished ``rows``, the seconds of audio separated (``audio_s``) and the
+    start-up seconds (``startup``: until the first actor was ready, paid once per run).
+    """
+
+    def __init__(self, todo: int, done_before: int):
+        self.progress = Progress("separate", todo, done_before, "file")
+        self.rows: list[dict[str, Any]] = []
+        self.audio_s, self.startup, self.t0 = 0.0, 0.0, time.monotonic()
+
+    def update(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        elapsed = time.monotonic() - self.t0
+        if len(self.rows) == 1:
+            self.startup = max(0.0, elapsed - row["total_s"])
+        if row["status"] == "ok":
+            self.audio_s += row["duration_s"]
+            speed = self.audio_s / max(elapsed, 1e-9)
+            state = f"ok ({row['duration_s']:.0f} s of audio, {speed:.1f}x real time so far)"
+            self.progress.update(row["relative"], state)
+        else:
+            self.progress.update(row["relative"], f"{row['status']}: {row['error']}", failed=True)
+
+    def close(self) -> None:
+        self.progress.close()

@@ -72,3 +72,7 @@ class ScalingConf(Config):
     )
     gpus_per_worker: float = Field(1.0, gt=0, description="with use_gpu")
     threads: int | None = Field(None, ge=1, description="torch threads per worker (default: CPUs, at least 1)")
+
+    def worker_resources(self) -> dict[str, float]:
+        """Resources one worker holds: ``cpus_per_worker`` CPUs and, with ``use_gpu``, ``gpus_per_worker`` GPUs."""
+        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.use_gpu else {})}

@@ -38,6 +38,27 @@ def read_manifest(data: str) -> dict[str, Any]:
     return json.loads(storage.read_text(uri))
 
 
+def storage_args(output: str) -> dict[str, Any]:
+    """Ray's RunConfig storage arguments for ``<output>/runs`` (S3 through our fsspec filesystem)."""
+    runs = storage.join(output, RUNS)
+    if storage.is_local(runs):
+        return {"storage_path": storage.local_path(runs)}
+    import pyarrow.fs as pafs
+
+    fs, path = storage.filesystem(runs)
+    return {"storage_path": path, "storage_filesystem": pafs.PyFileSystem(pafs.FSSpecHandler(fs))}
+
+
+def read_shards(batch: dict[str, Any]) -> Any:
+    """The rows of the prepared shards at ``batch["uri"]`` as one Arrow table (any URI)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pa.concat_tables([pq.read_table(io.BytesIO(storage.read_bytes(str(u)))) for u in batch["uri"]])
+
+
 def split_bytes(manifest: dict[str, Any], splits: tuple[str, ...] = ("train", "validation")) -> int:
     """Bytes of the feature columns of ``splits`` (what holding them in memory costs)."""
     import numpy as np

@@ -3,9 +3,9 @@
 :func:`train_worker` runs on every worker of a run. What it needs from its runtime
 comes through a :class:`Session`: its rank, the batches of its share of a split, the
 state Ray restored after a worker failure, and where an epoch's metrics and checkpoint
-go. ``ray_jobs.trainer`` has two: one inside a Ray Train worker (DDP, Ray's
-checkpoints) and one for a single worker in the calling process (a Tune trial), which
-keeps its checkpoints with :class:`LocalRun`.
+go. ``ray_jobs.trainer`` has one inside a Ray Train worker (DDP, Ray's checkpoints);
+:class:`LocalSession` is the one for a single worker in the calling process (a Tune
+trial, run by :class:`InProcessTrainer`), which keeps its checkpoints with :class:`LocalRun`.
 """
 
 from __future__ import annotations
@@ -193,3 +193,44 @@ class LocalRun:
             for folder in stale_checkpoints(ckpt.complete_checkpoints(self.folder), self.metric, self.keep):
                 storage.delete(folder, recursive=True)
         self.on_report(metrics)
+
+
+def split_batches(data: Any, batch_size: int, shuffle: bool) -> Iterable[dict[str, Any]]:
+    """A split's rows (a Ray Dataset or one worker's shard of it) in numpy batches,
+    shuffled locally in a buffer of 16 batches with ``shuffle``."""
+    return data.iter_batches(batch_size=batch_size, batch_format="numpy",  # type: ignore[no-any-return]
+                             local_shuffle_buffer_size=batch_size * 16 if shuffle else None)  # fmt: skip
+
+
+class LocalSession:
+    """The :class:`Session` of the only worker of a run, in the calling process: ``datasets``
+    holds the splits, ``run`` keeps the checkpoints; nothing is restored (a rerun resumes from
+    the output's checkpoints)."""
+
+    rank, world = 0, 1
+
+    def __init__(self, run: LocalRun, datasets: dict[str, Any], gpu: bool = False):
+        self.run, self.datasets = run, datasets
+        self.device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
+
+    def wrap(self, net: nn.Module) -> nn.Module:
+        return net
+
+    def batches(self, split: str, batch_size: int, shuffle: bool) -> Iterable[dict[str, Any]]:
+        return split_batches(self.datasets[split], batch_size, shuffle)
+
+    def restored(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        return None
+
+    def report(self, metrics: dict[str, Any], save: Callable[[str], None] | None) -> None:
+        self.run.report(metrics, save)
+
+
+class InProcessTrainer:
+    """One worker's training in the calling process (``fit()``, like a TorchTrainer's)."""
+
+    def __init__(self, config: dict[str, Any], datasets: dict[str, Any], run: LocalRun, gpu: bool):
+        self.config, self.datasets, self.run, self.gpu = config, datasets, run, gpu
+
+    def fit(self) -> None:
+        train_worker(self.config, LocalSession(self.run, self.datasets, self.gpu))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from sepcore.config import Config
+from sepcore.tune import sweep as T
 from sepcore.tune.sweep import DIMENSIONS
 
 
@@ -88,6 +90,37 @@ class ResourcesConfig(Config):
     read_cpus: float = Field(0.25, gt=0, description="CPUs per task reading a trial's shards")
 
 
+class TuneSettings(Config):
+    """The tune job's own keys (``ray_jobs.tune.TuneConfig`` adds the job keys and the checks)."""
+
+    prepare: dict[str, Any] = Field(description="keys of sep prepare (not output): the data of every variant")
+    train: dict[str, Any] = Field(default_factory=dict, description="keys of sep train (not data, output)")
+    model_configs: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="base constructor arguments of other model families in space.model"
+    )
+    variants: str | None = Field(None, description="where data variants are prepared (default <output>/variants)")
+    hop_fraction: float = Field(0.25, gt=0, le=1, description="hop = n_fft x hop_fraction for swept FFT sizes")
+    space: SpaceConfig = Field(default_factory=lambda: SpaceConfig.model_validate({}))
+    search: SearchConfig = Field(default_factory=lambda: SearchConfig.model_validate({}))
+    scheduler: SchedulerConfig = Field(default_factory=lambda: SchedulerConfig.model_validate({}))
+    resources: ResourcesConfig = Field(default_factory=lambda: ResourcesConfig.model_validate({}))
+    max_failures: int = Field(1, ge=0, description="retries of a failed trial (it resumes from its checkpoint)")
+    max_failed_fraction: float = Field(0.5, ge=0, le=1, description="fail the job when more trials than this fail")
+
+
+def space_spec(space: SpaceConfig, algorithm: str) -> dict[str, tuple[str, tuple[Any, ...]]]:
+    """Each swept dimension's Tune sampler, as its name and arguments: ``grid`` (grid search) or
+    ``choice`` for a list of values; ``uniform`` or ``loguniform`` for a range."""
+    spec: dict[str, tuple[str, tuple[Any, ...]]] = {}
+    for dim in space.swept():
+        values = getattr(space, dim)
+        if isinstance(values, RangeConfig):
+            spec[dim] = ("loguniform" if values.log else "uniform", (values.low, values.high))
+        else:
+            spec[dim] = ("grid" if algorithm == "grid" else "choice", (list(values),))
+    return spec
+
+
 def nested_error(section: str, exc: ValueError) -> ValueError:
     """The error of a nested section's settings, naming ``section.<key>`` (pydantic's first error)."""
     from pydantic import ValidationError
@@ -106,3 +139,23 @@ def validated(cls: type[Config], section: str, tree: dict[str, Any]) -> Any:
         return cls.model_validate(tree)
     except ValueError as exc:  # pydantic's ValidationError is one
         raise nested_error(section, exc) from None
+
+
+def check_tune(cfg: Any, validate_prepare: Callable[[dict[str, Any]], Any],
+               validate_train: Callable[[dict[str, Any]], Any]) -> None:  # fmt: skip
+    """The checks of a tune configuration (``ray_jobs.tune.TuneConfig``) across its sections:
+    every variant's prepare settings and every trial's train settings must validate."""
+    for section, key in (("prepare", "output"), ("train", "data"), ("train", "output")):
+        if key in getattr(cfg, section):
+            raise ValueError(f"{section}.{key} is set by the sweep; leave it out")
+    if cfg.search.algorithm == "grid" and isinstance(cfg.space.lr, RangeConfig):
+        raise ValueError("space.lr: grid search needs a list of values, not a range")
+    for n_fft, silence in cfg.space.data_points():
+        validate_prepare(T.variant_settings(cfg.prepare, n_fft, silence, cfg.hop_fraction))
+    separators = tuple(T.SIZE_KEYS)
+    for values in cfg.space.size_points():
+        tcfg = validate_train(T.train_settings(cfg.train, values, cfg.model_configs))
+        if tcfg.model.name not in separators:
+            raise ValueError(f"train.model.name: tune sweeps separators {separators}, not {tcfg.model.name}")
+    if validate_train(cfg.train).validation.metric == "val_sdr" and cfg.prepare.get("target") == "random_mix":
+        raise ValueError("train.validation.metric val_sdr needs an instrument target; use val_loss")

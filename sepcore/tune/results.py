@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -191,6 +192,35 @@ def report_sections(cfg: Any, rows: list, variants: list[dict], best: Any, plots
     return sections
 
 
+def variant_plan(cfg: Any, output: str, validate_prepare: Callable[[dict[str, Any]], Any]
+                 ) -> list[tuple[str, str, dict[str, Any], Any]]:  # fmt: skip
+    """Every data variant of the space: its :func:`~sepcore.tune.sweep.data_key`, URI (under
+    ``cfg.variants``, default ``<output>/variants``), prepare settings and those resolved."""
+    root = storage.normalize_uri(cfg.variants) if cfg.variants else storage.join(output, "variants")
+    plan = []
+    for n_fft, silence in cfg.space.data_points():
+        settings = T.absolute_sources(T.variant_settings(cfg.prepare, n_fft, silence, cfg.hop_fraction))
+        resolved = validate_prepare(settings)
+        uri = storage.join(root, T.variant_key(resolved.model_dump(mode="json")))
+        plan.append((T.data_key(n_fft, silence), uri, settings, resolved))
+    return plan
+
+
+def trial_settings(sweep: dict[str, Any], point: dict[str, Any], trial_id: str
+                   ) -> tuple[str, dict[str, Any], str, dict[str, Any]]:  # fmt: skip
+    """A trial's output, values, data key and train settings (``sweep``: :func:`~sepcore.tune.sweep.sweep_settings`;
+    ``point``: the trial's swept values)."""
+    values = {**sweep["base"], **point}
+    settings = T.train_settings(sweep["train"], values, sweep["model_configs"])
+    return trial_output(sweep["output"], trial_id), values, T.trial_data_key(point, values), settings
+
+
+def done_before(out: str, record: dict[str, Any], optim: Any) -> bool:
+    """Whether the trial at ``out`` finished before: its record says so, or the scheduler ended
+    it at its last epoch before the record was written. Either way it is not trained again."""
+    return record.get("status") == "done" or O.trained_out(out, optim)
+
+
 def prepared(uri: str) -> bool:
     """Whether the data variant at ``uri`` was prepared to the end (its summary says ok)."""
     summary = storage.join(uri, "summary.json")
@@ -222,6 +252,18 @@ def tune_states(results: Any, base: dict[str, Any], swept: list[str]
             label = T.trial_label({**base, **(result.config or {})}, swept)
             failed.append({"item": f"{trial_id} ({label})", "error": str(result.error).strip()[-500:]})
     return states, failed
+
+
+def check_finished(output: str, rows: list[dict[str, Any]], trials: int) -> None:
+    """Fail when the sweep of ``trials`` trials stopped with some unfinished.
+
+    Counted from the trials' own records (a trial restored from an earlier run's experiment
+    state lacks Tune's ``done`` flag even when it had finished); trials never started have none.
+    """
+    unfinished = sum(1 for r in rows if r["status"] == "unfinished") + max(0, trials - len(rows))
+    if unfinished > 0:
+        raise SepError(f"{output}: the sweep stopped with {unfinished} unfinished trials; "
+                       "run the same command again to resume it")  # fmt: skip
 
 
 def summary(output: str, trials: int, rows: list, failed: list, variants: list[dict],

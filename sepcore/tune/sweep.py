@@ -200,6 +200,26 @@ def trial_label(values: Mapping[str, Any], swept: Sequence[str]) -> str:
     return " ".join(parts) or "base"
 
 
+def sweep_settings(cfg: Any, output: str, variants: Mapping[str, str]) -> dict[str, Any]:
+    """What every trial needs of the sweep (``cfg``: ``ray_jobs.tune.TuneConfig``; ``variants``:
+    ``data_key -> URI``)."""
+    return {"output": output, "variants": dict(variants), "train": cfg.train, "model_configs": cfg.model_configs,
+            "base": base_values(cfg.prepare, cfg.train), "swept": cfg.space.swept(),
+            "read_cpus": cfg.resources.read_cpus}  # fmt: skip
+
+
+def trial_data_key(point: Mapping[str, Any], values: Mapping[str, Any]) -> str:
+    """The :func:`data_key` of a trial's variant: ``point`` (its swept values) over ``values`` (all)."""
+    return data_key(values.get("n_fft") if "n_fft" in point else None,
+                    values.get("silence") if "silence" in point else "base")  # fmt: skip
+
+
+def trial_resources(scaling: Any, driver_cpus: float) -> dict[str, float]:
+    """What Tune reserves for a trial's own process: a one-worker trial trains in it, so it holds
+    the worker's resources; with several workers it only drives them (``driver_cpus``)."""
+    return scaling.worker_resources() if scaling.num_workers == 1 else {"CPU": driver_cpus}
+
+
 def trial_demand(scaling: Any, driver_cpus: float, read_cpus: float) -> dict[str, float]:
     """Resources one running trial holds: its workers, one reading task and, with several
     workers, its driver (a one-worker trial trains in its own process)."""
