@@ -11,8 +11,10 @@ history in ``metrics.jsonl`` is epochs 0, 1, 2.
 The worker writes ``metrics.jsonl`` just before it reports the checkpoint, so between
 the two the file is one epoch ahead of the registry; the killer waits until they agree
 (a kill in that gap would be a kill after epoch k + 1, not during it). Ray Train's
-controller registers reports when it polls its workers (every 2 s), so an epoch is 40
-steps: long enough for the registry to catch up while the worker is still inside it.
+controller registers reports when it polls its workers, every 2 s by default: longer
+than an epoch here, so the test polls every 0.1 s (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``,
+which Ray Train passes from the driver to its controller) and the registry catches up
+while the worker is still inside the next epoch.
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ class Killer(threading.Thread):
             time.sleep(0.02)
 
 
-def test_a_killed_training_worker_resumes_from_its_last_checkpoint(tiny_shards, tmp_path):
+def test_a_killed_training_worker_resumes_from_its_last_checkpoint(tiny_shards, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
     out = storage.normalize_uri(str(tmp_path / "train"))
     runs = storage.local_path(storage.join(out, "runs"))
     killer = Killer(runs, out)
