@@ -88,7 +88,7 @@ def _featurize(cfg: ClassifyConfig, spec: C.SnippetSpec, tracks: list[SourceTrac
             progress.update(row["track_id"], J.row_note(row), failed)
             if failed:
                 errors.append({"item": row["track_id"], "error": row["reason"]})
-        storage.delete(storage.join(output, batch.TIMEOUTS), recursive=True)
+        batch.clear_timeouts(output)
     progress.close()
     return errors
 

@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 
 from ray_jobs.common import Job, JobConfig
 from ray_jobs.prepare_mix import TrackActor, one_thread, pool, run_random_mix, track_dataset
-from sepcore.batch import ItemWatchdog, timeout_ledger, verdict
+from sepcore.batch import ItemWatchdog, clear_timeouts, timeout_ledger, verdict
 from sepcore.config import to_plain
 from sepcore.data.sources import SourceTrack
 from sepcore.errors import ConfigError
@@ -117,7 +117,7 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
     mode = run_random_mix if cfg.target == "random_mix" else _run_tracks
     summary = mode(cfg, spec, tracks, splits, output, done, timeout_ledger(output),
                    [{"item": "listing", "error": e} for e in listing_errors])  # fmt: skip
-    M.clear_timeouts(output)
+    clear_timeouts(output)
     counts = summary["counts"]
     return {**summary, **verdict(counts["failed"], counts["tracks"], cfg.max_failed_fraction, "tracks")}
 

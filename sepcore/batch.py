@@ -34,6 +34,7 @@ from sepcore import faults
 from sepcore.config import changed_keys
 from sepcore.errors import ConfigError, SepError
 from sepcore.io import storage
+from sepcore.io.ledger import Ledger
 from sepcore.stages import SUMMARY
 
 log = logging.getLogger("sep")
@@ -142,8 +143,9 @@ def timeout_ledger(output: str) -> str:
     return storage.join(output, TIMEOUTS, run)
 
 
-def _ledger_uri(ledger: str, item: str) -> str:
-    return storage.join(ledger, hashlib.sha256(item.encode()).hexdigest()[:24] + ".json")
+def clear_timeouts(output: str) -> None:
+    """Delete the time-limit records of ``output``'s runs (once the run's results are in)."""
+    storage.delete(storage.join(output, TIMEOUTS), recursive=True)
 
 
 class ItemWatchdog:
@@ -176,13 +178,12 @@ class ItemWatchdog:
         """The error of ``item`` when it ran out of time earlier in this run (ledger only)."""
         if self.ledger is None:
             return None
-        uri = _ledger_uri(self.ledger, item)
-        return json.loads(storage.read_text(uri))["error"] if storage.exists(uri) else None
+        record = Ledger(self.ledger).get(item)
+        return record["error"] if record else None
 
     def _write(self, item: str, message: str) -> None:
         assert self.ledger is not None
-        record = json.dumps({"item": item, "error": message})
-        storage.write_text(_ledger_uri(self.ledger, item), record)
+        Ledger(self.ledger).put(item, {"error": message})
 
     @contextlib.contextmanager
     def running(self, item: str, record: Callable[[str], None] | None = None) -> Iterator[None]:

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from sepcore.batch import TIMEOUTS, Progress, check_settings, settings_fingerprint
+from sepcore.batch import Progress, check_settings, settings_fingerprint
 from sepcore.data.sources import SourceTrack, list_sources
 from sepcore.io import storage
 from sepcore.io.ledger import Ledger
@@ -66,11 +66,6 @@ def open_output(uri: str, settings: dict[str, Any]) -> tuple[str, Ledger]:
     output = storage.normalize_uri(uri)
     check_settings(output, SPEC_FILE, settings)
     return output, Ledger(storage.join(output, DONE), settings_fingerprint(settings))
-
-
-def clear_timeouts(output: str) -> None:
-    """Deletes the run's record of items past their time limit (:data:`sepcore.batch.TIMEOUTS`)."""
-    storage.delete(storage.join(output, TIMEOUTS), recursive=True)
 
 
 def write_manifest(output: str, manifest: dict[str, Any]) -> None:
