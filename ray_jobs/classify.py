@@ -21,7 +21,6 @@ import numpy as np
 
 from ray_jobs import common
 from ray_jobs.common import Job, JobConfig
-from ray_jobs.trainer import storage_args
 from sepcore import batch
 from sepcore.classify import config as C
 from sepcore.classify import job as J
@@ -35,6 +34,7 @@ from sepcore.errors import SepError
 from sepcore.io import storage
 from sepcore.io.ledger import Ledger
 from sepcore.models import checkpoint as ckpt
+from sepcore.train.outputs import storage_args
 
 log = logging.getLogger("sep.classify")
 

@@ -16,7 +16,7 @@ from ray_jobs.common import setup_logging
 from sepcore.errors import ConfigError
 from sepcore.models import checkpoint as ckpt
 from sepcore.train import outputs as O
-from sepcore.train.outputs import storage_args as storage_args  # classify's, through this layer
+from sepcore.train.outputs import storage_args
 from sepcore.train.selection import metric_mode
 from sepcore.train.worker import InProcessTrainer, LocalRun, split_batches, train_worker
 
