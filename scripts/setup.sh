@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# One-time (idempotent) set-up: Debian packages for the MIDI renderer, a virtualenv in
+# One-time (idempotent) set-up: Debian packages for the MIDI renderer and its SoundFonts, a virtualenv in
 # .venv, and this package with its dev extras. Called by `make demo` and `make test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=()
-command -v fluidsynth >/dev/null 2>&1 || PACKAGES+=(fluidsynth)
+# libfluidsynth3 is the in-process renderer (sepcore/data/synth.py); the SoundFonts are
+# sepcore/data/soundfonts.py's registry (MuseScore's renders held-out test sets only).
+ldconfig -p 2>/dev/null | grep -q 'libfluidsynth\.so\.3 ' || PACKAGES+=(libfluidsynth3)
 [ -e /usr/share/sounds/sf2/FluidR3_GM.sf2 ] || PACKAGES+=(fluid-soundfont-gm)
+[ -e /usr/share/sounds/sf3/FluidR3Mono_GM.sf3 ] || PACKAGES+=(fluidr3mono-gm-soundfont)
+[ -e /usr/share/sounds/sf2/TimGM6mb.sf2 ] || PACKAGES+=(timgm6mb-soundfont)
+[ -e /usr/share/sounds/sf2/OPL-3_FM_128M.sf2 ] || PACKAGES+=(opl3-soundfont)
+[ -e /usr/share/sounds/sf3/MuseScore_General_Full.sf3 ] || PACKAGES+=(musescore-general-soundfont)
 if [ ${#PACKAGES[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then
         echo "setup: installing Debian packages: ${PACKAGES[*]}"

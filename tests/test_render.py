@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 
 import mido
 import numpy as np
@@ -10,8 +11,9 @@ import pytest
 import soundfile as sf
 import yaml
 
-from sepcore.data import gm, render, slakh
-from sepcore.errors import RenderError
+from sepcore.data import gm, render, slakh, synth
+from sepcore.data import soundfonts as sfonts
+from sepcore.errors import ConfigError, RenderError
 from sepcore.io import storage
 from sepcore.units import db_to_gain
 from tests.support.midi import DEFAULT_PARTS, multitrack_midi
@@ -104,7 +106,9 @@ def test_render_track_writes_slakh_layout(rendered_track):
     assert len(meta["stems"]) == len(instruments) == 4  # the empty track is not a stem
     for i, inst in enumerate(instruments):
         sid = f"S{i:02d}"
-        assert (folder / "stems" / f"{sid}.flac").exists() and (folder / "MIDI" / f"{sid}.mid").exists()
+        assert (folder / "stems" / f"{sid}.flac").exists() and (
+            folder / "MIDI" / f"{sid}.mid"
+        ).exists()
         stem = meta["stems"][sid]
         assert stem["program_num"] == inst.program
         assert stem["is_drum"] == inst.is_drum
@@ -117,7 +121,10 @@ def test_stems_and_mix_have_equal_length_and_mix_is_scaled_sum(rendered_track):
     root, _, meta = rendered_track
     folder = root / "Track00001"
     mix, rate = sf.read(folder / "mix.flac", dtype="float64", always_2d=True)
-    stems = [sf.read(folder / "stems" / f"{sid}.flac", dtype="float64", always_2d=True) for sid in meta["stems"]]
+    stems = [
+        sf.read(folder / "stems" / f"{sid}.flac", dtype="float64", always_2d=True)
+        for sid in meta["stems"]
+    ]
     assert rate == 22050 and all(r == rate for _, r in stems)
     assert {s.shape for s, _ in stems} == {mix.shape}
     assert 3.0 * rate <= mix.shape[0] <= (3.0 + render.RELEASE_S) * rate + 1
@@ -149,3 +156,114 @@ def test_mono_rendering(tmp_path):
     info = sf.info(str(tmp_path / "T" / "mix.flac"))
     assert (info.channels, info.samplerate) == (1, 16000)
     assert len(meta["stems"]) == 2
+
+
+def test_integrated_loudness_matches_pyloudnorm():
+    import pyloudnorm
+
+    rng = np.random.default_rng(3)
+    for rate, shape in ((44100, (2, 44100 * 3)), (16000, (1, 12345))):
+        x = (rng.standard_normal(shape) * np.linspace(0.01, 0.3, shape[1])).astype(np.float32)
+        expected = pyloudnorm.Meter(rate).integrated_loudness(x.T.astype(np.float64))
+        assert render.integrated_loudness(x, rate) == pytest.approx(expected, abs=0.01)
+
+
+#: Fonts of three families: each stem of the track below draws one.
+FONTS = ["fluidr3", "timgm6mb", "opl3"]
+
+
+@pytest.fixture(scope="module")
+def multi_font_track(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fonts")
+    data = multitrack_midi(seconds=2.0, empty_tracks=0)
+    meta = render.render_track(data, "fonts.mid", str(root / "T"), sample_rate=22050, soundfonts=FONTS,
+                               seed=1, stem_loudness_lufs=-24.0, extra_meta={"style": "rock", "piece_id": "p1"},
+                               stem_meta={"S00": {"part": "keys"}, "Electric Bass (finger)": {"part": "bass"}})  # fmt: skip
+    return root / "T", meta
+
+
+def test_stems_with_several_fonts_sum_to_the_mix(multi_font_track):
+    folder, meta = multi_font_track
+    mix, _ = sf.read(folder / "mix.flac", dtype="float64", always_2d=True)
+    stems = {
+        sid: sf.read(folder / "stems" / f"{sid}.flac", dtype="float64", always_2d=True)[0]
+        for sid in meta["stems"]
+    }
+    assert np.abs(mix - meta["normalization_factor"] * sum(stems.values())).max() < 1e-4
+    families = {s["soundfont_family"] for s in meta["stems"].values()}
+    assert len(families) >= 2
+    for sid, stem in meta["stems"].items():
+        font = sfonts.SOUNDFONTS[stem["soundfont"]]
+        assert stem["soundfont_family"] == font.family and font.family in FONTS
+        assert stem["plugin_name"].startswith(font.name)
+        # Normalised to -24 LUFS, then every stem scaled by the same overall gain.
+        expected = -24.0 + 20 * np.log10(meta["overall_gain"])
+        assert stem["integrated_loudness"] == pytest.approx(expected, abs=0.01)
+        assert render.integrated_loudness(stems[sid].T, 22050) == pytest.approx(expected, abs=0.05)
+    assert (meta["style"], meta["piece_id"], meta["stem_loudness_lufs"]) == ("rock", "p1", -24.0)
+    assert (
+        meta["stems"]["S00"]["part"] == "keys"
+        and meta["stems"]["S01"]["name"] == "Electric Bass (finger)"
+    )
+    assert meta["stems"]["S01"]["part"] == "bass" and "part" not in meta["stems"]["S02"]
+    assert yaml.safe_load((folder / "metadata.yaml").read_text()) == meta
+
+
+def test_font_choice_and_audio_are_reproducible(tmp_path):
+    data = multitrack_midi(seconds=1.0, parts=DEFAULT_PARTS[:3])
+    runs = [render.render_track(data, "r.mid", str(tmp_path / f"T{k}"), sample_rate=16000, soundfonts=FONTS, seed=5)
+            for k in range(2)]  # fmt: skip
+    assert [s["soundfont"] for s in runs[0]["stems"].values()] == [
+        s["soundfont"] for s in runs[1]["stems"].values()
+    ]
+    assert (tmp_path / "T0" / "mix.flac").read_bytes() == (
+        tmp_path / "T1" / "mix.flac"
+    ).read_bytes()
+
+
+def test_held_out_fonts_are_refused_for_training(tmp_path):
+    with pytest.raises(ConfigError, match="held out"):
+        render.render_track(
+            multitrack_midi(seconds=1.0), "h.mid", str(tmp_path / "T"), soundfonts=["musescore"]
+        )
+    assert not (tmp_path / "T").exists()
+
+
+def test_a_font_lacking_a_patch_is_refused_for_the_stem():
+    room_kit = mido.MidiFile(ticks_per_beat=480)
+    room_kit.tracks.append(mido.MidiTrack([
+        mido.Message("program_change", channel=gm.DRUM_CHANNEL, program=8 + 1),
+        mido.Message("note_on", channel=gm.DRUM_CHANNEL, note=38, velocity=100),
+        mido.Message("note_off", channel=gm.DRUM_CHANNEL, note=38, time=240),
+    ]))  # fmt: skip
+    fonts = sfonts.resolve(["timgm6mb", "fluidr3_gm"], "train")
+    refusals = set()
+    for seed in range(6):
+        stem = render.render_stem(room_kit, fonts, random.Random(seed), 8000, 16000, "kit")
+        assert stem.font.name == "fluidr3_gm" and np.abs(stem.audio).max() > 0.01
+        refusals.add(stem.refused)
+    assert refusals == {(), ("timgm6mb",)}
+    with pytest.raises(RenderError, match="kit: no SoundFont of \\['timgm6mb'\\] plays"):
+        render.render_stem(room_kit, fonts[:1], random.Random(0), 8000, 16000, "kit")
+
+
+def test_a_font_playing_a_stem_silent_is_refused(monkeypatch):
+    play = synth.Synth.render
+
+    def silent_timgm(self, midi, num_samples, name):
+        audio = play(self, midi, num_samples, name)
+        return audio * 0 if self.soundfont.endswith("TimGM6mb.sf2") else audio
+
+    monkeypatch.setattr(synth.Synth, "render", silent_timgm)
+    single = render.split_instruments(
+        render.parse_midi(multitrack_midi(seconds=0.5, parts=DEFAULT_PARTS[:1]), "p")
+    )[0][1]
+    fonts = sfonts.resolve(["timgm6mb", "opl3"], "train")
+    stems = [
+        render.render_stem(single, fonts, random.Random(seed), 8000, 16000, "piano")
+        for seed in range(6)
+    ]
+    assert {s.font.name for s in stems} == {"opl3"} and {s.refused for s in stems} == {
+        (),
+        ("timgm6mb",),
+    }
