@@ -25,6 +25,7 @@ from sepcore.io.ledger import Ledger
 from sepcore.prepare import config as C
 from sepcore.prepare import manifest as M
 from sepcore.prepare import steps
+from sepcore.prepare.augment import donor_pool
 from sepcore.prepare.config import PrepareSpec, SplitConfig
 
 MANIFEST = M.MANIFEST
@@ -36,7 +37,7 @@ class PrepareConfig(JobConfig):
     target: str = Field("guitar", description="class to separate (guitar, piano, ...) or random_mix")
     sample_rate: int = Field(22050, ge=8000, le=192000)
     channels: Literal[1, 2] = Field(1)
-    seed: int = Field(0, description="split assignment and random mixes")
+    seed: int = Field(0, description="split assignment, random mixes and augmentation")
     split: SplitConfig = Field(default_factory=SplitConfig)
     silence: C.SilenceConfig = Field(default_factory=C.SilenceConfig)
     qa: C.QAConfig = Field(default_factory=C.QAConfig)
@@ -47,6 +48,7 @@ class PrepareConfig(JobConfig):
     )
     dtype: Literal["float16", "float32"] = Field("float16", description="storage dtype of arrays")
     random_mix: C.RandomMixConfig = Field(default_factory=C.RandomMixConfig)
+    augment: C.AugmentConfig = Field(default_factory=C.AugmentConfig)
     actors: C.ActorsConfig = Field(default_factory=C.ActorsConfig)
     max_failed_fraction: float = Field(0.2, ge=0, le=1, description="fail the job above this share")
     item_timeout_s: float = Field(
@@ -75,12 +77,14 @@ class FeatureActor:
 
 
 def _pipeline(cfg: PrepareConfig, spec: PrepareSpec, tracks: list[SourceTrack], splits: dict[str, str],
-              output: str | None = None, done: Ledger | None = None, ledger: str | None = None) -> Any:  # fmt: skip
-    """Mixing and feature actors over ``tracks``; ``ledger`` (a :func:`timeout_ledger`)
-    enables the time limit per track (a stream without an output has none)."""
+              donors: dict[str, list[SourceTrack]] | None, output: str | None = None, done: Ledger | None = None,
+              ledger: str | None = None) -> Any:  # fmt: skip
+    """Mixing and feature actors over ``tracks``; ``donors``: the remix donors of each augmented
+    split (None without augmentation); ``ledger`` (a :func:`timeout_ledger`) enables the time
+    limit per track (a stream without an output has none)."""
     a, limit = cfg.actors, cfg.item_timeout_s
     ds = track_dataset(tracks, splits)
-    mix = (steps.pair_row, limit, ledger, spec)
+    mix = (steps.pair_row, limit, ledger, spec, donors)
     ds = ds.map(TrackActor, fn_constructor_args=mix, compute=pool(a.mix), num_cpus=a.cpus)
     return ds.flat_map(FeatureActor, fn_constructor_args=(spec, output, done, limit, ledger),
                        compute=pool(a.feature), num_cpus=a.cpus)  # fmt: skip
@@ -95,7 +99,12 @@ def stream_dataset(cfg: PrepareConfig) -> Any:
     if cfg.target == "random_mix":
         raise ConfigError("target", "streaming is available for instrument targets only")
     tracks, splits, _ = M.list_tracks(cfg.sources, cfg.qa, cfg.split, cfg.seed)
-    return _pipeline(cfg, PrepareSpec.of(cfg), tracks, splits)
+    return _pipeline(cfg, PrepareSpec.of(cfg), tracks, splits, _donors(cfg, tracks, splits))
+
+
+def _donors(cfg: PrepareConfig, tracks: list[SourceTrack], splits: dict[str, str]) -> dict[str, list[SourceTrack]] | None:
+    """The remix donors of every track (done before or not), by split; None without remixing."""
+    return donor_pool(tracks, splits, cfg.augment) if cfg.augment.remix_copies else None
 
 
 def _run_tracks(cfg: PrepareConfig, spec: PrepareSpec, tracks: list[SourceTrack], splits: dict[str, str],
@@ -104,7 +113,8 @@ def _run_tracks(cfg: PrepareConfig, spec: PrepareSpec, tracks: list[SourceTrack]
     finished = done.records()
     todo = [t for t in tracks if t.track_id not in finished]
     progress = M.TrackProgress(len(todo), len(tracks) - len(todo))
-    for row in _pipeline(cfg, spec, todo, splits, output, done, timeouts).iter_rows() if todo else []:
+    donors = _donors(cfg, tracks, splits)
+    for row in _pipeline(cfg, spec, todo, splits, donors, output, done, timeouts).iter_rows() if todo else []:
         progress.update(json.loads(row["result"]))
     progress.close()
     return M.finish_tracks(output, spec, done, to_plain(cfg), progress.errors + listing, len(tracks) - len(todo))

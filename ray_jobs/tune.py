@@ -1,4 +1,4 @@
-"""tune: Ray Tune sweeps over FFT size, filters, silence ratio, learning rate, levels, model.
+"""tune: Ray Tune sweeps over FFT size, filters, silence ratio, augmentation, learning rate, levels, model.
 
     sep tune -c configs/tune_cpu_small.yaml
     sep tune -c configs/tune_hourglass_gpu.yaml output=s3://bucket/tune variants=s3://bucket/variants
@@ -177,7 +177,7 @@ def run(cfg: TuneConfig) -> dict[str, Any]:
             **verdict(len(failed), len(grid), cfg.max_failed_fraction, "trials")}
 
 
-JOB = Job("tune", TuneConfig, run, "Sweep FFT size, filters and silence ratio with Ray Tune.")
+JOB = Job("tune", TuneConfig, run, "Sweep FFT size, filters, silence ratio and augmentation with Ray Tune.")
 main = JOB.main
 
 if __name__ == "__main__":

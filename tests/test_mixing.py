@@ -304,6 +304,7 @@ def test_spec_of_a_config_resolves_the_sections():
     from types import SimpleNamespace
 
     from sepcore.prepare.config import (
+        AugmentConfig,
         ChunkConfig,
         FeatureConfig,
         PrepareSpec,
@@ -311,11 +312,11 @@ def test_spec_of_a_config_resolves_the_sections():
         SilenceConfig,
     )  # fmt: skip
 
-    def cfg(target, silence):
+    def cfg(target, silence, augment=None):
         return SimpleNamespace(target=target, sample_rate=16000, channels=1, dtype="float32",
                                features=FeatureConfig(n_fft=512, hop=128), chunks=ChunkConfig(frames=8),
                                outputs=["target", "activations"], silence=SilenceConfig(enabled=silence),
-                               qa=QAConfig(exclude=["missing"]))  # fmt: skip
+                               qa=QAConfig(exclude=["missing"]), augment=augment or AugmentConfig(), seed=5)  # fmt: skip
 
     spec = PrepareSpec.of(cfg("guitar", True))
     assert spec.feature == {"name": "stft", "n_fft": 512, "hop": 128} and spec.frames == 8
@@ -324,6 +325,9 @@ def test_spec_of_a_config_resolves_the_sections():
     mixes = PrepareSpec.of(cfg("random_mix", True))
     assert mixes.outputs == ("activations",) and mixes.silence is None and not mixes.skip_without_target
     assert PrepareSpec.of(cfg("guitar", False)).settings()["silence"] is None
+    assert spec.augment is None and "augment" not in spec.settings()  # off: the settings of before
+    remixed = PrepareSpec.of(cfg("guitar", False, AugmentConfig(remix_copies=1)))
+    assert remixed.augment == AugmentConfig(remix_copies=1) and remixed.settings()["seed"] == 5
     with pytest.raises(ValueError, match="unknown outputs"):
         PrepareSpec(outputs=("nothing",))
 

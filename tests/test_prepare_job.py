@@ -84,6 +84,33 @@ def test_guitar_target_shards_schema_splits_and_resume(demo_data, tmp_path, caps
     assert "other settings (feature.hop, feature.n_fft)" in capsys.readouterr().err
 
 
+def test_augmentation_adds_remix_copies_to_train_only_and_is_recorded(demo_data, tmp_path, capsys):
+    out = tmp_path / "augmented"
+    args = _args(demo_data, out, "features={name: stft, n_fft: 256, hop: 128}", "chunks={frames: 16}",
+                 "outputs=[target]", "split={train: 0.5, validation: 0.25, test: 0.25}",
+                 "augment={remix_copies: 1, gain_db: [-6, 0], seed: 4}")  # fmt: skip
+    assert prepare.main(args) == 0
+    summary, manifest = _json(out, "summary.json"), _json(out, "dataset.json")
+    assert manifest["augment"] == {"remix_copies": 1, "gain_db": [-6.0, 0.0], "channel_swap": 0.0,
+                                   "splits": ["train"], "seed": 4, "prepare_seed": 0}  # fmt: skip
+    assert manifest["columns"] == ["track_id", "split", "chunk", "copy", "mix", "target"]
+    rows = []
+    for shard in manifest["shards"]:
+        rows += pq.read_table(storage.local_path(shard["uri"]), columns=["track_id", "split", "copy"]).to_pylist()
+    per = defaultdict(lambda: defaultdict(int))
+    for row in rows:
+        per[(row["track_id"], row["split"])][row["copy"]] += 1
+    train = [t for (t, s) in per if s == "train"]
+    assert train and all(per[(t, "train")][1] == per[(t, "train")][0] > 0 for t in train)  # as long as the target
+    assert all(set(c) == {0} for (t, s), c in per.items() if s != "train")  # validation and test untouched
+    augmented = manifest["augmented_rows_per_split"]
+    assert augmented["train"] == sum(per[(t, "train")][1] for t in train) and augmented.get("validation", 0) == 0
+    assert summary["figures"]["augmented_rows_per_split"] == augmented
+    # Other augmentation into the same output is refused like any other setting.
+    assert prepare.main([*args[:-1], "augment={remix_copies: 2, gain_db: [-6, 0], seed: 4}"]) == 2
+    assert "other settings (augment.remix_copies)" in capsys.readouterr().err
+
+
 def test_corrupt_stem_skips_track_with_reason(demo_data, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(storage.local_path(demo_data), data)

@@ -60,8 +60,35 @@ def test_a_data_variant_is_keyed_by_what_shapes_the_data():
 
 def test_every_data_point_of_the_space_is_listed_once():
     cfg = _cfg(space={"n_fft": [512, 1024, 512], "silence": ["off", 0.7], "filters": [4, 8]})
-    assert cfg.space.data_points() == [(512, None), (512, 0.7), (1024, None), (1024, 0.7)]
-    assert _cfg(space={"filters": [4, 8]}).space.data_points() == [(None, "base")]
+    assert cfg.space.data_points() == [(512, None, "base", "base"), (512, 0.7, "base", "base"),
+                                       (1024, None, "base", "base"), (1024, 0.7, "base", "base")]  # fmt: skip
+    assert _cfg(space={"filters": [4, 8]}).space.data_points() == [(None, "base", "base", "base")]
+
+
+def test_augmentation_dimensions_make_their_own_variants():
+    cfg = _cfg(space={"remix_copies": [0, 2], "gain_db": ["off", 6], "filters": [4]})
+    assert cfg.space.data_points() == [(None, "base", r, g) for r in (0, 2) for g in (None, 6.0)]
+    two = T.variant_settings(PREPARE, None, "base", 0.25, 2, 6.0)
+    assert two["augment"] == {"remix_copies": 2, "gain_db": [-6.0, 6.0]} and "augment" not in PREPARE
+    off = T.variant_settings(PREPARE, None, "base", 0.25, 0, None)
+    keys = {_key(T.variant_settings(PREPARE, None, "base", 0.25, r, g)) for r in (0, 2) for g in (None, 6.0)}
+    assert len(keys) == 4 and _key(two).startswith("guitar-stft1536-384-siloff-rx2-gain-6_6-")
+    assert _key(off) == _key(PREPARE)  # augmentation off: the key of a sweep without these dimensions
+    assert _key({**PREPARE, "augment": {"seed": 9}}) == _key(PREPARE)  # nothing augmented, same data
+    plan = S.variant_plan(cfg, "file:///o", tune.validate_prepare)
+    assert [key for key, *_ in plan] == [T.data_key(None, "base", r, g) for r in (0, 2) for g in (None, 6.0)]
+    assert plan[3][3].augment.remix_copies == 2 and plan[3][3].augment.gain_db == (-6.0, 6.0)
+    assert T.data_key(512, "base") == "512|base"  # keys of sweeps without augmentation are as before
+    values = {**T.base_values(PREPARE, TRAIN), "remix_copies": 2, "gain_db": 6.0}
+    assert T.trial_label(values, ["remix_copies", "gain_db"]) == "rx2 gain6"
+    assert T.trial_data_key({"gain_db": 6.0}, values) == T.data_key(None, "base", "base", 6.0)
+    augmented = {**PREPARE, "augment": {"remix_copies": 1, "gain_db": [-12, 2]}}
+    assert T.base_values(augmented, TRAIN)["gain_db"] == [-12, 2] and T.gain_label([-12, 2]) == "-12..2"
+    row = T.trial_row("t", "rx2 gain6", "done", values, _history([1.0]), "val_sdr")
+    csv_bytes, parquet_bytes = T.table_bytes([row])
+    assert next(csv.DictReader(io.StringIO(csv_bytes.decode())))["gain_db"] == "6"
+    assert pq.read_table(io.BytesIO(parquet_bytes)).to_pylist()[0]["remix_copies"] == 2
+    assert tune.param_space(cfg)["gain_db"] == {"grid_search": [None, 6.0]}
 
 
 # ---------------------------------------------------------------- configuration
@@ -82,6 +109,10 @@ def test_silence_off_is_read_from_yaml_in_every_spelling():
         ({"space": {"lr": {"low": 1e-4, "high": 1e-2}}}, "grid search needs a list"),
         ({"space": {"silence": [1.5]}}, "ratio must be in (0, 1]"),
         ({"space": {"filters": []}}, "at least one value"),
+        ({"space": {"remix_copies": [-1]}}, "count must be >= 0"),
+        ({"space": {"gain_db": [0]}}, "must be > 0 dB"),
+        ({"prepare": {**PREPARE, "target": "random_mix"}, "space": {"remix_copies": [1]},
+          "train": {**TRAIN, "validation": {"metric": "val_loss"}}}, "applies to instrument targets"),
         ({"train": {**TRAIN, "validation": {"sdr_tracks": 0, "metric": "val_sdr"}}}, "sdr_tracks > 0"),
         ({"train": {"model": {"name": "activation_cnn"}}}, "tune sweeps separators"),
         ({"space": {"model": ["blstm"], "filters": [8]}, "model_configs": {"blstm": {"bogus": 1}}}, "bogus"),
@@ -96,7 +127,7 @@ def test_bad_sweep_settings_name_the_key(overrides, message):
 def test_shipped_tune_configs_validate_and_sweep_the_seed_dimensions():
     small = load_config(tune.TuneConfig, os.path.join(CONFIGS, "tune_cpu_small.yaml"))
     points = small.space.data_points()
-    assert len({n for n, _ in points}) >= 2 and len({s for _, s in points}) >= 2
+    assert len({p[0] for p in points}) >= 2 and len({p[1] for p in points}) >= 2
     assert len(small.space.filters or []) >= 2
     full = load_config(tune.TuneConfig, os.path.join(CONFIGS, "tune_hourglass_gpu.yaml"))
     assert full.space.n_fft == [512, 1024, 1536, 2048]
@@ -115,7 +146,8 @@ def test_trial_settings_go_to_the_model_family_size_keys():
     blstm = T.train_settings(TRAIN, {"model": "blstm", "filters": 32, "levels": 2}, {"blstm": {"dropout": 0.1}})
     assert blstm["model"] == {"name": "blstm", "config": {"dropout": 0.1, "hidden": 32, "layers": 2}}
     assert T.base_values(PREPARE, TRAIN) == {"model": "hourglass", "n_fft": 1536, "silence": None,
-                                             "filters": 8, "levels": 3, "lr": None}  # fmt: skip
+                                             "remix_copies": 0, "gain_db": None, "filters": 8, "levels": 3,
+                                             "lr": None}  # fmt: skip
     label = T.trial_label({"n_fft": 1024, "silence": None, "filters": 8, "lr": 0.002}, ["n_fft", "silence", "filters"])
     assert label == "fft1024 siloff F8"
 
@@ -293,8 +325,8 @@ def test_plots_and_report_show_the_comparison(tmp_path):
              "silence_effect.png": T.silence_effect_png(rows, "val_sdr"),
              "learning_curves.png": T.learning_curves_png(curves, "val_sdr")}  # fmt: skip
     cfg = _cfg(space={"n_fft": [512, 1024, 2048], "silence": [None, 0.9], "filters": [4, 8]})
-    variants = [{"variant": "v1", "n_fft": 512, "hop": 128, "silence": None, "prepared_now": True,
-                 "rows": {"train": 10, "validation": 2}}]  # fmt: skip
+    variants = [{"variant": "v1", "n_fft": 512, "hop": 128, "silence": None, "remix_copies": 2, "gain_db": None,
+                 "prepared_now": True, "rows": {"train": 10, "validation": 2}}]  # fmt: skip
     sections = S.report_sections(cfg, rows, variants, T.best_row(rows, "val_sdr"), plots, "val_sdr", 12.0)
     page = R.write_report(str(tmp_path), sections, title="sweep")
     html = open(storage.local_path(page), encoding="utf-8").read()

@@ -87,6 +87,34 @@ class RandomMixConfig(Config):
     batch_mixes: int = Field(64, ge=1, description="segments grouped per mixing call and shard")
 
 
+class AugmentConfig(Config):
+    """Augmentation of instrument targets (Open-Unmix style), applied to the tracks of ``splits`` only.
+
+    Off by default (every value at its default: :attr:`active` is False). Everything is drawn by
+    :mod:`sepcore.prepare.augment` from a generator seeded by (prepare seed, ``seed``, track id,
+    copy index).
+    """
+
+    remix_copies: int = Field(0, ge=0, le=64, description="extra examples per track: its target with a rest "
+                              "rebuilt from other tracks of the same split")  # fmt: skip
+    gain_db: tuple[float, float] | None = Field(
+        None, description="[lo, hi]: a gain in dB drawn uniformly per stem before the sums (null: off)"
+    )
+    channel_swap: float = Field(0.0, ge=0, le=1, description="probability of swapping a stem's channels (stereo)")
+    splits: list[str] = Field(["train"], min_length=1, description="splits augmented; the others stay as they are")
+    seed: int = Field(0, description="seed of the augmentation draws (with the prepare seed)")
+
+    @model_validator(mode="after")
+    def _check(self) -> AugmentConfig:
+        if self.gain_db is not None and self.gain_db[0] > self.gain_db[1]:
+            raise ValueError(f"augment.gain_db: lo {self.gain_db[0]} exceeds hi {self.gain_db[1]}")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return self.remix_copies > 0 or self.gain_db is not None or self.channel_swap > 0
+
+
 class ActorsConfig(Config):
     mix: int = Field(2, ge=1, description="most mixing actors")
     feature: int = Field(2, ge=1, description="most feature actors")
@@ -99,7 +127,8 @@ class PrepareSpec(Config):
     """Everything a worker needs to turn one track into rows (plain, picklable).
 
     ``silence`` is None when silences are not cut; ``skip_without_target``: a track
-    without a usable target stem is skipped (:class:`sepcore.prepare.pairs.SkipTrack`).
+    without a usable target stem is skipped (:class:`sepcore.prepare.pairs.SkipTrack`);
+    ``augment`` is None without augmentation, and ``seed`` (the prepare seed) seeds it.
     """
 
     target: str = "guitar"
@@ -116,6 +145,8 @@ class PrepareSpec(Config):
     detect_flags: bool = True
     exclude_flags: tuple[str, ...] = qa.DEFAULT_EXCLUDE
     skip_without_target: bool = True
+    augment: AugmentConfig | None = None
+    seed: int = 0
 
     @model_validator(mode="after")
     def _check(self) -> PrepareSpec:
@@ -135,6 +166,7 @@ class PrepareSpec(Config):
         parameters raise here.
         """
         random_mix = cfg.target == "random_mix"
+        augment = cfg.augment if cfg.augment.active else None
         spec = cls(
             target=cfg.target, sample_rate=cfg.sample_rate, channels=cfg.channels,
             feature=cfg.features.params(), frames=cfg.chunks.frames, chunk_hop=cfg.chunks.hop,
@@ -142,7 +174,7 @@ class PrepareSpec(Config):
             outputs=tuple(o for o in cfg.outputs if not random_mix or o == "activations"),
             silence=cfg.silence if cfg.silence.enabled and not random_mix else None,
             detect_flags=cfg.qa.detect, exclude_flags=tuple(cfg.qa.exclude),
-            skip_without_target=not random_mix,
+            skip_without_target=not random_mix, augment=augment, seed=cfg.seed,
         )  # fmt: skip
         spec.extractor()
         return spec
@@ -152,8 +184,15 @@ class PrepareSpec(Config):
         return features.make_feature(self.feature["name"], sample_rate=self.sample_rate, **params)
 
     def settings(self) -> dict[str, Any]:
-        """The settings recorded beside the data (``prepare_spec.json``), as plain data."""
-        return self.model_dump(mode="json", exclude={"silence": {"enabled"}})
+        """The settings recorded beside the data (``prepare_spec.json``), as plain data.
+
+        Without augmentation ``augment`` and ``seed`` are left out (the seed then changes
+        no pair), so outputs made before augmentation existed keep their settings.
+        """
+        plain = self.model_dump(mode="json", exclude={"silence": {"enabled"}})
+        if self.augment is None:
+            del plain["augment"], plain["seed"]
+        return plain
 
 
 def check(cfg: Any) -> None:
@@ -164,6 +203,10 @@ def check(cfg: Any) -> None:
         raise ValueError("split fractions must sum to 1")
     if cfg.random_mix.min_instruments > cfg.random_mix.max_instruments:
         raise ValueError("random_mix.min_instruments exceeds max_instruments")
+    if cfg.augment.active and cfg.target == "random_mix":
+        raise ValueError("augment: applies to instrument targets; random_mix draws its own levels")
+    if cfg.augment.channel_swap > 0 and cfg.channels != 2:
+        raise ValueError("augment.channel_swap needs stereo (channels: 2)")
     unknown = set(cfg.qa.exclude) - set(qa.FLAGS)
     if unknown:
         raise ValueError(f"qa.exclude: unknown flags {sorted(unknown)}; known: {qa.FLAGS}")

@@ -1,8 +1,9 @@
 """The prepare job's listing, output folder, progress lines, ``dataset.json`` and summaries, without Ray.
 
-``dataset.json`` (:data:`MANIFEST`): how to read the rows (:func:`~sepcore.prepare.pairs.dataset_schema`),
-the shards, the tracks of each split, rows per split, QA flags and silence statistics
-(instrument targets) or segments per class (random mixes), and the configuration.
+``dataset.json`` (:data:`MANIFEST`): how to read the rows (:func:`~sepcore.prepare.pairs.dataset_schema`,
+the augmentation settings included), the shards, the tracks of each split, rows per split, QA
+flags, silence statistics and rows of remix copies per split (instrument targets) or segments
+per class (random mixes), and the configuration.
 It is written after the shards, from the done-records of the tracks (:data:`DONE`).
 """
 
@@ -89,8 +90,17 @@ def track_manifest(spec: P.PrepareSpec, records: list[dict[str, Any]], config: d
         "skipped": {m["track_id"]: m["reason"] for m in records if m["status"] == "skipped"},
         "qa_flags": {m["track_id"]: {k: v for k, v in m["flags"].items() if v} for m in ok if any(m["flags"].values())},
         "silence_histogram": silence_histogram_rows(ratios) if ratios else None,
+        **({"augmented_rows_per_split": augmented_rows(ok)} if spec.augment is not None else {}),
         "config": config,
     }
+
+
+def augmented_rows(records: list[dict[str, Any]]) -> dict[str, int]:
+    """Rows of remix copies (``copy`` >= 1) per split, from the tracks' done-records."""
+    counts: Counter[str] = Counter()
+    for m in records:
+        counts[m["split"]] += m.get("augmented_rows", 0)
+    return dict(sorted(counts.items()))
 
 
 def track_summary(manifest: dict[str, Any], records: list[dict[str, Any]], failed: list[dict[str, str]],
@@ -106,6 +116,8 @@ def track_summary(manifest: dict[str, Any], records: list[dict[str, Any]], faile
         "figures": {
             "audio_seconds": round(sum(m.get("seconds", 0) for m in ok), 1),
             "rows_per_split": manifest["rows_per_split"],
+            **({"augmented_rows_per_split": manifest["augmented_rows_per_split"]}
+               if "augmented_rows_per_split" in manifest else {}),
         },
         "failed": failed,
         "silence_histogram": manifest["silence_histogram"],

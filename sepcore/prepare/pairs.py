@@ -9,7 +9,9 @@ columns are stored as raw little-endian bytes of the dataset's dtype; their shap
 are recorded once in the dataset manifest (:func:`row_shapes`) and undone by
 :func:`decode_column`. Columns:
 
-* ``track_id`` (str), ``split`` (str), ``chunk`` (int), ``start_frame`` (int)
+* ``track_id`` (str), ``split`` (str), ``chunk`` (int)
+* ``copy`` (int, with augmentation only): 0 for the track's own pair, ``k`` for remix copy ``k``
+  (:mod:`sepcore.prepare.augment`)
 * ``mix``: mixture feature, ``(channels, bins * (2C+1), frames)`` with context C
 * ``target``: the instrument's feature, ``(channels, bins, frames)`` (``outputs`` has "target")
 * ``irm`` / ``ibm``: ideal ratio / binary mask of the instrument, same shape (STFT only)
@@ -32,9 +34,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sepcore.data.classes import CLASSES
-from sepcore.data.sources import SourceTrack, load_track_stems
+from sepcore.data.sources import SourceStem, SourceTrack, load_stem, load_track_stems
+from sepcore.errors import AudioError
 from sepcore.io import storage
-from sepcore.prepare import features, mixing, qa, silence
+from sepcore.prepare import augment, features, mixing, qa, silence
 from sepcore.prepare.config import PrepareSpec  # re-exported: the spec of these steps
 
 
@@ -97,9 +100,11 @@ def class_sums(stems: np.ndarray, classes: Sequence[str]) -> np.ndarray:
     return out
 
 
-def make_pair(track: SourceTrack, spec: PrepareSpec) -> TrackPair:
+def make_pair(track: SourceTrack, spec: PrepareSpec, draws: Sequence[augment.StemDraw] | None = None) -> TrackPair:
     """Load a track's stems, flag and exclude bad ones, sum instrument and rest.
 
+    ``draws`` (one per stem of ``track``): gains and channel swaps applied to the stems
+    after their QA flags are found (:mod:`sepcore.prepare.augment`).
     Raises :class:`~sepcore.errors.AudioError` naming a stem that cannot be read and
     :class:`SkipTrack` when no usable stem of the target class is left.
     """
@@ -112,6 +117,8 @@ def make_pair(track: SourceTrack, spec: PrepareSpec) -> TrackPair:
             found |= qa.detect_flags(audio, spec.sample_rate)
         flags[stem.stem_id] = sorted(found)
         keep.append(not qa.excluded(found, spec.exclude_flags))
+    if draws is not None:
+        stems = augment.apply_stems(stems, draws)
     kept = stems[np.array(keep, dtype=bool)] if len(keep) else stems
     classes = [r.inst_class for r, k in zip(records, keep, strict=True) if k]
     excluded = [r.stem_id for r, k in zip(records, keep, strict=True) if not k]
@@ -139,6 +146,49 @@ def finish_pair(pair: TrackPair, spec: PrepareSpec) -> TrackPair:
 def mix_track(track: SourceTrack, spec: PrepareSpec) -> TrackPair:
     """The mixing step of one track: :func:`make_pair`, silence, :func:`finish_pair`."""
     return finish_pair(adjust_pair_silence(make_pair(track, spec), spec), spec)
+
+
+def mix_copies(track: SourceTrack, split: str, spec: PrepareSpec, pool: Sequence[SourceTrack] = ()) -> list[tuple[int, TrackPair]]:
+    """The pairs of one track as ``(copy, pair)``: its own (copy 0, :func:`mix_track`) and, in a
+    split that ``spec.augment`` augments, its stems' gains and swaps drawn and its remix copies
+    ``1..remix_copies`` with donors from ``pool`` (the split's tracks, see
+    :func:`sepcore.prepare.augment.donor_pool`). A copy without any donor is left out.
+    """
+    aug = spec.augment
+    if aug is None or split not in aug.splits:
+        return [(0, mix_track(track, spec))]
+    rng = augment.copy_rng(spec.seed, aug, track.track_id, 0)
+    own = adjust_pair_silence(make_pair(track, spec, augment.draw_stems(rng, len(track.stems), aug, spec.channels)), spec)
+    pairs = [(0, finish_pair(own, spec))]
+    donors = {t.track_id: t for t in pool}
+    for k in range(1, aug.remix_copies + 1):
+        plan = augment.plan_remix(track, k, pool, spec.target, aug, spec.seed, spec.channels, spec.exclude_flags)
+        if plan.parts:
+            pairs.append((k, finish_pair(remix_copy(own, plan, donors, spec), spec)))
+    return pairs
+
+
+def remix_copy(own: TrackPair, plan: augment.RemixPlan, donors: dict[str, SourceTrack], spec: PrepareSpec) -> TrackPair:
+    """Apply a remix plan to a track's own pair (before :func:`finish_pair`): its instrument, the
+    donors' parts as the rest. Raises :class:`~sepcore.errors.AudioError` naming a donor stem that
+    cannot be read (flag it in ``qa.flags_csv`` to leave it out)."""
+    length = own.instrument.shape[-1]
+    parts = []
+    for part in plan.parts:
+        try:
+            audio = augment.load_part(part, donors[part.track_id], length, spec.channels, lambda s: donor_stem(s, spec))
+        except AudioError as exc:
+            raise AudioError(exc.uri, f"{exc.problem} (a donor of remix copy {plan.copy} of {plan.track_id})") from exc
+        parts.append((part.inst_class, audio))
+    rest, mix, sums = augment.remix(own.instrument, spec.target, parts)
+    return TrackPair(own.instrument, rest, mix, sums, own.flags, own.excluded, own.silence)
+
+
+def donor_stem(stem: SourceStem, spec: PrepareSpec) -> np.ndarray | None:
+    """A donor stem's audio ``(channels, samples)``, or None when its QA flags exclude it."""
+    audio = load_stem(stem, spec.sample_rate, spec.channels)
+    found = set(stem.flags) | (qa.detect_flags(audio, spec.sample_rate) if spec.detect_flags else set())
+    return None if qa.excluded(found, spec.exclude_flags) else audio
 
 
 def adjust_pair_silence(pair: TrackPair, spec: PrepareSpec) -> TrackPair:
@@ -213,7 +263,7 @@ def dataset_schema(spec: PrepareSpec) -> dict[str, Any]:
     shapes = row_shapes(spec)
     return {
         "format": "sep-prepare/1",
-        "columns": ["track_id", "split", "chunk", *shapes],
+        "columns": ["track_id", "split", "chunk", *(["copy"] if spec.augment else []), *shapes],
         "shapes": shapes,
         "dtype": spec.dtype,
         "classes": list(CLASSES),
@@ -224,15 +274,19 @@ def dataset_schema(spec: PrepareSpec) -> dict[str, Any]:
         "frames": spec.frames,
         "chunk_hop": spec.chunk_hop or spec.frames,
         "context": spec.context,
+        "augment": None if spec.augment is None else {**spec.augment.model_dump(mode="json"), "prepare_seed": spec.seed},
     }
 
 
-def track_rows(track_id: str, split: str, arrays: dict[str, np.ndarray], extra: dict[str, np.ndarray] | None = None) -> list[dict[str, Any]]:
-    """One row per chunk with array columns as bytes."""
+def track_rows(track_id: str, split: str, arrays: dict[str, np.ndarray], extra: dict[str, np.ndarray] | None = None,
+               copy: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """One row per chunk with array columns as bytes (and ``copy`` unless None)."""
     count = len(arrays["mix"])
     rows = []
     for k in range(count):
         row: dict[str, Any] = {"track_id": track_id, "split": split, "chunk": k}
+        if copy is not None:
+            row["copy"] = copy
         for name, arr in arrays.items():
             row[name] = arr[k].tobytes()
         for name, value in (extra or {}).items():

@@ -32,9 +32,12 @@ from sepcore.prepare import pairs as P
 from sepcore.prepare.features import FeatureExtractor
 
 
-def pair_row(track: SourceTrack, split: str, spec: P.PrepareSpec, error: str | None = None) -> dict[str, Any]:
-    """The mixing step of one track: ``pair`` (pickled), or ``status`` skipped/error and ``reason``.
+def pair_row(track: SourceTrack, split: str, spec: P.PrepareSpec, pool: dict[str, list[SourceTrack]] | None = None,
+             error: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """The mixing step of one track: ``pair`` (its :func:`~sepcore.prepare.pairs.mix_copies`,
+    pickled), or ``status`` skipped/error and ``reason``.
 
+    ``pool``: the donors of each augmented split (:func:`sepcore.prepare.augment.donor_pool`);
     ``error``: the track already failed (its time limit), so it is not mixed again.
     """
     out = {"track_id": track.track_id, "split": split, "pair": b"", "status": "ok", "reason": ""}
@@ -46,36 +49,42 @@ def pair_row(track: SourceTrack, split: str, spec: P.PrepareSpec, error: str | N
     if error is not None:
         return {**out, "status": "error", "reason": error}
     try:
-        pair = P.mix_track(track, spec)
+        pairs = P.mix_copies(track, split, spec, (pool or {}).get(split, []))
     except P.SkipTrack as exc:
         return {**out, "status": "skipped", "reason": str(exc)}
     except SepError as exc:
         return {**out, "status": "error", "reason": str(exc)}
     except Exception as exc:  # a bug on one track must not stop the others
         return {**out, "status": "error", "reason": f"{track.track_id}: {type(exc).__name__}: {exc}"}
-    return {**out, "pair": pickle.dumps(pair, protocol=5)}
+    return {**out, "pair": pickle.dumps(pairs, protocol=5)}
 
 
 def chunk_rows(row: dict[str, Any], spec: P.PrepareSpec, extractor: FeatureExtractor) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The feature step of a :func:`pair_row`: its chunk rows and the track's result.
 
     The result has ``track_id``, ``split``, ``status``, ``reason`` and, for a track
-    with rows, ``rows``, ``seconds``, ``flags``, ``excluded`` and ``silence``.
+    with rows, ``rows``, ``seconds``, ``flags``, ``excluded`` and ``silence`` (of its own
+    pair); with augmentation also ``copies`` (remix copies made) and ``augmented_rows``.
     """
     result = {k: row[k] for k in ("track_id", "split", "status", "reason")}
     if row["status"] != "ok":
         return [], result
-    pair: P.TrackPair = pickle.loads(row["pair"])
-    try:
-        arrays = P.feature_chunks(pair, spec, extractor)
-    except (SepError, ValueError) as exc:
-        result.update(status="error", reason=f"{row['track_id']}: {exc}")
-        return [], result
-    rows = P.track_rows(row["track_id"], row["split"], arrays)
+    pairs: list[tuple[int, P.TrackPair]] = pickle.loads(row["pair"])
+    rows: list[dict[str, Any]] = []
+    for copy, pair in pairs:
+        try:
+            arrays = P.feature_chunks(pair, spec, extractor)
+        except (SepError, ValueError) as exc:
+            result.update(status="error", reason=f"{row['track_id']}: {exc}")
+            return [], result
+        rows += P.track_rows(row["track_id"], row["split"], arrays, copy=copy if spec.augment else None)
+    own = pairs[0][1]
     result.update(
-        rows=len(rows), seconds=round(pair.mix.shape[-1] / spec.sample_rate, 3),
-        flags=pair.flags, excluded=pair.excluded, silence=pair.silence,
+        rows=len(rows), seconds=round(own.mix.shape[-1] / spec.sample_rate, 3),
+        flags=own.flags, excluded=own.excluded, silence=own.silence,
     )  # fmt: skip
+    if spec.augment is not None:
+        result.update(copies=len(pairs) - 1, augmented_rows=sum(1 for r in rows if r["copy"] > 0))
     return rows, result
 
 

@@ -26,11 +26,17 @@ class SpaceConfig(Config):
     silence: list[float | None] | None = Field(
         None, description="silence adjustment: off or a target audio ratio, e.g. [off, 0.5, 0.7, 0.9]"
     )
+    remix_copies: list[int] | None = Field(
+        None, description="prepare augment.remix_copies: remix copies per training track, e.g. [0, 2]"
+    )
+    gain_db: list[float | None] | None = Field(
+        None, description="prepare augment.gain_db: off or x for gains in [-x, x] dB, e.g. [off, 6]"
+    )
     filters: list[int] | None = Field(None, description="hourglass filters F (BLSTM: hidden units)")
     levels: list[int] | None = Field(None, description="hourglass levels S (BLSTM: layers)")
     lr: list[float] | RangeConfig | None = Field(None, description="learning rates, or {low, high, log}")
 
-    @field_validator("silence", mode="before")
+    @field_validator("silence", "gain_db", mode="before")
     @classmethod
     def _off(cls, value: Any) -> Any:
         if isinstance(value, list):  # YAML reads a bare off as false
@@ -47,6 +53,11 @@ class SpaceConfig(Config):
         for ratio in self.silence or []:
             if ratio is not None and not 0 < ratio <= 1:
                 raise ValueError(f"space.silence: a ratio must be in (0, 1], got {ratio}")
+        if any(n < 0 for n in self.remix_copies or []):
+            raise ValueError(f"space.remix_copies: a count must be >= 0, got {self.remix_copies}")
+        for gain in self.gain_db or []:
+            if gain is not None and not gain > 0:
+                raise ValueError(f"space.gain_db: a range half-width must be > 0 dB (off: no gain), got {gain}")
         if isinstance(self.lr, RangeConfig) and self.lr.low > self.lr.high:
             raise ValueError("space.lr: low exceeds high")
         return self
@@ -54,11 +65,16 @@ class SpaceConfig(Config):
     def swept(self) -> list[str]:
         return [d for d in DIMENSIONS if getattr(self, d) is not None]
 
-    def data_points(self) -> list[tuple[int | None, float | None | str]]:
-        """Every (n_fft, silence) pair the space can reach; ``"base"``: silence not swept."""
+    def data_points(self) -> list[tuple[Any, ...]]:
+        """Every (n_fft, silence, remix_copies, gain_db) the space can reach, the arguments of
+        :func:`~sepcore.tune.sweep.variant_settings` and :func:`~sepcore.tune.sweep.data_key`
+        (n_fft None, the others ``"base"``: not swept)."""
         ffts: list[int | None] = list(self.n_fft) if self.n_fft else [None]
-        silences: list[float | None | str] = list(self.silence) if self.silence is not None else ["base"]
-        return [(n, s) for n in dict.fromkeys(ffts) for s in dict.fromkeys(silences)]
+        silences: list[Any] = list(self.silence) if self.silence is not None else ["base"]
+        remixes: list[Any] = list(self.remix_copies) if self.remix_copies is not None else ["base"]
+        gains: list[Any] = list(self.gain_db) if self.gain_db is not None else ["base"]
+        return [(n, s, r, g) for n in dict.fromkeys(ffts) for s in dict.fromkeys(silences)
+                for r in dict.fromkeys(remixes) for g in dict.fromkeys(gains)]  # fmt: skip
 
     def size_points(self) -> list[dict[str, Any]]:
         """Every (model, filters, levels) combination, to validate the model settings."""
@@ -150,8 +166,8 @@ def check_tune(cfg: Any, validate_prepare: Callable[[dict[str, Any]], Any],
             raise ValueError(f"{section}.{key} is set by the sweep; leave it out")
     if cfg.search.algorithm == "grid" and isinstance(cfg.space.lr, RangeConfig):
         raise ValueError("space.lr: grid search needs a list of values, not a range")
-    for n_fft, silence in cfg.space.data_points():
-        validate_prepare(T.variant_settings(cfg.prepare, n_fft, silence, cfg.hop_fraction))
+    for n_fft, silence, remix_copies, gain_db in cfg.space.data_points():
+        validate_prepare(T.variant_settings(cfg.prepare, n_fft, silence, cfg.hop_fraction, remix_copies, gain_db))
     separators = tuple(T.SIZE_KEYS)
     for values in cfg.space.size_points():
         tcfg = validate_train(T.train_settings(cfg.train, values, cfg.model_configs))

@@ -68,6 +68,8 @@ def variant_record(uri: str, resolved: Any, prepared_now: bool) -> dict[str, Any
         "variant": storage.basename(uri), "uri": uri, "n_fft": resolved.features.n_fft,
         "hop": resolved.features.hop,
         "silence": resolved.silence.target_ratio if resolved.silence.enabled else None,
+        "remix_copies": resolved.augment.remix_copies,
+        "gain_db": list(resolved.augment.gain_db) if resolved.augment.gain_db is not None else None,
         "prepared_now": prepared_now, "rows": O.read_manifest(uri).get("rows_per_split", {}),
     }  # fmt: skip
 
@@ -153,6 +155,8 @@ def write_results(cfg: Any, metric: str, output: str, rows: list, curves: dict, 
 
 def _cell(row: dict[str, Any], key: str) -> Any:
     value = row.get(key)
+    if key == "gain_db":
+        return T.gain_label(value)
     return T.silence_label(value) if key == "silence" else value
 
 
@@ -186,9 +190,11 @@ def report_sections(cfg: Any, rows: list, variants: list[dict], best: Any, plots
     sections.append(R.Section("Learning curves", [R.Image("learning_curves.png", plots["learning_curves.png"])]))
     sections.append(R.Section("Data variants", [R.Table(
         "Prepared once, reused by every trial and later sweeps",
-        ["variant", "n_fft", "hop", "silence", "train rows", "validation rows", "prepared in this run"],
-        [[v["variant"], v["n_fft"], v["hop"], T.silence_label(v["silence"]), v["rows"].get("train"),
-          v["rows"].get("validation"), "yes" if v["prepared_now"] else "no"] for v in variants])]))  # fmt: skip
+        ["variant", "n_fft", "hop", "silence", "remix copies", "gain dB", "train rows", "validation rows",
+         "prepared in this run"],
+        [[v["variant"], v["n_fft"], v["hop"], T.silence_label(v["silence"]), v["remix_copies"],
+          T.gain_label(v["gain_db"]), v["rows"].get("train"), v["rows"].get("validation"),
+          "yes" if v["prepared_now"] else "no"] for v in variants])]))  # fmt: skip
     return sections
 
 
@@ -198,11 +204,13 @@ def variant_plan(cfg: Any, output: str, validate_prepare: Callable[[dict[str, An
     ``cfg.variants``, default ``<output>/variants``), prepare settings and those resolved."""
     root = storage.normalize_uri(cfg.variants) if cfg.variants else storage.join(output, "variants")
     plan = []
-    for n_fft, silence in cfg.space.data_points():
-        settings = T.absolute_sources(T.variant_settings(cfg.prepare, n_fft, silence, cfg.hop_fraction))
+    for point in cfg.space.data_points():
+        n_fft, silence, remix_copies, gain_db = point
+        settings = T.variant_settings(cfg.prepare, n_fft, silence, cfg.hop_fraction, remix_copies, gain_db)
+        settings = T.absolute_sources(settings)
         resolved = validate_prepare(settings)
         uri = storage.join(root, T.variant_key(resolved.model_dump(mode="json")))
-        plan.append((T.data_key(n_fft, silence), uri, settings, resolved))
+        plan.append((T.data_key(*point), uri, settings, resolved))
     return plan
 
 

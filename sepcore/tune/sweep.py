@@ -1,14 +1,14 @@
 """Plain helpers of the tune job (no Ray): data variants, trial settings, results, plots.
 
-``ray_jobs.tune`` sweeps FFT size, filter count, silence ratio, learning rate, levels
-and model family over the trainer of ``ray_jobs.trainer``. What it needs that does not
+``ray_jobs.tune`` sweeps FFT size, filter count, silence ratio, augmentation (remix copies,
+gain range), learning rate, levels and model family over the trainer of ``ray_jobs.trainer``. What it needs that does not
 touch Ray lives here and is unit-tested on its own:
 
-* **Data variants.** ``n_fft`` and the silence ratio change the prepared data; the
-  other swept values do not. :func:`variant_settings` turns a trial's values into the
+* **Data variants.** ``n_fft``, the silence ratio and the augmentation (``remix_copies``,
+  ``gain_db``) change the prepared data; the other swept values do not. :func:`variant_settings` turns a trial's values into the
   prepare settings of its variant and :func:`variant_key` names them: a readable
   prefix plus a hash of every setting that changes the data (sources, target, rate,
-  features, chunks, silence, QA, split, seed), so one key is one dataset.
+  features, chunks, silence, QA, split, seed, augmentation when on), so one key is one dataset.
 * **Trial settings.** :func:`train_settings` puts a trial's values into the train
   job's settings. ``filters`` and ``levels`` mean the model family's size keys
   (:data:`SIZE_KEYS`): the hourglass's ``filters``/``levels``, the BLSTM's
@@ -20,7 +20,9 @@ touch Ray lives here and is unit-tested on its own:
   :func:`learning_curves_figure` return matplotlib Figures; their ``*_png`` twins
   render them with :func:`sepcore.report.html.figure_png`.
 
-A silence value is ``None`` for "off" (no adjustment) or the audio ratio to reach.
+A silence value is ``None`` for "off" (no adjustment) or the audio ratio to reach; a
+``gain_db`` value None for "off" or ``x`` for gains drawn in ``[-x, x]`` dB
+(``augment.gain_db`` of prepare).
 """
 
 from __future__ import annotations
@@ -38,11 +40,12 @@ from sepcore.config import set_dotted
 from sepcore.report import html as R
 from sepcore.train.selection import best_of, metric_mode
 
-#: Swept values, in table order. ``silence`` is None (off) or a target audio ratio.
-DIMENSIONS = ("model", "n_fft", "silence", "filters", "levels", "lr")
+#: Swept values, in table order. ``silence`` is None (off) or a target audio ratio;
+#: ``remix_copies`` and ``gain_db`` set prepare's ``augment`` section.
+DIMENSIONS = ("model", "n_fft", "silence", "remix_copies", "gain_db", "filters", "levels", "lr")
 
 #: Dimensions that change the prepared data (one variant per distinct combination).
-DATA_DIMENSIONS = ("n_fft", "silence")
+DATA_DIMENSIONS = ("n_fft", "silence", "remix_copies", "gain_db")
 
 #: Per model family: the constructor keys that ``filters`` and ``levels`` set.
 SIZE_KEYS: dict[str, dict[str, str]] = {
@@ -66,6 +69,15 @@ def silence_label(value: float | None) -> str:
     return "off" if value is None else f"{value:g}"
 
 
+def gain_label(value: float | Sequence[float] | None) -> str:
+    """``"off"``, ``"6"`` (a swept value: gains in [-6, 6] dB) or ``"-12..2"`` (prepare's own range)."""
+    if value is None:
+        return "off"
+    if isinstance(value, (int, float)):
+        return f"{value:g}"
+    return f"{value[0]:g}..{value[1]:g}"
+
+
 def _get(tree: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
     node: Any = tree
     for part in dotted.split("."):
@@ -79,12 +91,15 @@ def _get(tree: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
 
 
 def variant_settings(prepare: Mapping[str, Any], n_fft: int | None, silence: float | None | str,
-                     hop_fraction: float) -> dict[str, Any]:  # fmt: skip
+                     hop_fraction: float, remix_copies: int | str = "base",
+                     gain_db: float | None | str = "base") -> dict[str, Any]:  # fmt: skip
     """Prepare settings (the keys of ``sep prepare`` without ``output``) of one variant.
 
     ``n_fft`` None keeps the base FFT size and hop; otherwise ``hop = n_fft *
     hop_fraction``. ``silence`` ``"base"`` keeps the base silence settings, None turns
-    the adjustment off, a ratio turns it on with that ``target_ratio``.
+    the adjustment off, a ratio turns it on with that ``target_ratio``. ``remix_copies``
+    and ``gain_db`` (``"base"``: as in ``prepare``) set ``augment.remix_copies`` and
+    ``augment.gain_db`` (None: off; ``x``: ``[-x, x]``).
     """
     tree = copy.deepcopy(dict(prepare))
     if n_fft is not None:
@@ -94,28 +109,46 @@ def variant_settings(prepare: Mapping[str, Any], n_fft: int | None, silence: flo
         set_dotted(tree, "silence.enabled", silence is not None)
         if silence is not None:
             set_dotted(tree, "silence.target_ratio", float(silence))
+    if remix_copies != "base":
+        set_dotted(tree, "augment.remix_copies", int(remix_copies))
+    if gain_db != "base":
+        set_dotted(tree, "augment.gain_db", None if gain_db is None else [-float(gain_db), float(gain_db)])
     return tree
+
+
+def _augments(augment: Mapping[str, Any] | None) -> bool:
+    """Whether a resolved ``augment`` section changes the data (the config's ``active``)."""
+    a = augment or {}
+    return bool(a.get("remix_copies")) or a.get("gain_db") is not None or bool(a.get("channel_swap"))
 
 
 def variant_key(resolved: Mapping[str, Any]) -> str:
     """Name of a variant's folder: readable prefix + hash of everything that shapes the data.
 
     ``resolved`` is the complete prepare configuration (defaults filled in, as
-    ``PrepareConfig.model_dump(mode="json")``); :data:`NOT_DATA` keys are ignored.
+    ``PrepareConfig.model_dump(mode="json")``); :data:`NOT_DATA` keys are ignored, and so
+    is an ``augment`` section that augments nothing (keys made before it existed stay).
     """
-    data = {k: v for k, v in resolved.items() if k not in NOT_DATA}
+    aug = resolved.get("augment") or {}
+    data = {k: v for k, v in resolved.items() if k not in NOT_DATA and (k != "augment" or _augments(aug))}
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
     feature = resolved.get("features") or {}
     sil = resolved.get("silence") or {}
     ratio = silence_label(sil.get("target_ratio") if sil.get("enabled") else None)
     name = feature.get("name", "stft")
     size = f"{feature.get('n_fft')}-{feature.get('hop')}" if feature.get("n_fft") else str(feature.get("hop"))
-    return f"{resolved.get('target', 'x')}-{name}{size}-sil{ratio}-{digest}"
+    extra = ""
+    if _augments(aug):
+        extra += f"-rx{aug['remix_copies']}" if aug.get("remix_copies") else ""
+        extra += f"-gain{gain_label(aug['gain_db']).replace('..', '_')}" if aug.get("gain_db") is not None else ""
+    return f"{resolved.get('target', 'x')}-{name}{size}-sil{ratio}{extra}-{digest}"
 
 
-def data_key(n_fft: int | None, silence: float | None | str) -> str:
-    """The key of a data point (``"base"``: silence not swept) in a sweep's variant table."""
-    return f"{n_fft}|{silence}"
+def data_key(n_fft: int | None, silence: float | None | str, remix_copies: int | None | str = "base",
+             gain_db: float | None | str = "base") -> str:  # fmt: skip
+    """The key of a data point (``"base"``: not swept) in a sweep's variant table."""
+    augment = "" if remix_copies == gain_db == "base" else f"|{remix_copies}|{gain_db}"
+    return f"{n_fft}|{silence}{augment}"
 
 
 def absolute_sources(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -142,10 +175,13 @@ def base_values(prepare: Mapping[str, Any], train: Mapping[str, Any]) -> dict[st
     keys = SIZE_KEYS.get(model, {})
     config = _get(train, "model.config", {}) or {}
     sil = _get(prepare, "silence", {}) or {}
+    gain = _get(prepare, "augment.gain_db")
     return {
         "model": model,
         "n_fft": _get(prepare, "features.n_fft"),
         "silence": sil.get("target_ratio") if sil.get("enabled") else None,
+        "remix_copies": _get(prepare, "augment.remix_copies", 0),
+        "gain_db": gain[1] if gain is not None and gain[0] == -gain[1] else gain,
         "filters": config.get(keys.get("filters", "filters")),
         "levels": config.get(keys.get("levels", "levels")),
         "lr": _get(train, "optim.lr"),
@@ -189,6 +225,10 @@ def trial_label(values: Mapping[str, Any], swept: Sequence[str]) -> str:
             parts.append(f"sil{silence_label(v)}")
         elif dim == "n_fft":
             parts.append(f"fft{v}")
+        elif dim == "remix_copies":
+            parts.append(f"rx{v}")
+        elif dim == "gain_db":
+            parts.append(f"gain{gain_label(v)}")
         elif dim == "filters":
             parts.append(f"F{v}")
         elif dim == "levels":
@@ -211,7 +251,9 @@ def sweep_settings(cfg: Any, output: str, variants: Mapping[str, str]) -> dict[s
 def trial_data_key(point: Mapping[str, Any], values: Mapping[str, Any]) -> str:
     """The :func:`data_key` of a trial's variant: ``point`` (its swept values) over ``values`` (all)."""
     return data_key(values.get("n_fft") if "n_fft" in point else None,
-                    values.get("silence") if "silence" in point else "base")  # fmt: skip
+                    values.get("silence") if "silence" in point else "base",
+                    values.get("remix_copies") if "remix_copies" in point else "base",
+                    values.get("gain_db") if "gain_db" in point else "base")  # fmt: skip
 
 
 def trial_resources(scaling: Any, driver_cpus: float) -> dict[str, float]:
@@ -295,7 +337,8 @@ def table_bytes(rows: Sequence[Mapping[str, Any]]) -> tuple[bytes, bytes]:
     """The results table as (CSV, Parquet) bytes, columns :data:`COLUMNS`.
 
     In the CSV a missing value is empty and the silence column reads ``off`` or the
-    ratio; in Parquet ``silence`` is a nullable float (null = off).
+    ratio; in Parquet ``silence`` is a nullable float (null = off). ``gain_db`` is its
+    :func:`gain_label` in both.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -309,6 +352,8 @@ def table_bytes(rows: Sequence[Mapping[str, Any]]) -> tuple[bytes, bytes]:
             v = r.get(c)
             if c == "silence":
                 cells.append(silence_label(v))
+            elif c == "gain_db":
+                cells.append(gain_label(v))
             elif isinstance(v, float):
                 cells.append(f"{v:.6g}")
             else:
@@ -317,11 +362,12 @@ def table_bytes(rows: Sequence[Mapping[str, Any]]) -> tuple[bytes, bytes]:
     types = {
         "trial": pa.string(), "label": pa.string(), "status": pa.string(), "model": pa.string(),
         "n_fft": pa.int64(), "silence": pa.float64(), "filters": pa.int64(), "levels": pa.int64(),
-        "lr": pa.float64(), "hop": pa.int64(), "weights": pa.int64(), "epochs": pa.int64(),
-        "best_epoch": pa.int64(), "data": pa.string(), "checkpoint": pa.string(),
+        "remix_copies": pa.int64(), "gain_db": pa.string(), "lr": pa.float64(), "hop": pa.int64(),
+        "weights": pa.int64(), "epochs": pa.int64(), "best_epoch": pa.int64(), "data": pa.string(), "checkpoint": pa.string(),
     }  # fmt: skip
     schema = pa.schema([(c, types.get(c, pa.float64())) for c in COLUMNS])
-    table = pa.Table.from_pylist([{c: r.get(c) for c in COLUMNS} for r in rows], schema=schema)
+    plain = [{c: gain_label(r.get(c)) if c == "gain_db" else r.get(c) for c in COLUMNS} for r in rows]
+    table = pa.Table.from_pylist(plain, schema=schema)
     buf = io.BytesIO()
     pq.write_table(table, buf)
     return text.getvalue().encode(), buf.getvalue()
