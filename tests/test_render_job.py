@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from ray_jobs import render
 from sepcore.data import slakh
@@ -103,3 +104,30 @@ def test_the_time_limit_counts_from_a_task_start_not_its_submission():
     assert time.monotonic() - start > 6.0  # really queued
     assert sorted(f.item for f in finished) == [f"item {i}" for i in range(6)]
     assert all(f.error is None for f in finished), [f.error for f in finished]
+
+
+def test_band_songs_render_in_the_slakh_layout_and_a_corrupt_piece_is_recorded(tmp_path):
+    corrupt = tmp_path / "corrupt.abc"
+    corrupt.write_text("X:1\nT:Broken\nM:4/4\nK:G\n|: ]]] (((\n")
+    out = tmp_path / "band"
+    pieces = f"[nottingham-dataset/reelsa-c.abc#80, {corrupt}]"
+    argv = ["midi=band", f"output={out}", f"band.piece_ids={pieces}", "band.seconds=10",
+            "soundfonts=[fluidr3, timgm6mb]", "stem_loudness_lufs=-20", "sample_rate=22050", "channels=1"]  # fmt: skip
+    assert render.main(argv) == 0
+    summary = _summary(out)
+    assert summary["counts"] == {"songs": 2, "rendered": 1, "skipped_done": 0, "failed": 1}
+    (bad,) = summary["failed"]
+    assert bad["item"] == f"band:{corrupt}" and str(corrupt) in bad["error"]
+    (track,) = slakh.list_tracks(str(out))
+    meta = track.extra
+    assert meta["piece_id"].endswith("#80") and meta["collection"] == "nottingham"
+    assert meta["sections"][0]["start_s"] == 0 and meta["style"]
+    stems = [s for s in yaml.safe_load(storage.read_text(storage.join(str(out), "Track00001", "metadata.yaml")))["stems"].values()]
+    assert {s["soundfont_family"] for s in stems} <= {"fluidr3", "timgm6mb"}
+    assert {s["role"] for s in stems} & {"drums", "bass", "guitar", "piano", "strings", "other"}
+
+
+def test_a_training_render_refuses_the_held_out_soundfont(tmp_path, capsys):
+    argv = ["midi=band", f"output={tmp_path / 'x'}", "soundfonts=[fluidr3, musescore]"]
+    assert render.main(argv) == 2
+    assert "musescore" in capsys.readouterr().err
