@@ -24,6 +24,7 @@ from ray_jobs import separate as separate_job
 from ray_jobs import train as train_job
 from ray_jobs.common import Job, JobConfig, run_job
 from sepcore.config import Config, to_plain
+from sepcore.data.arranger import ROLES
 from sepcore.demo import budget, report
 from sepcore.demo.budget import EXTRA_COST as EXTRA_COST  # these two: for the tests
 from sepcore.demo.budget import OVERHEAD_S as OVERHEAD_S
@@ -98,7 +99,8 @@ def make_plan(cfg: DemoConfig) -> Plan:
                                     output=at("separated_library"), checkpoint=main)  # fmt: skip
     return Plan(
         output=out,
-        render=stage(render_job.RenderConfig, "render", midi="demo", output=data, tracks=cfg.tracks or size["tracks"], seed=seed),
+        render=stage(render_job.RenderConfig, "render", output=data, tracks=cfg.tracks or size["tracks"], seed=seed,
+                     band={"require_roles": [cfg.target] if cfg.target in ROLES else []}),
         prepare=stage(prepare_job.PrepareConfig, "prepare", sources=sources, output=at(f"shards_{cfg.target}"),
                       target=cfg.target, split=split, seed=seed),
         train={m: stage(train_job.TrainConfig, m, data=shards[m], output=at(f"train_{m}"), seed=seed) for m in models},

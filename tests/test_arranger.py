@@ -230,3 +230,12 @@ def test_minor_key_is_signed_transposed():
     key = next(m for m in song.midi.tracks[0] if m.type == "key_signature").key
     names = ("Cm", "C#m", "Dm", "Ebm", "Em", "Fm", "F#m", "Gm", "G#m", "Am", "Bbm", "Bm")
     assert key == names[(9 + song.transpose) % 12]
+
+
+def test_required_roles_are_always_played() -> None:
+    sheet = FOUR
+    for seed in range(12):
+        arr = arrange(sheet, "rock", seed, 30.0, require=("guitar", "strings"))
+        assert {"guitar", "strings"} <= {p.role for p in arr.parts}
+    with pytest.raises(ValueError, match="unknown roles"):
+        arrange(sheet, "rock", 0, 30.0, require=("kazoo",))

@@ -351,10 +351,11 @@ class _Part:
     notes: list[tuple[int, int, int, int]] = field(default_factory=list)  # pitch, on, off, vel
 
 
-def _draw_roles(rng: random.Random) -> list[str]:
+def _draw_roles(rng: random.Random, require: Sequence[str] = ()) -> list[str]:
     roles = [r for r in ROLES[:-1] if rng.random() < ROLE_SHARES[r]]
     if rng.random() < ROLE_SHARES["other"]:
         roles += ["other"] * (1 if rng.random() < 0.65 else 2)
+    roles += [r for r in dict.fromkeys(require) if r not in roles]
     while len(roles) < MIN_PARTS or not set(roles) & {"guitar", "piano", "strings", "other"}:
         missing = [r for r in ROLES if r not in roles]
         if len(roles) >= MIN_PARTS - 1 and not set(roles) - {"drums", "bass"}:
@@ -433,11 +434,11 @@ def _make_part(
     )
 
 
-def _choose_parts(style: Style, seed: int, rng: random.Random) -> list[_Part]:
+def _choose_parts(style: Style, seed: int, rng: random.Random, require: Sequence[str] = ()) -> list[_Part]:
     parts: list[_Part] = []
     taken: set[int] = set()
     channels = iter(c for c in range(16) if c != gm.DRUM_CHANNEL)
-    roles = _draw_roles(rng)
+    roles = _draw_roles(rng, require)
     for i, role in enumerate(roles):
         name = f"{role}_{roles[:i].count(role) + 1}" if roles.count(role) > 1 else role
         program = _program(role, style, taken, rng)
@@ -898,13 +899,16 @@ def _song(
     return song
 
 
-def arrange(sheet: LeadSheet, style: str, seed: int, seconds: float = 60.0) -> Arrangement:
+def arrange(
+    sheet: LeadSheet, style: str, seed: int, seconds: float = 60.0, require: Sequence[str] = ()
+) -> Arrangement:
     """Arrange ``sheet`` for a band in ``style`` (a key of :data:`STYLES`), about ``seconds`` long.
 
     The song is cut at a bar line and holds at least five bars, so it is within 10 %
     of ``seconds`` from about 20 s up. Raises ``ValueError`` naming the piece for an
     unknown style or one that cannot play the piece's metre (see
-    :func:`sepcore.data.styles.styles_for`).
+    :func:`sepcore.data.styles.styles_for`). ``require``: roles (:data:`ROLES`) the song
+    must have besides those drawn (the demo asks for its target).
     """
     kind = _check(sheet, style, seconds)
     rng = random.Random(seed)
@@ -912,7 +916,10 @@ def arrange(sheet: LeadSheet, style: str, seed: int, seconds: float = 60.0) -> A
     qbpm = _tempo(sheet, chosen.grooves[kind], kind, rng)
     tempo_us = round(60_000_000 / qbpm)
     song = _song(sheet, chosen, kind, seed, qbpm, seconds, rng.randint(-5, 6))
-    parts = _choose_parts(chosen, seed, random.Random(f"{seed}/parts"))
+    unknown = sorted(set(require) - set(ROLES))
+    if unknown:
+        raise ValueError(f"unknown roles {unknown}; known: {list(ROLES)}")
+    parts = _choose_parts(chosen, seed, random.Random(f"{seed}/parts"), require)
     lead = _choose_lead(parts, rng)
     melody = _melody_notes(song)
     _perform(

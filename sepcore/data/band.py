@@ -55,6 +55,9 @@ class BandCorpusConfig(Config):
     test_fraction: float = Field(0.1, gt=0, lt=1, description="share of pieces whose split is test")
     styles: list[str] | None = Field(None, description="styles to draw from (default: all)")
     seconds: float = Field(60.0, ge=5, le=600, description="length of a song (cut at a barline, +-10 %)")
+    require_roles: list[str] = Field(
+        [], description="parts every song has (drums, bass, guitar, piano, strings, other), e.g. a demo's target"
+    )
     piece_ids: list[str] | None = Field(
         None, description="render exactly these pieces, in order: catalogue ids or paths of ABC/MusicXML files"
     )
@@ -73,6 +76,7 @@ class BandSong:
     styles: tuple[str, ...]
     seed: int
     seconds: float
+    require: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -89,9 +93,12 @@ def piece_split(piece_id: str, test_fraction: float = 0.1) -> str:
 
 
 def eligible_collections(cfg: BandCorpusConfig) -> list[str]:
-    """The collections a render draws from; unknown names are a ValueError."""
+    """The collections a render draws from; unknown names (and roles) are a ValueError."""
+    from sepcore.data.arranger import ROLES
     from sepcore.data.songbook import COLLECTIONS
 
+    if set(cfg.require_roles) - set(ROLES):
+        raise ValueError(f"unknown roles {sorted(set(cfg.require_roles) - set(ROLES))}; known: {list(ROLES)}")
     names = list(cfg.collections) if cfg.collections is not None else sorted(COLLECTIONS)
     unknown = sorted(set(names) - set(COLLECTIONS))
     unknown += sorted(set(cfg.exclude_collections) - set(COLLECTIONS))
@@ -121,7 +128,8 @@ def band_songs(cfg: BandCorpusConfig, tracks: int | None, seed: int) -> list[Ban
 
         known = {r.piece_id: r.collection for r in catalogue()}
         return [
-            BandSong(p, known.get(p, FILES), tuple(styles), _hash_int("song", seed, p) % 2**31, cfg.seconds)
+            BandSong(p, known.get(p, FILES), tuple(styles), _hash_int("song", seed, p) % 2**31, cfg.seconds,
+                     tuple(cfg.require_roles))
             for p in cfg.piece_ids[:tracks]
         ]
     collections = eligible_collections(cfg)
@@ -134,7 +142,8 @@ def band_songs(cfg: BandCorpusConfig, tracks: int | None, seed: int) -> list[Ban
     songs = []
     for ref in refs[:tracks]:
         song_seed = _hash_int("song", seed, ref.piece_id) % 2**31
-        songs.append(BandSong(ref.piece_id, ref.collection, tuple(styles), song_seed, cfg.seconds))
+        songs.append(BandSong(ref.piece_id, ref.collection, tuple(styles), song_seed, cfg.seconds,
+                              tuple(cfg.require_roles)))
     return songs
 
 
@@ -152,7 +161,7 @@ def song_midi(song: BandSong) -> tuple[bytes, dict[str, Any], dict[str, dict[str
     if not fitting:
         raise RenderError(song.piece_id, f"no style of {list(song.styles)} plays {sheet.meter[0]}/{sheet.meter[1]}")
     style = random.Random(song.seed).choice(fitting)
-    arr = arranger.arrange(sheet, style, song.seed, song.seconds)
+    arr = arranger.arrange(sheet, style, song.seed, song.seconds, song.require)
     meta = {
         "style": arr.style,
         "piece_id": song.piece_id,

@@ -25,6 +25,10 @@ _ACTIVATION_PREPARE = {"target": "random_mix", "outputs": ["activations"],
                        "chunks": {"frames": 16},
                        "random_mix": {"segment_seconds": 3.0, "epochs": 1}}  # fmt: skip
 
+#: The demo renders a slice of the band corpus (configs/render_band.yaml's fonts);
+#: ``stages.render.midi=demo`` renders the chorale corpus instead.
+_BAND_FONTS = {"soundfonts": ["fluidr3", "timgm6mb", "opl3"], "stem_loudness_lufs": -20.0}
+
 #: Settings of each stage, by size. ``sep demo stages.hourglass.optim.epochs=6`` and the
 #: like override single keys. ``full`` is planned for 15 minutes on 2 cores
 #: (docs/demo.md); ``quick`` is the CI smoke run.
@@ -32,7 +36,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "full": {
         "tracks": 32,
         "split": {"train": 0.7, "validation": 0.1, "test": 0.2},
-        "render": {"demo": {"min_seconds": 30.0, "max_seconds": 40.0}, "sample_rate": 22050, "channels": 1},
+        "render": {"midi": "band", "band": {"seconds": 35.0}, **_BAND_FONTS, "sample_rate": 22050, "channels": 1},
         "prepare": {"features": {"name": "stft", "n_fft": 1536, "hop": 384}, "chunks": {"frames": 64}},
         "hourglass": {"model": {"name": "hourglass", "config": _HOURGLASS_SMALL},
                       "optim": {"epochs": 4, "batch_size": 8, "lr": 0.002, "max_steps_per_epoch": 60},
@@ -52,7 +56,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "tracks": 6,
         "split": {"train": 0.5, "validation": 0.25, "test": 0.25},
-        "render": {"demo": {"min_seconds": 10.0, "max_seconds": 14.0}, "sample_rate": 22050, "channels": 1},
+        "render": {"midi": "band", "band": {"seconds": 14.0}, **_BAND_FONTS, "sample_rate": 22050, "channels": 1},
         "prepare": {"features": {"name": "stft", "n_fft": 256, "hop": 128}, "chunks": {"frames": 16}},
         "hourglass": {"model": {"name": "hourglass", "config": {"filters": 8, "levels": 2, "dropout": 0.2,
                                                                   "initial_channels": [4, 8, 8, 8, 16],
