@@ -794,25 +794,9 @@ _MAJOR_KEYS = ("C", "Db", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 _MINOR_KEYS = ("Cm", "C#m", "Dm", "Ebm", "Em", "Fm", "F#m", "Gm", "G#m", "Am", "Bbm", "Bm")
 
 
-def _untangle(
-    notes: Sequence[tuple[int, int, int, int]], end: int
-) -> list[tuple[int, int, int, int]]:
-    """Notes cut at ``end``, same-pitch overlaps shortened, empty notes dropped."""
-    by_pitch: dict[int, list[tuple[int, int, int, int]]] = {}
-    for note in sorted(n for n in notes if n[1] < end):
-        by_pitch.setdefault(note[0], []).append(note)
-    out = []
-    for same in by_pitch.values():
-        for i, (pitch, on, off, velocity) in enumerate(same):
-            stop = min(off, end, same[i + 1][1] if i + 1 < len(same) else end)
-            if stop > on:
-                out.append((pitch, on, stop, velocity))
-    return out
-
-
 def _track(part: _Part, end: int) -> mido.MidiTrack:
     events = []
-    for pitch, on, off, velocity in _untangle(part.notes, end):
+    for pitch, on, off, velocity in gm.untangle(part.notes, end):
         events.append((on, 1, pitch, velocity))
         events.append((off, 0, pitch, 0))
     events.sort()

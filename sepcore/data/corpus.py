@@ -570,22 +570,6 @@ def _drum_track(bars: Sequence[_Bar], quarter_bpm: float, rng: random.Random) ->
 # ----------------------------------------------------------------------------- MIDI
 
 
-def _untangle(
-    notes: Sequence[tuple[int, int, int, int]], end: int
-) -> list[tuple[int, int, int, int]]:
-    """Notes cut at ``end``, same-pitch overlaps shortened, empty notes dropped."""
-    by_pitch: dict[int, list[tuple[int, int, int, int]]] = {}
-    for note in sorted(n for n in notes if n[1] < end):
-        by_pitch.setdefault(note[0], []).append(note)
-    out = []
-    for same in by_pitch.values():
-        for i, (pitch, on, off, velocity) in enumerate(same):
-            stop = min(off, end, same[i + 1][1] if i + 1 < len(same) else end)
-            if stop > on:
-                out.append((pitch, on, stop, velocity))
-    return out
-
-
 def _to_messages(timed: list[tuple[int, int, Any]], end: int) -> mido.MidiTrack:
     """Absolute-time messages, in order, as a track with delta times and an end."""
     track, now = mido.MidiTrack(), 0
@@ -601,7 +585,7 @@ def _instrument_track(track: _Track, end: int) -> mido.MidiTrack:
         (0, 0, mido.MetaMessage("track_name", name=track.name)),
         (0, 1, mido.Message("program_change", channel=track.channel, program=track.program)),
     ]
-    for pitch, on, off, velocity in _untangle(track.notes, end):
+    for pitch, on, off, velocity in gm.untangle(track.notes, end):
         timed.append(
             (
                 on,
@@ -700,7 +684,7 @@ def _write_piece(piece: _Piece, out_path: str, seed: int, min_s: float, max_s: f
             "program": t.program,
             "is_drum": t.is_drum,
             "inst_class": gm.inst_class(t.program, t.is_drum),
-            "notes": len(_untangle(t.notes, end)),
+            "notes": len(gm.untangle(t.notes, end)),
         }
         for t in tracks
     ]

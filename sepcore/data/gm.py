@@ -8,6 +8,8 @@ targets elsewhere in the system (``Piano``, ``Guitar``, ``Bass``, ``Strings``,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 DRUM_CHANNEL = 9  # zero-based MIDI channel 10
 DRUMS = "Drums"
 
@@ -90,3 +92,18 @@ def program_name(program: int, is_drum: bool = False) -> str:
         return DRUMS
     _check_program(program)
     return PROGRAM_NAMES[program]
+
+
+def untangle(notes: Sequence[tuple[int, int, int, int]], end: int) -> list[tuple[int, int, int, int]]:
+    """``(pitch, on, off, velocity)`` notes (ticks) cut at ``end``, same-pitch overlaps
+    shortened, empty notes dropped: what one MIDI channel can play."""
+    by_pitch: dict[int, list[tuple[int, int, int, int]]] = {}
+    for note in sorted(n for n in notes if n[1] < end):
+        by_pitch.setdefault(note[0], []).append(note)
+    out = []
+    for same in by_pitch.values():
+        for i, (pitch, on, off, velocity) in enumerate(same):
+            stop = min(off, end, same[i + 1][1] if i + 1 < len(same) else end)
+            if stop > on:
+                out.append((pitch, on, stop, velocity))
+    return out
