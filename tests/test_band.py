@@ -52,3 +52,15 @@ def test_corpus_statistics_counts_songs_classes_programs_and_fonts() -> None:
     assert stats["share_of_songs_with_class"] == {"Drums": 0.5, "Guitar": 1.0}
     assert stats["programs_per_class"] == {"Drums": 1, "Guitar": 2}
     assert stats["stems_per_soundfont"] == {"a": 2, "b": 2} and stats["stems_per_family"] == {"x": 2, "y": 2}
+
+
+def test_the_corpus_configs_validate_and_keep_the_held_out_font_apart() -> None:
+    from ray_jobs.render import RenderConfig
+    from sepcore.config import load_config
+
+    assert "musescore" not in open("configs/render_band.yaml").read().lower()
+    band, test, unseen = (load_config(RenderConfig, f"configs/{n}.yaml", []) for n in
+                          ("render_band", "render_test", "render_test_unseen"))  # fmt: skip
+    assert band.purpose == "train" and band.band.pieces == "train" and "essen" in band.band.exclude_collections
+    assert test.soundfonts == unseen.soundfonts == ["musescore"] and test.band.pieces == "test"
+    assert unseen.band.collections == ["essen"] and test.tracks == unseen.tracks == 40
