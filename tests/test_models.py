@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,10 +19,14 @@ from sepcore.models import (
     activation_bce,
     build_model,
     count_parameters,
+    mask_loss,
     masked_l1,
     model_config,
     model_name,
+    source_count,
 )
+from sepcore.models.checkpoint import LogMagnitude
+from sepcore.models.losses import MaskLoss
 
 #: A CPU-sized hourglass (the brief's example of a small variant).
 SMALL_HOURGLASS: dict[str, Any] = dict(
@@ -363,3 +368,231 @@ def test_activation_bce_is_finite_for_hard_predictions() -> None:
 def test_activation_bce_rejects_mismatched_shapes() -> None:
     with pytest.raises(ValueError, match=r"pred \(2, 8, 16\), target \(2, 16, 8\)"):
         activation_bce(torch.rand(2, 8, 16), torch.rand(2, 16, 8))
+
+
+# --- several sources (issue 20) --------------------------------------------------------
+
+
+def multi_model(name: str, sources: int, channels: int = 1) -> torch.nn.Module:
+    """A smoke-sized mask model with ``sources`` outputs and ``channels`` input channels."""
+    torch.manual_seed(0)
+    key = "channels" if name == "blstm" else "in_channels"
+    return build_model(name, **{**SMOKE_CONFIGS[name], key: channels, "sources": sources})
+
+
+@pytest.mark.parametrize("name", ["blstm", "hourglass"])
+@pytest.mark.parametrize("sources, channels", [(3, 1), (2, 2)])
+def test_multi_source_masks_have_a_sources_axis_and_sum_to_one(
+    name: str, sources: int, channels: int
+) -> None:
+    model = multi_model(name, sources, channels).eval()
+    batch, _, bins, frames = SMOKE_INPUT_SHAPES[name]
+    x = torch.rand(batch, channels, bins, frames, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        masks = model(x)
+    assert masks.shape == (batch, sources, channels, bins, frames)
+    assert ((masks > 0) & (masks < 1)).all()
+    torch.testing.assert_close(masks.sum(dim=1), torch.ones_like(x))
+    assert masks.std(dim=1).mean() > 1e-4  # not just 1 / sources everywhere
+
+
+def test_blstm_multi_source_layout_is_source_channel_bin() -> None:
+    """The decoder's outputs are read as (sources, channels, bins): set them by hand."""
+    model = BLSTM(n_bins=5, channels=2, hidden=8, layers=1, sources=3).eval()
+    logits = torch.randn(3, 2, 5, generator=torch.Generator().manual_seed(3))
+    norm = model.decoder2_norm
+    assert isinstance(norm, torch.nn.BatchNorm1d)
+    with torch.no_grad():
+        model.decoder2.weight.zero_()  # eval batch norm of 0 is its bias
+        norm.bias.copy_(logits.flatten())
+        masks = model(torch.rand(1, 2, 5, 4))
+    expected = torch.softmax(logits, dim=0)[None, ..., None].expand(1, 3, 2, 5, 4)
+    torch.testing.assert_close(masks, expected)
+
+
+def test_hourglass_multi_source_layout_is_source_channel() -> None:
+    """The mask conv's maps are read as (sources, channels): set their biases by hand."""
+    model = Hourglass(**{**SMALL_HOURGLASS, "in_channels": 2, "sources": 3}).eval()
+    logits = torch.randn(3, 2, generator=torch.Generator().manual_seed(3))
+    last = model.final[-1]
+    assert isinstance(last, torch.nn.Conv2d) and last.bias is not None
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(logits.flatten())
+        masks = model(torch.rand(1, 2, 8, 8))
+    expected = torch.softmax(logits, dim=0)[None, :, :, None, None].expand(1, 3, 2, 8, 8)
+    torch.testing.assert_close(masks, expected)
+
+
+@pytest.mark.parametrize("name", ["blstm", "hourglass"])
+def test_one_source_keeps_the_old_state_dict_and_output(name: str) -> None:
+    """``sources=1`` is the old model: same keys and shapes, old weights load strictly."""
+    torch.manual_seed(0)
+    old = build_model(name, **SMOKE_CONFIGS[name]).eval()  # no ``sources`` argument
+    new = build_model(name, **SMOKE_CONFIGS[name], sources=1).eval()
+    old_shapes = {k: v.shape for k, v in old.state_dict().items()}
+    assert {k: v.shape for k, v in new.state_dict().items()} == old_shapes
+    new.load_state_dict(old.state_dict())
+    x = smoke_batch(name)
+    with torch.no_grad():
+        torch.testing.assert_close(new(x), old(x), rtol=0, atol=0)
+    assert model_config(old)["sources"] == 1
+    # several sources: the same parameter names, only the mask layer grows
+    multi = build_model(name, **SMOKE_CONFIGS[name], sources=4)
+    grown = {k for k, v in multi.state_dict().items() if v.shape != old_shapes[k]}
+    assert set(multi.state_dict()) == set(old_shapes)
+    last = {"blstm": "decoder2", "hourglass": "final.2"}[name]
+    assert grown and all(k.startswith(last) for k in grown), grown
+
+
+@pytest.mark.parametrize("name", ["blstm", "hourglass"])
+def test_multi_source_config_round_trip(name: str) -> None:
+    model = multi_model(name, 3)
+    config = model_config(model)
+    assert config["sources"] == 3
+    assert source_count(build_model(name, **config)) == 3
+
+
+@pytest.mark.parametrize("name", ["blstm", "hourglass"])
+def test_zero_sources_are_rejected(name: str) -> None:
+    with pytest.raises(ValueError, match="sources=0"):
+        build_model(name, **SMOKE_CONFIGS[name], sources=0)
+
+
+def test_source_count_sees_through_log_magnitude() -> None:
+    blstm3 = BLSTM(n_bins=9, hidden=4, layers=1, sources=3)
+    assert source_count(blstm3) == 3
+    assert source_count(LogMagnitude(blstm3)) == 3
+    assert LogMagnitude(blstm3).sources == 3
+    assert source_count(LogMagnitude(Hourglass(**SMALL_HOURGLASS, sources=2))) == 2
+    assert source_count(LogMagnitude(Hourglass(**SMALL_HOURGLASS))) == 1
+    assert source_count(ActivationCNN(n_bins=16, filters=(2, 2, 2))) == 1  # no attribute
+    assert source_count(torch.nn.Identity()) == 1
+
+
+def test_multi_source_blstm_trains_with_mse() -> None:
+    """Every weight gets a gradient and a few steps lower Open-Unmix's MSE."""
+    model = multi_model("blstm", 3).train()
+    g = torch.Generator().manual_seed(2)
+    x = smoke_batch("blstm")
+    share = torch.softmax(3 * torch.randn(x.shape[0], 3, *x.shape[1:], generator=g), dim=1)
+    targets = share * x[:, None]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        opt.zero_grad()
+        loss = mask_loss(model(x), x, targets, kind="mse")
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.75 * losses[0], losses
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+# --- BLSTM input statistics ------------------------------------------------------------
+
+
+def normalised_input(model: BLSTM, x: torch.Tensor) -> torch.Tensor:
+    """What the encoder sees for ``x``, as ``(batch * frames, channels, max_bin)``."""
+    seen: list[torch.Tensor] = []
+    hook = model.encoder.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    with torch.no_grad():
+        model.eval()(x)
+    hook.remove()
+    return seen[0].view(-1, model.channels, model.max_bin)
+
+
+@pytest.mark.parametrize("stats_shape", ["bins", "channels_bins"])
+def test_set_input_stats_standardises_the_input(stats_shape: str) -> None:
+    torch.manual_seed(0)
+    n_bins, max_bin = 12, 8
+    model = BLSTM(n_bins=n_bins, channels=2, hidden=8, layers=1, max_bin=max_bin)
+    g = torch.Generator().manual_seed(4)
+    mean = 5 * torch.rand(n_bins, generator=g)
+    std = 0.1 + 3 * torch.rand(n_bins, generator=g)
+    x = mean[:, None] + std[:, None] * torch.randn(6, 2, n_bins, 50, generator=g)
+    if stats_shape == "bins":
+        data_mean, data_std = x.mean(dim=(0, 1, 3)), x.std(dim=(0, 1, 3))
+    else:  # per channel, (channels, n_bins)
+        data_mean = x.mean(dim=(0, 3))
+        data_std = x.std(dim=(0, 3))
+    before = normalised_input(model, x)
+    assert before.mean(dim=(0, 1)).abs().max() > 1  # init 0 / 1: not standardised
+    model.set_input_stats(data_mean, data_std)
+    after = normalised_input(model, x)
+    assert after.shape == (6 * 50, 2, max_bin)
+    torch.testing.assert_close(after.mean(dim=(0, 1)), torch.zeros(max_bin), atol=0.05, rtol=0)
+    torch.testing.assert_close(after.std(dim=(0, 1)), torch.ones(max_bin), atol=0.05, rtol=0)
+    assert model.input_scale is not None and model.input_scale.requires_grad
+
+
+def test_set_input_stats_clamps_silent_bins_and_checks_arguments() -> None:
+    model = BLSTM(n_bins=6, hidden=4, layers=1, max_bin=4)
+    model.set_input_stats(torch.arange(6.0), torch.tensor([2.0, 0.0, 1e-6, 0.5, 9.0, 9.0]))
+    assert model.input_mean is not None and model.input_scale is not None
+    torch.testing.assert_close(model.input_mean.data, -torch.arange(4.0))
+    torch.testing.assert_close(model.input_scale.data, torch.tensor([0.5, 1e4, 1e4, 2.0]))
+    with pytest.raises(ValueError, match=r"n_bins=6.*got \(4,\)"):
+        model.set_input_stats(torch.zeros(4), torch.ones(4))
+    with pytest.raises(ValueError, match="input_norm=False"):
+        BLSTM(n_bins=6, hidden=4, layers=1, input_norm=False).set_input_stats(
+            torch.zeros(6), torch.ones(6)
+        )
+
+
+# --- mask_loss -------------------------------------------------------------------------
+
+
+def test_mask_loss_known_values() -> None:
+    mix = torch.tensor([[[[2.0, 4.0], [0.0, 1.0]]]])
+    target = torch.tensor([[[[1.0, 4.0], [0.0, 0.0]]]])
+    mask = torch.full_like(mix, 0.5)
+    # errors 0, -2, 0, 0.5: l1 2.5 / 4, mse (4 + 0.25) / 4
+    assert mask_loss(mask, mix, target).item() == pytest.approx(0.625)
+    assert mask_loss(mask, mix, target, kind="mse").item() == pytest.approx(1.0625)
+    assert mask_loss(mask, torch.zeros_like(mix), torch.zeros_like(mix), kind="mse").item() == 0
+
+
+@pytest.mark.parametrize("kind", ["l1", "mse"])
+def test_mask_loss_matches_numpy_and_broadcasts_the_mixture(kind: MaskLoss) -> None:
+    rng = np.random.default_rng(5)
+    mask = rng.random((2, 3, 2, 4, 5))
+    mix = rng.random((2, 2, 4, 5))
+    target = rng.random((2, 3, 2, 4, 5))
+    dist = np.abs if kind == "l1" else np.square
+    per_source = [dist(mask[:, s] * mix - target[:, s]).mean() for s in range(3)]
+    got = mask_loss(torch.from_numpy(mask), torch.from_numpy(mix), torch.from_numpy(target),
+                    kind=kind)  # fmt: skip
+    assert got.item() == pytest.approx(float(np.mean(per_source)), rel=1e-6)
+    single = mask_loss(torch.from_numpy(mask[:, 1]), torch.from_numpy(mix),
+                       torch.from_numpy(target[:, 1]), kind=kind)  # fmt: skip
+    assert single.item() == pytest.approx(float(per_source[1]), rel=1e-6)
+    if kind == "l1":
+        assert masked_l1(torch.from_numpy(mask), torch.from_numpy(mix),
+                         torch.from_numpy(target)).item() == pytest.approx(got.item())  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "mask, mix, target",
+    [
+        ((2, 3, 1, 4, 5), (2, 3, 1, 4, 5), (2, 3, 1, 4, 5)),  # mixture with a sources axis
+        ((2, 3, 1, 4, 5), (2, 1, 4, 5), (2, 2, 1, 4, 5)),  # sources differ
+        ((2, 3, 1, 4, 5), (2, 1, 4, 6), (2, 3, 1, 4, 5)),  # frames differ
+        ((2, 1, 4, 5), (2, 1, 4, 5), (2, 1, 1, 4, 5)),  # single mask, multi target
+        ((4, 5), (4, 5), (4, 5)),  # no batch / channel axes
+    ],
+)
+def test_mask_loss_rejects_other_shapes_naming_them(
+    mask: tuple[int, ...], mix: tuple[int, ...], target: tuple[int, ...]
+) -> None:
+    with pytest.raises(ValueError, match="got mask") as err:
+        mask_loss(torch.rand(mask), torch.rand(mix), torch.rand(target))
+    assert f"mix_mag {mix}" in str(err.value) and f"target_mag {target}" in str(err.value)
+
+
+def test_mask_loss_rejects_unknown_kinds() -> None:
+    a = torch.rand(1, 1, 2, 2)
+    with pytest.raises(ValueError, match="'l2'"):
+        mask_loss(a, a, a, kind="l2")  # type: ignore[arg-type]

@@ -7,7 +7,9 @@ checkpoint stores ``{"name": model_name(m), "config": model_config(m)}`` and
 
 Mask models map a mixture magnitude ``(batch, channels, bins, frames)`` to a mask of
 the same shape in (0, 1); the target estimate is ``mask * mix`` and the rest
-``(1 - mask) * mix``. The activation CNN maps ``(batch, 1, bins, frames)`` features
+``(1 - mask) * mix``. A mask model built with ``sources > 1`` (:func:`source_count`)
+returns ``(batch, sources, channels, bins, frames)`` masks that sum to 1 over the
+sources axis; source ``s``'s estimate is ``mask[:, s] * mix``. The activation CNN maps ``(batch, 1, bins, frames)`` features
 to ``(batch, classes, frames)`` probabilities.
 """
 
@@ -22,7 +24,7 @@ from torch import nn
 from sepcore.models.activation import ActivationCNN
 from sepcore.models.blstm import BLSTM
 from sepcore.models.hourglass import Hourglass
-from sepcore.models.losses import activation_bce, masked_l1
+from sepcore.models.losses import activation_bce, mask_loss, masked_l1
 
 M = TypeVar("M", bound=type[nn.Module])
 
@@ -70,6 +72,18 @@ def model_config(model: nn.Module) -> dict[str, Any]:
     return copy.deepcopy(config)
 
 
+def source_count(model: nn.Module) -> int:
+    """Sources a mask model separates: its ``sources`` attribute, 1 when it has none.
+
+    Sees through :class:`~sepcore.models.checkpoint.LogMagnitude` (its ``sources``
+    property asks the wrapped model).
+    """
+    value = getattr(model, "sources", None)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return 1
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable weights (parameters with ``requires_grad``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -102,8 +116,10 @@ __all__ = [
     "activation_bce",
     "build_model",
     "count_parameters",
+    "mask_loss",
     "masked_l1",
     "model_config",
     "model_name",
     "register_model",
+    "source_count",
 ]

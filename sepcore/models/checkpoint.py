@@ -47,8 +47,9 @@ class LogMagnitude(nn.Module):
     """Input compression in front of a mask model: ``log1p(magnitude)``.
 
     Shape: any -> same. The mask the wrapped model returns still applies to the
-    linear magnitude. ``in_channels`` is the wrapped model's channel count, so the
-    separation's channel rule sees through the wrapper.
+    linear magnitude. ``in_channels`` is the wrapped model's channel count and
+    ``sources`` its source count, so the separation's channel and source rules see
+    through the wrapper.
     """
 
     def __init__(self, model: nn.Module):
@@ -61,6 +62,13 @@ class LogMagnitude(nn.Module):
         from sepcore.separate.apply import model_channels
 
         return model_channels(self.model)
+
+    @property
+    def sources(self) -> int:
+        """Sources the wrapped model separates (:func:`sepcore.models.source_count`)."""
+        from sepcore.models import source_count
+
+        return source_count(self.model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(torch.log1p(x))

@@ -16,10 +16,13 @@ trainable weight counts exactly: F = 256 -> 12,546,689; 192 -> 7,713,857;
   (``F.interpolate(size=skip.shape[-2:])``: 769 bins do not halve evenly) and the
   addition of the skip branch.
 * **final convs**: F->256 (3x3) + BN + ReLU + dropout, 256->256 (1x1) + ReLU +
-  dropout, 256->``in_channels`` (1x1, linear).
+  dropout, 256->``sources * in_channels`` (1x1, linear).
 * **sigmoid** (adds no weights): the output is a mask in (0, 1); §5 leaves the mask's
   range open, the sigmoid makes ``mask * mix`` and ``(1 - mask) * mix`` (the rest) both
   non-negative and bounded by the mixture.
+* **several sources** (``sources > 1``, beyond the thesis): the mask conv's maps are
+  read as ``(sources, in_channels)`` and a softmax over the sources replaces the
+  sigmoid, so the masks of a bin sum to 1 and the masked stems add up to the mixture.
 
 Every conv has a bias, every BN its two trainable vectors; convs use "same" padding.
 One mask channel per input channel (``in_channels=1``: mono, as in the thesis).
@@ -107,6 +110,8 @@ class Hourglass(nn.Module):
         in_channels: channels of the mixture magnitude; one mask channel per input one.
         initial_channels: output channels of the five initial convs (7x7, then 3x3).
         final_channels: channels of the two final convs before the mask conv.
+        sources: masks predicted; 1: one sigmoid mask (the thesis), more: a softmax over
+            ``sources`` masks, see the module docstring.
     """
 
     def __init__(
@@ -117,16 +122,17 @@ class Hourglass(nn.Module):
         in_channels: int = 1,
         initial_channels: Sequence[int] = (64, 128, 128, 128, 256),
         final_channels: int = 256,
+        sources: int = 1,
     ):
         super().__init__()
         initial = [int(c) for c in initial_channels]
         if len(initial) != N_INITIAL:
             raise ValueError(f"initial_channels needs {N_INITIAL} entries, got {initial}")
-        if levels < 1 or filters < 1 or in_channels < 1 or final_channels < 1:
+        if min(levels, filters, in_channels, final_channels, sources) < 1:
             raise ValueError(
-                f"levels, filters, in_channels and final_channels must be >= 1, got "
-                f"levels={levels}, filters={filters}, in_channels={in_channels}, "
-                f"final_channels={final_channels}"
+                f"levels, filters, in_channels, final_channels and sources must be >= 1, "
+                f"got levels={levels}, filters={filters}, in_channels={in_channels}, "
+                f"final_channels={final_channels}, sources={sources}"
             )
         self.config = dict(
             filters=filters,
@@ -135,8 +141,10 @@ class Hourglass(nn.Module):
             in_channels=in_channels,
             initial_channels=initial,
             final_channels=final_channels,
+            sources=sources,
         )
         self.in_channels = in_channels
+        self.sources = sources
         self.levels = levels
         chans = [in_channels, *initial]
         self.initial = nn.Sequential(
@@ -149,7 +157,7 @@ class Hourglass(nn.Module):
         self.final = nn.Sequential(
             conv_block(filters, final_channels, 3, dropout),
             conv_block(final_channels, final_channels, 1, dropout, norm=False),
-            nn.Conv2d(final_channels, in_channels, 1, bias=True),
+            nn.Conv2d(final_channels, sources * in_channels, 1, bias=True),
         )
 
     @property
@@ -172,12 +180,18 @@ class Hourglass(nn.Module):
             )
 
     def forward(self, mix_mag: torch.Tensor) -> torch.Tensor:
-        """Predict the target's mask from the mixture magnitude.
+        """Predict the target's mask (or the sources' masks) from the mixture magnitude.
 
         Shape: ``(batch, in_channels, bins, frames)`` -> ``(batch, in_channels, bins,
-        frames)``, values in (0, 1); any bins/frames >= ``2 ** levels``.
+        frames)`` (``sources == 1``), values in (0, 1); or ``(batch, sources,
+        in_channels, bins, frames)`` (``sources > 1``), summing to 1 over sources; any
+        bins/frames >= ``2 ** levels``.
         """
         self.check_input(mix_mag)
         h = self.initial(mix_mag)
-        h = self.hourglass(h)
-        return torch.sigmoid(self.final(h))
+        h = self.final(self.hourglass(h))
+        if self.sources == 1:
+            return torch.sigmoid(h)
+        batch, _, bins, frames = h.shape
+        h = h.view(batch, self.sources, self.in_channels, bins, frames)
+        return torch.softmax(h, dim=1)
