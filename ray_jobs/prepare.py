@@ -2,6 +2,7 @@
 
     sep prepare -c configs/prepare_demo.yaml
     sep prepare -c configs/prepare_demo.yaml target=random_mix output=out/demo/shards_mix
+    sep prepare -c configs/prepare_demo.yaml target=null "targets=[bass, drums, guitar, piano, strings]"
 
 See docs/prepare.md. Random-mix mode is :mod:`ray_jobs.prepare_mix`; the per-track work
 is :mod:`sepcore.prepare.steps`, the documents and summaries :mod:`sepcore.prepare.manifest`.
@@ -13,7 +14,7 @@ import json
 import sys
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from ray_jobs.common import Job, JobConfig
 from ray_jobs.prepare_mix import TrackActor, one_thread, pool, run_random_mix, track_dataset
@@ -34,7 +35,12 @@ __all__ = ["JOB", "MANIFEST", "PrepareConfig", "SplitConfig", "main", "run", "st
 
 class PrepareConfig(JobConfig):
     sources: list[C.SourceConfig] = Field(description="[{kind: slakh|stems|stemfile, uri: ...}, ...]")
-    target: str = Field("guitar", description="class to separate (guitar, piano, ...) or random_mix")
+    target: str | None = Field("guitar", description="class to separate (guitar, piano, ...) or random_mix; "
+                               "null with targets")  # fmt: skip
+    targets: list[str] | None = Field(
+        None, description="several classes at once (bass, drums, ...): a targets column of their stems and "
+        "'other' (target: null)",
+    )
     sample_rate: int = Field(22050, ge=8000, le=192000)
     channels: Literal[1, 2] = Field(1)
     seed: int = Field(0, description="split assignment, random mixes and augmentation")
@@ -56,6 +62,20 @@ class PrepareConfig(JobConfig):
         "random_mix mode), from its start: then the actor's process is ended and the track recorded "
         "as failed (an hour of audio takes minutes)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_target(cls, data: Any) -> Any:
+        return C.default_target(data)  # targets alone: target null
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without ``targets`` the dump is what it was before the key existed (tune's variant
+        keys, the ``config`` of dataset.json and summary.json stay as they were)."""
+        plain = handler(self)
+        if plain.get("targets") is None:
+            plain.pop("targets", None)
+        return plain
 
     @model_validator(mode="after")
     def _check(self) -> PrepareConfig:
@@ -93,8 +113,8 @@ def _pipeline(cfg: PrepareConfig, spec: PrepareSpec, tracks: list[SourceTrack], 
 def stream_dataset(cfg: PrepareConfig) -> Any:
     """The prepare pipeline as a lazy Ray Dataset of chunk rows (nothing is written).
 
-    Rows are those of the shards (see :mod:`sepcore.prepare.pairs`); decode array columns
-    with :func:`sepcore.prepare.pairs.decode_column` and :func:`sepcore.prepare.pairs.row_shapes`.
+    Rows are those of the shards (see :mod:`sepcore.prepare.pairs`; with ``targets`` the
+    ``targets`` column of every stem); decode array columns with :func:`sepcore.prepare.pairs.decode_column` and :func:`sepcore.prepare.pairs.row_shapes`.
     """
     if cfg.target == "random_mix":
         raise ConfigError("target", "streaming is available for instrument targets only")

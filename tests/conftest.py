@@ -74,6 +74,25 @@ def tiny_shards(local_ray: None, demo_data: str, tmp_path_factory: pytest.TempPa
     return storage.normalize_uri(str(out))
 
 
+@pytest.fixture(scope="session")
+def tiny_stem_shards(local_ray: None, demo_data: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Two demo songs prepared for all five targets and ``other`` (129-bin STFT, 16-frame chunks),
+    one song per split: Track00001 plays every class, Track00002 drums, piano and strings only."""
+    import os
+    import shutil
+
+    from ray_jobs import prepare
+
+    data, out = tmp_path_factory.mktemp("stem_data"), tmp_path_factory.mktemp("stem_shards")
+    for name in ("Track00001", "Track00002"):
+        shutil.copytree(os.path.join(storage.local_path(demo_data), name), data / name)
+    args = [f"sources=[{{kind: slakh, uri: '{data}'}}]", f"output={out}", "target=null",
+            "targets=[bass, drums, guitar, piano, strings]", "features={name: stft, n_fft: 256, hop: 128}",
+            "chunks={frames: 16}", "split={train: 0.5, validation: 0.5, test: 0.0}"]  # fmt: skip
+    assert prepare.main(args) == 0
+    return storage.normalize_uri(str(out))
+
+
 @pytest.fixture
 def ray_in_s3_env(s3_bucket: str) -> Iterator[str]:
     """A fresh bucket, with Ray started inside the S3 environment so workers inherit it."""

@@ -12,6 +12,12 @@ track, the stems of that class of a random other track of the same split (:func:
 from a random offset, as long as the instrument. Donor stems are loaded on demand, one class of
 one donor at a time, so memory stays that of one track.
 
+Several targets (Open-Unmix's random track mixing): remix copy ``k`` takes *every* stem of
+``(*targets, "other")`` from a random other track of the same split that has it
+(:func:`plan_remix_stems`), each from its own donor and offset, as long as the track; a stem
+no other track has is silence. ``other`` is all of its donor's usable stems of the classes not
+in ``targets``, one part per class with one offset (:func:`remix_stems` sums them).
+
 Shapes follow :mod:`sepcore`: waveform ``(channels, samples)``, stems ``(stems, channels, samples)``.
 """
 
@@ -145,6 +151,36 @@ def plan_remix(track: SourceTrack, copy: int, pool: Sequence[SourceTrack], targe
     return RemixPlan(track.track_id, copy, tuple(parts))
 
 
+def plan_remix_stems(track: SourceTrack, copy: int, pool: Sequence[SourceTrack], targets: Sequence[str],
+                     aug: AugmentConfig, seed: int, channels: int, exclude: Iterable[str]) -> RemixPlan:  # fmt: skip
+    """Draw remix copy ``copy`` (>= 1) of ``track`` for several targets: for each stem of
+    ``(*targets, "other")`` in that order, a random track of ``pool`` other than ``track`` with a
+    usable stem of it (``other``: of a class not in ``targets``), an offset and its stems' draws.
+    ``other`` gives one part per class of the donor (all with the donor's offset). A stem no other
+    track has is left out (silence in the copy). The plan depends on the pool's tracks, not their
+    order."""
+    if copy < 1:
+        raise ValueError(f"remix copies are numbered from 1, got {copy}")
+    exclude = tuple(exclude)
+    rng = copy_rng(seed, aug, track.track_id, copy)
+    pool = sorted(pool, key=lambda t: t.track_id)
+    others = [c for c in CLASSES if c not in targets and c not in UNMIXABLE]
+    parts: list[DonorPart] = []
+    for classes in [[t] for t in targets] + [others]:
+        donors = [t for t in pool if t.track_id != track.track_id
+                  and any(usable_stems(t, c, exclude) for c in classes)]  # fmt: skip
+        if not donors:
+            continue
+        donor = donors[int(rng.integers(len(donors)))]
+        offset = float(rng.random())
+        for cls in classes:
+            stems = usable_stems(donor, cls, exclude)
+            if stems:
+                parts.append(DonorPart(cls, donor.track_id, tuple(s.stem_id for s in stems), offset,
+                                       draw_stems(rng, len(stems), aug, channels)))  # fmt: skip
+    return RemixPlan(track.track_id, copy, tuple(parts))
+
+
 def load_part(part: DonorPart, donor: SourceTrack, length: int, channels: int,
               load: Callable[[SourceStem], np.ndarray | None]) -> np.ndarray:  # fmt: skip
     """A donor part's stems, each with its draw, summed from the part's offset.
@@ -190,3 +226,24 @@ def remix(
         sums[CLASSES.index(cls)] += audio
     rest32 = rest.astype(np.float32)
     return rest32, instrument + rest32, sums
+
+
+def remix_stems(targets: Sequence[str], parts: Sequence[tuple[str, np.ndarray]], channels: int,
+                length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """A remixed multi-target copy's stems, mix and class sums from ``(class, audio)`` parts.
+
+    A part of a class in ``targets`` goes to that target's stem, any other to the last stem
+    (``other``); a stem without parts is silence. Stems are summed in float64 and rounded once,
+    and ``mix`` is their float64 sum rounded once, as in :func:`sepcore.prepare.pairs.stem_sums`.
+    Shape: every part ``(channels, length)``; returns ``sources`` ``(len(targets) + 1, channels,
+    length)``, ``mix`` ``(channels, length)`` and the sums ``(len(CLASSES), channels, length)``.
+    """
+    acc = np.zeros((len(targets) + 1, channels, length), dtype=np.float64)
+    sums = np.zeros((len(CLASSES), channels, length), dtype=np.float32)
+    for cls, audio in parts:
+        if audio.shape != (channels, length):
+            raise ValueError(f"part '{cls}' has shape {audio.shape}, expected {(channels, length)}")
+        acc[targets.index(cls) if cls in targets else len(targets)] += audio
+        sums[CLASSES.index(cls)] += audio
+    sources = acc.astype(np.float32)
+    return sources, sources.sum(axis=0, dtype=np.float64).astype(np.float32), sums

@@ -8,6 +8,7 @@ settings a worker needs to turn one track into rows; evaluation and training bui
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -18,6 +19,35 @@ from sepcore.prepare import features, qa
 
 OUTPUTS = ("target", "irm", "ibm", "activations")
 MASK_OUTPUTS = ("irm", "ibm")
+#: The last stem of a multi-target spec: every usable stem of a class not in ``targets``.
+OTHER = "other"
+
+
+def default_target(data: Any) -> Any:
+    """A configuration mapping with ``targets`` and no ``target`` key gets ``target: None``
+    (the default ``guitar`` would otherwise make both set). Used as a ``mode="before"`` validator."""
+    if isinstance(data, dict) and data.get("targets") is not None and "target" not in data:
+        return {**data, "target": None}
+    return data
+
+
+def check_targets(target: str | None, targets: Sequence[str] | None) -> None:
+    """Exactly one of ``target`` and ``targets``; ``targets`` known, unique classes (ValueError)."""
+    if targets is not None and not len(targets):
+        raise ValueError("targets: give at least one class (or null with one target)")
+    if target is not None and targets is not None and len(targets):
+        raise ValueError(f"give either target ('{target}') or targets ({list(targets)}), not both; "
+                         "set target: null with targets")  # fmt: skip
+    if target is None and not targets:
+        raise ValueError("give target (one class or random_mix) or targets (a list of classes)")
+    if targets is None or target is not None:
+        return
+    bad = [t for t in targets if t not in CLASSES or t == OTHER]
+    if bad:
+        known = [c for c in CLASSES if c != OTHER]
+        raise ValueError(f"targets: unknown classes {bad}; known: {known} ('other' is always the last stem)")
+    if len(set(targets)) != len(targets):
+        raise ValueError(f"targets: each class once, got {list(targets)}")
 
 
 class SourceConfig(Config):
@@ -96,7 +126,8 @@ class AugmentConfig(Config):
     """
 
     remix_copies: int = Field(0, ge=0, le=64, description="extra examples per track: its target with a rest "
-                              "rebuilt from other tracks of the same split")  # fmt: skip
+                              "rebuilt from other tracks of the same split (several targets: every stem "
+                              "from other tracks)")  # fmt: skip
     gain_db: tuple[float, float] | None = Field(
         None, description="[lo, hi]: a gain in dB drawn uniformly per stem before the sums (null: off)"
     )
@@ -129,9 +160,14 @@ class PrepareSpec(Config):
     ``silence`` is None when silences are not cut; ``skip_without_target``: a track
     without a usable target stem is skipped (:class:`sepcore.prepare.pairs.SkipTrack`);
     ``augment`` is None without augmentation, and ``seed`` (the prepare seed) seeds it.
+
+    Several targets: ``targets`` (classes, each once) with ``target`` None (left out, it
+    becomes None); :attr:`stems` is then ``(*targets, "other")``. Empty ``targets``: one
+    ``target`` as before. Multi-target specs cut no silences and have no masks (irm, ibm).
     """
 
-    target: str = "guitar"
+    target: str | None = "guitar"
+    targets: tuple[str, ...] = ()
     sample_rate: int = 22050
     channels: int = 1
     feature: dict[str, Any] = Field(default_factory=lambda: {"name": "stft", "n_fft": 1536, "hop": 384})
@@ -148,6 +184,11 @@ class PrepareSpec(Config):
     augment: AugmentConfig | None = None
     seed: int = 0
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_target(cls, data: Any) -> Any:
+        return default_target(data)
+
     @model_validator(mode="after")
     def _check(self) -> PrepareSpec:
         unknown = set(self.outputs) - set(OUTPUTS)
@@ -155,7 +196,15 @@ class PrepareSpec(Config):
             raise ValueError(f"unknown outputs {sorted(unknown)}; known: {OUTPUTS}")
         if set(self.outputs) & set(MASK_OUTPUTS) and self.feature.get("name") != "stft":
             raise ValueError("masks (irm, ibm) are defined on STFT magnitudes only; use feature stft")
+        check_targets(self.target, self.targets or None)
+        if self.targets:
+            check_multi(self.outputs, self.silence is not None and self.silence.enabled)
         return self
+
+    @property
+    def stems(self) -> tuple[str, ...]:
+        """The stems of a multi-target spec, ``(*targets, "other")``; ``()`` with one target."""
+        return (*self.targets, OTHER) if self.targets else ()
 
     @classmethod
     def of(cls, cfg: Any) -> PrepareSpec:
@@ -167,12 +216,13 @@ class PrepareSpec(Config):
         """
         random_mix = cfg.target == "random_mix"
         augment = cfg.augment if cfg.augment.active else None
+        targets = tuple(getattr(cfg, "targets", None) or ())
         spec = cls(
-            target=cfg.target, sample_rate=cfg.sample_rate, channels=cfg.channels,
+            target=cfg.target, targets=targets, sample_rate=cfg.sample_rate, channels=cfg.channels,
             feature=cfg.features.params(), frames=cfg.chunks.frames, chunk_hop=cfg.chunks.hop,
             pad=cfg.chunks.pad, context=cfg.chunks.context, dtype=cfg.dtype,
             outputs=tuple(o for o in cfg.outputs if not random_mix or o == "activations"),
-            silence=cfg.silence if cfg.silence.enabled and not random_mix else None,
+            silence=cfg.silence if cfg.silence.enabled and not random_mix and not targets else None,
             detect_flags=cfg.qa.detect, exclude_flags=tuple(cfg.qa.exclude),
             skip_without_target=not random_mix, augment=augment, seed=cfg.seed,
         )  # fmt: skip
@@ -187,17 +237,35 @@ class PrepareSpec(Config):
         """The settings recorded beside the data (``prepare_spec.json``), as plain data.
 
         Without augmentation ``augment`` and ``seed`` are left out (the seed then changes
-        no pair), so outputs made before augmentation existed keep their settings.
+        no pair), and with one target ``targets``, so outputs made before augmentation or
+        several targets existed keep their settings.
         """
         plain = self.model_dump(mode="json", exclude={"silence": {"enabled"}})
         if self.augment is None:
             del plain["augment"], plain["seed"]
+        if not self.targets:
+            del plain["targets"]
         return plain
+
+
+def check_multi(outputs: Sequence[str], silence: bool) -> None:
+    """What several targets refuse (ValueError): silence cuts and masks."""
+    if silence:
+        raise ValueError("silence.enabled: silences are cut per target; "
+                         "with several targets leave silence off")  # fmt: skip
+    masks = sorted(set(outputs) & set(MASK_OUTPUTS))
+    if masks:
+        raise ValueError(f"outputs {masks}: masks are made for one target; with several targets "
+                         "use [target, activations] (target: the targets column)")  # fmt: skip
 
 
 def check(cfg: Any) -> None:
     """Check a prepare configuration across its sections (ValueError); builds its spec."""
-    if cfg.target != "random_mix" and cfg.target not in CLASSES:
+    targets = getattr(cfg, "targets", None)
+    check_targets(cfg.target, targets)
+    if targets:
+        check_multi(cfg.outputs, cfg.silence.enabled)
+    elif cfg.target != "random_mix" and cfg.target not in CLASSES:
         raise ValueError(f"target must be one of {CLASSES} or random_mix, got '{cfg.target}'")
     if abs(cfg.split.train + cfg.split.validation + cfg.split.test - 1) > 1e-6:
         raise ValueError("split fractions must sum to 1")

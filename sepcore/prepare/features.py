@@ -415,6 +415,32 @@ def chunk_frames(
     return np.ascontiguousarray(windows[:, :, ::hop].transpose(2, 0, 1, 3))
 
 
+def chunk_stems(
+    spec: np.ndarray, frames: int = 64, hop: int | None = None, pad: bool = True
+) -> np.ndarray:
+    """:func:`chunk_frames` of every stem at once, chunks first.
+
+    Shape: ``(stems, channels, bins, n_frames)`` -> ``(chunks, stems, channels, bins, frames)``.
+    """
+    if spec.ndim != 4:
+        raise ValueError(f"expected stems (stems, channels, bins, frames), got {spec.shape}")
+    stems, channels, bins, n_frames = spec.shape
+    flat = chunk_frames(spec.reshape(stems * channels, bins, n_frames), frames, hop, pad)
+    return flat.reshape(len(flat), stems, channels, bins, frames)
+
+
+def stem_features(extractor: FeatureExtractor, stems: np.ndarray) -> np.ndarray:
+    """The feature of every stem (channels and stems in one call).
+
+    Shape: ``(stems, channels, samples)`` -> ``(stems, channels, bins, frames)``, float32.
+    """
+    if stems.ndim != 3 or stems.shape[0] == 0:
+        raise ValueError(f"expected stems (stems, channels, samples), got shape {stems.shape}")
+    n, channels, samples = stems.shape
+    out = extractor(stems.reshape(n * channels, samples))
+    return out.reshape(n, channels, *out.shape[1:])
+
+
 def stack_context(spec: np.ndarray, context: int = 3) -> np.ndarray:
     """Stack each frame with its ``context`` neighbours on each side (seed 000, C = 3).
 

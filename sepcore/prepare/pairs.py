@@ -1,4 +1,4 @@
-"""Per-track preparation: stems -> instrument/rest pair -> silence, QA -> feature chunks.
+"""Per-track preparation: stems -> instrument/rest pair (or stems) -> silence, QA -> feature chunks.
 
 These are the plain step functions of the ``prepare`` job; ``ray_jobs.prepare`` wires
 them into Ray Data operators (mixing actors, feature actors) and ``bench`` runs them
@@ -14,6 +14,9 @@ are recorded once in the dataset manifest (:func:`row_shapes`) and undone by
   (:mod:`sepcore.prepare.augment`)
 * ``mix``: mixture feature, ``(channels, bins * (2C+1), frames)`` with context C
 * ``target``: the instrument's feature, ``(channels, bins, frames)`` (``outputs`` has "target")
+* ``targets`` (several targets, instead of ``target``): the feature of each stem of
+  :attr:`PrepareSpec.stems <sepcore.prepare.config.PrepareSpec.stems>` in that order,
+  ``(stems, channels, bins, frames)``
 * ``irm`` / ``ibm``: ideal ratio / binary mask of the instrument, same shape (STFT only)
 * ``activations``: RMS activation per class in :data:`sepcore.data.classes.CLASSES` order,
   ``(classes, frames)``, 60 dB range mapped to [0, 1] (seed 001)
@@ -49,6 +52,11 @@ class TrackPair:
     ``class_sums`` is ``(classes, channels, samples)`` in :data:`CLASSES` order until
     :func:`finish_pair` turns it into ``activations`` ``(classes, frames)`` (and drops
     what the feature step does not need, so less travels between actors).
+
+    Several targets (``spec.targets``): ``sources`` is ``(len(spec.stems), channels,
+    samples)``, the sum of each stem's usable stems (:func:`stem_sums`), adding up to
+    ``mix``; ``instrument`` is then empty, ``(channels, 0)``, and ``rest`` None. With one
+    target ``sources`` is None.
     """
 
     instrument: np.ndarray
@@ -59,6 +67,7 @@ class TrackPair:
     excluded: list[str]
     silence: dict[str, Any] = field(default_factory=dict)
     activations: np.ndarray | None = None
+    sources: np.ndarray | None = None
 
 
 class SkipTrack(Exception):
@@ -100,13 +109,43 @@ def class_sums(stems: np.ndarray, classes: Sequence[str]) -> np.ndarray:
     return out
 
 
+def stem_sums(stems: np.ndarray, classes: Sequence[str], targets: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The stems of several targets and their mix: each target's stems summed, then all others ("other").
+
+    Sums are taken in float64 and rounded once; ``mix`` is the float64 sum of the rounded
+    stems, rounded once, so ``sources.sum(0)`` equals ``mix`` to float32 rounding. A target
+    without stems is zeros. Raises ValueError for an unknown class or one of
+    :data:`~sepcore.prepare.mixing.UNMIXABLE`.
+    Shape: ``(stems, channels, samples)`` -> ``sources`` ``(len(targets) + 1, channels,
+    samples)`` and ``mix`` ``(channels, samples)``, float32.
+    """
+    if stems.ndim != 3 or len(classes) != stems.shape[0]:
+        raise ValueError(f"stems {stems.shape} must be (stems, channels, samples), one class each ({len(classes)})")
+    for name in classes:
+        if name in mixing.UNMIXABLE or name not in CLASSES:
+            raise ValueError(f"stems of class '{name}' cannot be mixed (known: {CLASSES})")
+    slot = [targets.index(c) if c in targets else len(targets) for c in classes]
+    sources = np.zeros((len(targets) + 1, *stems.shape[1:]), dtype=np.float32)
+    for k in range(len(sources)):
+        members = [i for i, j in enumerate(slot) if j == k]
+        if members:
+            acc = stems[members[0]].astype(np.float64)
+            for i in members[1:]:
+                acc += stems[i]
+            sources[k] = acc
+    mix = sources.sum(axis=0, dtype=np.float64).astype(np.float32)
+    return sources, mix
+
+
 def make_pair(track: SourceTrack, spec: PrepareSpec, draws: Sequence[augment.StemDraw] | None = None) -> TrackPair:
-    """Load a track's stems, flag and exclude bad ones, sum instrument and rest.
+    """Load a track's stems, flag and exclude bad ones, sum instrument and rest (or, with
+    ``spec.targets``, the stems of :attr:`PrepareSpec.stems`, see :class:`TrackPair`).
 
     ``draws`` (one per stem of ``track``): gains and channel swaps applied to the stems
     after their QA flags are found (:mod:`sepcore.prepare.augment`).
     Raises :class:`~sepcore.errors.AudioError` naming a stem that cannot be read and
-    :class:`SkipTrack` when no usable stem of the target class is left.
+    :class:`SkipTrack` when no usable stem of the target class is left (several targets:
+    of any target class).
     """
     stems, records = load_track_stems(track, spec.sample_rate, spec.channels)
     flags: dict[str, list[str]] = {}
@@ -122,10 +161,39 @@ def make_pair(track: SourceTrack, spec: PrepareSpec, draws: Sequence[augment.Ste
     kept = stems[np.array(keep, dtype=bool)] if len(keep) else stems
     classes = [r.inst_class for r, k in zip(records, keep, strict=True) if k]
     excluded = [r.stem_id for r, k in zip(records, keep, strict=True) if not k]
-    if spec.skip_without_target and spec.target not in classes:
-        raise SkipTrack(f"no usable '{spec.target}' stem")
-    instrument, rest, mix = mixing.instrument_rest(kept, classes, spec.target)
+    if spec.targets:
+        if spec.skip_without_target and not set(spec.targets) & set(classes):
+            raise SkipTrack(f"no usable stem of {', '.join(spec.targets)}")
+        sources, mix = stem_sums(kept, classes, spec.targets)
+        empty = np.zeros((mix.shape[0], 0), dtype=np.float32)
+        return TrackPair(empty, None, mix, class_sums(kept, classes), flags, excluded, sources=sources)
+    target = single_target(spec)
+    if spec.skip_without_target and target not in classes:
+        raise SkipTrack(f"no usable '{target}' stem")
+    instrument, rest, mix = mixing.instrument_rest(kept, classes, target)
     return TrackPair(instrument, rest, mix, class_sums(kept, classes), flags, excluded)
+
+
+def single_target(spec: PrepareSpec) -> str:
+    """The one target of a single-target spec (ValueError for a multi-target one)."""
+    if spec.target is None:
+        raise ValueError(f"the spec has several targets {spec.targets}, not one")
+    return spec.target
+
+
+def make_sources(track: SourceTrack, spec: PrepareSpec) -> tuple[np.ndarray, np.ndarray]:
+    """A track's mix and its stems for a multi-target ``spec`` (validation, evaluation).
+
+    As :func:`make_pair` (QA flags and exclusions, :class:`SkipTrack` without any target
+    class when ``spec.skip_without_target``), no augmentation. ``sources.sum(0)`` equals
+    ``mix`` to float32 rounding.
+    Shape: ``mix`` ``(channels, samples)``, ``sources`` ``(len(spec.stems), channels, samples)``.
+    """
+    if not spec.targets:
+        raise ValueError("make_sources needs a spec with targets (several stems); use make_pair")
+    pair = make_pair(track, spec)
+    assert pair.sources is not None  # multi-target pairs always have them
+    return pair.mix, pair.sources
 
 
 def activation_params(spec: PrepareSpec) -> tuple[int, int]:
@@ -140,7 +208,7 @@ def finish_pair(pair: TrackPair, spec: PrepareSpec) -> TrackPair:
     if "activations" in spec.outputs and pair.class_sums is not None:
         act = features.rms_activation(pair.class_sums, *activation_params(spec))
     rest = pair.rest if "ibm" in spec.outputs else None
-    return TrackPair(pair.instrument, rest, pair.mix, None, pair.flags, pair.excluded, pair.silence, act)
+    return TrackPair(pair.instrument, rest, pair.mix, None, pair.flags, pair.excluded, pair.silence, act, pair.sources)
 
 
 def mix_track(track: SourceTrack, spec: PrepareSpec) -> TrackPair:
@@ -152,7 +220,8 @@ def mix_copies(track: SourceTrack, split: str, spec: PrepareSpec, pool: Sequence
     """The pairs of one track as ``(copy, pair)``: its own (copy 0, :func:`mix_track`) and, in a
     split that ``spec.augment`` augments, its stems' gains and swaps drawn and its remix copies
     ``1..remix_copies`` with donors from ``pool`` (the split's tracks, see
-    :func:`sepcore.prepare.augment.donor_pool`). A copy without any donor is left out.
+    :func:`sepcore.prepare.augment.donor_pool`; with several targets every stem comes from a
+    donor, :func:`sepcore.prepare.augment.plan_remix_stems`). A copy without any donor is left out.
     """
     aug = spec.augment
     if aug is None or split not in aug.splits:
@@ -162,7 +231,12 @@ def mix_copies(track: SourceTrack, split: str, spec: PrepareSpec, pool: Sequence
     pairs = [(0, finish_pair(own, spec))]
     donors = {t.track_id: t for t in pool}
     for k in range(1, aug.remix_copies + 1):
-        plan = augment.plan_remix(track, k, pool, spec.target, aug, spec.seed, spec.channels, spec.exclude_flags)
+        if spec.targets:
+            plan = augment.plan_remix_stems(track, k, pool, spec.targets, aug, spec.seed, spec.channels,
+                                            spec.exclude_flags)  # fmt: skip
+        else:
+            plan = augment.plan_remix(track, k, pool, single_target(spec), aug, spec.seed, spec.channels,
+                                      spec.exclude_flags)  # fmt: skip
         if plan.parts:
             pairs.append((k, finish_pair(remix_copy(own, plan, donors, spec), spec)))
     return pairs
@@ -170,9 +244,11 @@ def mix_copies(track: SourceTrack, split: str, spec: PrepareSpec, pool: Sequence
 
 def remix_copy(own: TrackPair, plan: augment.RemixPlan, donors: dict[str, SourceTrack], spec: PrepareSpec) -> TrackPair:
     """Apply a remix plan to a track's own pair (before :func:`finish_pair`): its instrument, the
-    donors' parts as the rest. Raises :class:`~sepcore.errors.AudioError` naming a donor stem that
-    cannot be read (flag it in ``qa.flags_csv`` to leave it out)."""
-    length = own.instrument.shape[-1]
+    donors' parts as the rest; with several targets every stem from the donors' parts, as long as
+    the track's mix (:func:`sepcore.prepare.augment.remix_stems`). Raises
+    :class:`~sepcore.errors.AudioError` naming a donor stem that cannot be read (flag it in
+    ``qa.flags_csv`` to leave it out)."""
+    length = own.mix.shape[-1]
     parts = []
     for part in plan.parts:
         try:
@@ -180,7 +256,10 @@ def remix_copy(own: TrackPair, plan: augment.RemixPlan, donors: dict[str, Source
         except AudioError as exc:
             raise AudioError(exc.uri, f"{exc.problem} (a donor of remix copy {plan.copy} of {plan.track_id})") from exc
         parts.append((part.inst_class, audio))
-    rest, mix, sums = augment.remix(own.instrument, spec.target, parts)
+    if spec.targets:
+        sources, mix, sums = augment.remix_stems(spec.targets, parts, spec.channels, length)
+        return TrackPair(own.instrument, None, mix, sums, own.flags, own.excluded, own.silence, sources=sources)
+    rest, mix, sums = augment.remix(own.instrument, single_target(spec), parts)
     return TrackPair(own.instrument, rest, mix, sums, own.flags, own.excluded, own.silence)
 
 
@@ -224,7 +303,12 @@ def feature_chunks(pair: TrackPair, spec: PrepareSpec, extractor: features.Featu
     out: dict[str, np.ndarray] = {}
     mix_in = features.stack_context(mix_f, spec.context) if spec.context else mix_f
     out["mix"] = features.chunk_frames(mix_in, frames, hop, spec.pad)
-    if set(spec.outputs) & {"target", "irm", "ibm"}:
+    if spec.targets:
+        if "target" in spec.outputs:
+            if pair.sources is None:
+                raise ValueError("the pair has no sources: a multi-target spec needs a multi-target pair")
+            out["targets"] = features.chunk_stems(features.stem_features(extractor, pair.sources), frames, hop, spec.pad)
+    elif set(spec.outputs) & {"target", "irm", "ibm"}:
         target_f = extractor(pair.instrument)
         if "target" in spec.outputs:
             out["target"] = features.chunk_frames(target_f, frames, hop, spec.pad)
@@ -248,7 +332,9 @@ def row_shapes(spec: PrepareSpec) -> dict[str, list[int]]:
     ex = spec.extractor()
     bins = ex.n_bins
     shapes = {"mix": [spec.channels, bins * (2 * spec.context + 1), spec.frames]}
-    for name in ("target", "irm", "ibm"):
+    if spec.targets and "target" in spec.outputs:
+        shapes["targets"] = [len(spec.stems), spec.channels, bins, spec.frames]
+    for name in ("target", "irm", "ibm") if not spec.targets else ():
         if name in spec.outputs:
             shapes[name] = [spec.channels, bins, spec.frames]
     if "activations" in spec.outputs:
@@ -267,7 +353,9 @@ def dataset_schema(spec: PrepareSpec) -> dict[str, Any]:
         "shapes": shapes,
         "dtype": spec.dtype,
         "classes": list(CLASSES),
-        "target": spec.target,
+        "target": None if spec.targets else spec.target,
+        "targets": list(spec.targets) or None,
+        "stems": list(spec.stems) or None,
         "sample_rate": spec.sample_rate,
         "channels": spec.channels,
         "feature": {"name": spec.feature["name"], **spec.extractor().params()},
