@@ -1,4 +1,4 @@
-"""``sep separate``: separate a music library into instrument and rest stems, nightly.
+"""``sep separate``: separate a music library into stems (instrument and rest, or several), nightly.
 
     sep separate -c configs/separate_demo.yaml library=s3://music/incoming output=s3://music/stems
 
@@ -45,6 +45,17 @@ class SeparateConfig(JobConfig):
     )
     suffixes: list[str] = Field(
         default=list(AUDIO_SUFFIXES), description="file name endings to pick up"
+    )
+    stems: list[str] | None = Field(
+        default=None,
+        description="stems to write, of a multi-stem checkpoint (default: all of its stems, "
+        "other included); not for a single-target checkpoint",
+    )
+    wiener_iterations: int | None = Field(
+        default=None,
+        ge=0,
+        description="EM iterations of the multichannel Wiener filter after the masks (0: "
+        "masks only; default: the checkpoint's wiener_iterations, else 0)",
     )
     force: bool = Field(default=False, description="redo every file, done or not")
     limit: int | None = Field(default=None, ge=1, description="process at most this many files")

@@ -1,13 +1,14 @@
-"""The one model-agnostic ``apply``: chunked mask prediction, overlap-add, mask and rest.
+"""The one model-agnostic ``apply``: chunked mask prediction, overlap-add, masks and stems.
 
 Batch separation, evaluation and validation all go through this module (STYLE habit 5):
 
 * :func:`predict_mask` cuts a mixture magnitude into chunks of ``frames`` frames with
   50 % overlap, runs a :class:`MaskModel` on them batch by batch and stitches the masks
-  back with a Hann-window overlap-add (seed 001 §4.2.2);
+  back with a Hann-window overlap-add (seed 001 §4.2.2); a model of several sources
+  (:func:`source_count`) gives one mask per source;
 * :func:`apply_mask` turns a mask into two waveforms with the mixture phase (seed 002
   §5.1): ``instrument = ISTFT(mask * X)`` and ``rest = ISTFT((1 - mask) * X)``;
-* :func:`separate` = STFT + :func:`predict_mask` + :func:`apply_mask`;
+* :func:`separate` = STFT + :func:`predict_mask` + the stems (Stems, below);
   :func:`iter_separate_blocks` / :func:`separate_blocks` do the same on long signals in
   blocks with bounded memory and give the same result as :func:`separate`;
 * :func:`oracle_masks` applies the ideal ratio and binary masks through
@@ -42,16 +43,36 @@ audio's channels:
   duplicated, mono stems.
 
 :func:`predict_mask` applies no rule: it needs a magnitude with the model's channels.
+The rule is the same for a model of several sources: each source's mask is averaged
+over its mask channels in the second case. With the Wiener filter the source
+magnitudes are ``mask_j * |X_c|`` for every channel ``c`` of the audio, and the filter
+runs on the audio's own (e.g. stereo) STFT, so a mono model on stereo audio still
+gets the stereo spatial model.
 
-Masks are clipped to [0, 1] after stitching, so ``instrument`` and ``rest`` are both
-bounded by the mixture. Whatever the mask, ``instrument + rest`` reproduces the
-mixture up to the STFT round trip (float32: about ``1e-6`` of the peak).
+Stems. Masks are clipped to [0, 1] after stitching. A one-source model: ``instrument
+= ISTFT(mask * X)`` and ``rest = ISTFT((1 - mask) * X)`` (:func:`apply_mask`), both
+bounded by the mixture. A model of several sources (softmax masks, output ``(batch,
+sources, channels, bins, frames)``): one stem per source, named by ``stems``
+(:func:`stem_names`; the last is ``other``), ``y_j = m_j * X``; with ``wiener_iterations
+> 0`` the estimates ``m_j * |X|`` go through the multichannel Wiener filter
+(:func:`sepcore.separate.wiener.wiener`, EM, in segments of 300 frames) instead. In
+both cases :func:`sepcore.separate.wiener.mixture_consistency` then gives the residual
+``X - sum_j y_j`` to the stems by their power share, so ``sum_j y_j == X``, and each stem
+is ``ISTFT(y_j)``. (A one-source model with ``wiener_iterations > 0`` goes the same
+way with the two masks ``mask``, ``1 - mask``.) Whatever the masks, the stems add up
+to the mixture up to the STFT round trip (float32: about ``1e-6`` of the peak).
+
+Memory of :func:`separate` on a whole signal: the masks (float32) and, with the Wiener
+filter, the complex64 stems ``(sources, channels, bins, frames)``, about 2.5 GB for a
+10-minute stereo song with 6 stems at n_fft 1536 / hop 384 / 22.05 kHz; the filter's
+own working set is one segment. :func:`iter_separate_blocks` bounds all of it by the
+block length.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -59,10 +80,13 @@ import torch
 from torch import nn
 
 from sepcore.prepare.features import Stft, ideal_binary_mask, ideal_ratio_mask
+from sepcore.separate.wiener import WIENER_SEGMENT, consistent_masks, mixture_consistency, wiener
 from sepcore.units import Seconds, seconds_to_samples
 
 #: Floor of the summed stitching weights (never reached with the documented padding).
 WEIGHT_FLOOR = 1e-8
+#: The stems of a one-source model.
+SINGLE_STEMS = ("instrument", "rest")
 
 
 @runtime_checkable
@@ -100,6 +124,28 @@ class FixedMaskModel(nn.Module):
         return torch.full_like(mix_mag[:, :1], self.value)
 
 
+class FixedSourcesModel(nn.Module):
+    """A model of several sources whose masks are the constant ``weights`` (normalised to
+    sum 1), for tests and smoke runs. ``sources`` is ``len(weights)``.
+
+    Shape: ``(batch, channels, bins, frames)`` -> ``(batch, sources, 1, bins, frames)``.
+    """
+
+    def __init__(self, weights: Sequence[float], in_channels: int = 1):
+        super().__init__()
+        w = np.asarray(weights, dtype=np.float64)
+        if w.ndim != 1 or w.size < 2 or (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"weights must be >= 2 non-negative numbers, not all 0, got {weights}")
+        self.weights = (w / w.sum()).tolist()
+        self.sources = len(self.weights)
+        self.in_channels = in_channels
+
+    def forward(self, mix_mag: torch.Tensor) -> torch.Tensor:
+        w = torch.tensor(self.weights, dtype=mix_mag.dtype, device=mix_mag.device)
+        ones = torch.ones_like(mix_mag[:, None, :1])  # (batch, 1, 1, bins, frames)
+        return ones * w.view(1, -1, 1, 1, 1)
+
+
 # ------------------------------------------------------------------------- predict_mask
 
 
@@ -110,6 +156,16 @@ def model_channels(model: nn.Module) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     return None
+
+
+def source_count(model: nn.Module) -> int:
+    """Sources a mask model separates: its ``sources`` attribute (also seen on the model a
+    :class:`~sepcore.models.checkpoint.LogMagnitude` wraps, ``model.model``), else 1."""
+    for m in (model, getattr(model, "model", None)):
+        value = getattr(m, "sources", None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return 1
 
 
 def chunk_hop(frames: int, overlap: float) -> int:
@@ -154,16 +210,25 @@ def _cut(mag: np.ndarray, start: int, frames: int) -> np.ndarray:
 def _run_model(
     model: nn.Module, batch: np.ndarray, device: torch.device, dtype: torch.dtype
 ) -> np.ndarray:
-    """Model output for a batch ``(n, c, bins, frames)``, float32 numpy, shape-checked."""
+    """Model output for a batch ``(n, c, bins, frames)``, float32 numpy, shape-checked.
+
+    Shape: ``(n, c, bins, frames)`` -> ``(n, 1 or c, bins, frames)`` or, from a model of
+    several sources, ``(n, sources, 1 or c, bins, frames)``.
+    """
     x = torch.from_numpy(batch).to(device=device, dtype=dtype)
     mask = model(x)
     n, _, bins, frames = batch.shape
-    if mask.ndim != 4 or mask.shape[0] != n or tuple(mask.shape[2:]) != (bins, frames):
+    if mask.ndim not in (4, 5) or mask.shape[0] != n or tuple(mask.shape[-2:]) != (bins, frames):
         raise ValueError(
             f"model returned a mask of shape {tuple(mask.shape)} for input {tuple(batch.shape)}"
         )
-    if mask.shape[1] not in (1, batch.shape[1]):
-        raise ValueError(f"model returned {mask.shape[1]} mask channels for {batch.shape[1]}")
+    if mask.shape[-3] not in (1, batch.shape[1]):
+        raise ValueError(f"model returned {mask.shape[-3]} mask channels for {batch.shape[1]}")
+    sources = source_count(model)
+    if (mask.ndim == 5) != (sources > 1) or (mask.ndim == 5 and mask.shape[1] != sources):
+        raise ValueError(
+            f"model of {sources} source(s) returned a mask of shape {tuple(mask.shape)}"
+        )
     out = mask.float().cpu().numpy()
     if not np.isfinite(out).all():
         raise RuntimeError("model returned a mask with NaN or Inf values")
@@ -198,7 +263,10 @@ def predict_mask(
     restored afterwards. Memory: one batch of ``batch_size`` chunks at a time, added
     into the output as it comes; nothing holds all chunks at once. ``mag`` must have
     the channels the model takes (:func:`model_channels`; any when it states none).
-    Shape: ``(channels, bins, n_frames)`` -> ``(channels, bins, n_frames)``, float32.
+    A model of several sources (:func:`source_count`, 5-D output) gives one mask per
+    source; the stitched masks of a softmax still sum to 1 over the sources.
+    Shape: ``(channels, bins, n_frames)`` -> ``(channels, bins, n_frames)``, or
+    ``(sources, channels, bins, n_frames)`` for a model of several sources; float32.
     """
     _check_mag(mag, model_channels(model))
     if batch_size < 1:
@@ -206,7 +274,9 @@ def predict_mask(
     channels, bins, n_frames = mag.shape
     hop = chunk_hop(frames, overlap)
     window = stitch_window(frames, overlap)
-    out = np.zeros((channels, bins, n_frames), dtype=np.float32)
+    sources = source_count(model)
+    lead = (sources,) if sources > 1 else ()
+    out = np.zeros((*lead, channels, bins, n_frames), dtype=np.float32)
     if n_frames == 0:
         return out
     pad, n_chunks = _chunk_layout(n_frames, frames, hop)
@@ -247,11 +317,11 @@ def _accumulate(
     """Run one batch of chunks (indices ``group``) and add the windowed masks into ``out``."""
     cuts = [_cut(mag, k * hop - pad, frames) for k in group]
     masks = _run_model(model, np.stack(cuts), device, dtype) * window
-    n_frames = out.shape[2]
+    n_frames = out.shape[-1]
     for k, mask in zip(group, masks, strict=True):
         start = k * hop - pad
         lo, hi = max(start, 0), min(start + frames, n_frames)
-        out[:, :, lo:hi] += mask[:, :, lo - start : hi - start]  # (1 or c, bins, f) broadcasts
+        out[..., lo:hi] += mask[..., lo - start : hi - start]  # ([s,] 1 or c, bins, f) broadcasts
 
 
 # ---------------------------------------------------------------------------- separate
@@ -302,6 +372,25 @@ def _model_input(
     return np.repeat(mag, in_channels, axis=0), True
 
 
+def stem_names(model: nn.Module, stems: Sequence[str] | None = None) -> tuple[str, ...]:
+    """Names of the stems :func:`separate` returns for ``model``.
+
+    A one-source model: ``("instrument", "rest")`` (``stems`` must be None or exactly
+    that). A model of several sources: ``stems``, one name per source, all different
+    (the last is the rest of the mixture, ``"other"`` by convention).
+    """
+    sources = source_count(model)
+    if sources == 1:
+        if stems is not None and tuple(stems) != SINGLE_STEMS:
+            raise ValueError(f"a one-source model separates {SINGLE_STEMS}; stems {list(stems)} "
+                             "are for a model of several sources")  # fmt: skip
+        return SINGLE_STEMS
+    if stems is None or len(stems) != sources or len(set(stems)) != sources:
+        raise ValueError(f"the model separates {sources} sources: stems must name each once, "
+                         f"got {None if stems is None else list(stems)}")  # fmt: skip
+    return tuple(stems)
+
+
 def separate(
     model: nn.Module,
     audio: np.ndarray,
@@ -312,43 +401,108 @@ def separate(
     batch_size: int = 8,
     device: str | torch.device | None = None,
     overlap: float = 0.5,
+    stems: Sequence[str] | None = None,
+    wiener_iterations: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Separate a mixture into ``instrument`` and ``rest`` with a mask model.
+    """Separate a mixture into stems with a mask model.
 
     STFT (:class:`sepcore.prepare.features.Stft`), :func:`predict_mask` on its magnitude,
-    :func:`apply_mask` with the mixture phase. ``instrument + rest`` equals ``audio``
-    up to the STFT round trip. Channels (module docstring): audio with the model's
-    channel count (:func:`model_channels`) is separated as it is, so a stereo model
-    gives stereo stems of stereo audio; otherwise the model sees the mean of the
-    channels, repeated to its channel count, and the mean of its mask channels is
-    applied to every channel: a mono model on stereo audio applies the mask of the
-    channel mean to both channels, a stereo model on mono audio sees the channel
-    twice. The stems always have the audio's channels.
-    Shape: ``(channels, samples)`` -> ``{"instrument", "rest"}`` each ``(channels, samples)``.
+    the masks applied with the mixture phase (module docstring, Stems): a one-source
+    model gives ``instrument`` and ``rest`` (:func:`apply_mask`), a model of several
+    sources one stem per name of ``stems`` (:func:`stem_names`); ``wiener_iterations > 0``
+    refines the stems with the multichannel Wiener filter
+    (:func:`sepcore.separate.wiener.wiener`). The stems add up to ``audio`` up to the STFT
+    round trip. Channels (module docstring): audio with the model's channel count
+    (:func:`model_channels`) is separated as it is, so a stereo model gives stereo stems
+    of stereo audio; otherwise the model sees the mean of the channels, repeated to its
+    channel count, and the mean of its mask channels is applied to every channel: a mono
+    model on stereo audio applies the mask of the channel mean to both channels, a
+    stereo model on mono audio sees the channel twice. The stems always have the
+    audio's channels.
+    Shape: ``(channels, samples)`` -> ``{stem: (channels, samples)}``.
     """
+    return _separate(model, audio, sample_rate, n_fft, hop, frames, batch_size, device, overlap,
+                     stems, wiener_iterations, 0)  # fmt: skip
+
+
+def _separate(
+    model: nn.Module,
+    audio: np.ndarray,
+    sample_rate: int,
+    n_fft: int,
+    hop: int,
+    frames: int,
+    batch_size: int,
+    device: str | torch.device | None,
+    overlap: float,
+    stems: Sequence[str] | None,
+    wiener_iterations: int,
+    frame_offset: int,
+) -> dict[str, np.ndarray]:
+    """:func:`separate` of audio whose frame 0 is frame ``frame_offset`` of a longer signal
+    (the grid of the Wiener filter's segments)."""
     audio = np.asarray(audio)
     if audio.ndim != 2 or audio.shape[1] == 0:
         raise ValueError(f"expected a waveform (channels, samples), got shape {audio.shape}")
+    if wiener_iterations < 0:
+        raise ValueError(f"wiener_iterations must be >= 0, got {wiener_iterations}")
     _check_model_params(model, sample_rate, n_fft, hop)
+    names = stem_names(model, stems)
     stft = Stft(n_fft=n_fft, hop=hop, sample_rate=sample_rate)
     spec = stft.stft_complex(audio)
     mag, shared = _model_input(stft, spec, audio, model_channels(model))
     mask = predict_mask(model, mag, frames, batch_size, device, overlap)
     if shared:
-        mask = mask.mean(axis=0, keepdims=True)
-    return apply_mask(stft, spec, mask, audio.shape[1])
+        mask = mask.mean(axis=-3, keepdims=True)
+    length = audio.shape[1]
+    if mask.ndim == 3:  # one source
+        if wiener_iterations == 0:
+            return apply_mask(stft, spec, mask, length)
+        mask = np.stack([mask, 1.0 - mask])
+    if wiener_iterations == 0:
+        masks = consistent_masks(mask)
+        return {name: stft.istft(spec * masks[j], length) for j, name in enumerate(names)}
+    y = _wiener_stems(mask, spec, wiener_iterations, frame_offset)
+    return {name: stft.istft(y[j], length) for j, name in enumerate(names)}
 
 
-def block_margin(n_fft: int, hop: int, frames: int, overlap: float = 0.5) -> int:
+def _wiener_stems(masks: np.ndarray, spec: np.ndarray, iterations: int, offset: int) -> np.ndarray:
+    """Wiener-filtered stems of ``masks * |spec|``, made consistent, segment by segment.
+
+    Working memory beside the output is one segment of
+    :data:`~sepcore.separate.wiener.WIENER_SEGMENT` frames.
+    Shape: masks ``(sources, channels or 1, bins, frames)``, spec ``(channels, bins,
+    frames)`` complex -> ``(sources, channels, bins, frames)`` complex64.
+    """
+    out = np.empty((masks.shape[0], *spec.shape), dtype=np.complex64)
+    n_frames, start = spec.shape[-1], 0
+    while start < n_frames:
+        stop = min(n_frames, start + WIENER_SEGMENT - (start + offset) % WIENER_SEGMENT)
+        x = spec[..., start:stop]
+        mags = masks[..., start:stop] * np.abs(x)
+        y = wiener(mags, x, iterations, segment=WIENER_SEGMENT, offset=offset + start)
+        out[..., start:stop] = mixture_consistency(y, x)
+        start = stop
+    return out
+
+
+def block_margin(
+    n_fft: int, hop: int, frames: int, overlap: float = 0.5, wiener_iterations: int = 0
+) -> int:
     """Context in samples on each side of a block for :func:`iter_separate_blocks`.
 
     The mask of a frame depends on the chunks covering it (``frames - 1`` frames each
     way), each frame's STFT on ``n_fft // 2`` samples each way, and each output sample
     on the frames whose windows cover it: ``frames + 2 * ceil(n_fft / (2 * hop)) + 2``
-    frames, rounded up to a whole chunk hop so that block grids line up.
+    frames; with the Wiener filter, one more segment
+    (:data:`~sepcore.separate.wiener.WIENER_SEGMENT` frames), whose spatial model
+    depends on all its frames. Rounded up to a whole chunk hop so that block grids
+    line up.
     """
     chop = chunk_hop(frames, overlap)
     margin_frames = frames + 2 * math.ceil(n_fft / (2 * hop)) + 2
+    if wiener_iterations > 0:
+        margin_frames += WIENER_SEGMENT
     return math.ceil(margin_frames / chop) * chop * hop
 
 
@@ -363,28 +517,31 @@ def iter_separate_blocks(
     batch_size: int = 8,
     device: str | torch.device | None = None,
     overlap: float = 0.5,
+    stems: Sequence[str] | None = None,
+    wiener_iterations: int = 0,
 ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """:func:`separate` block by block: yields ``(start_sample, {"instrument", "rest"})``.
+    """:func:`separate` block by block: yields ``(start_sample, {stem: block})``.
 
     Blocks are ``block_seconds`` long (rounded up to a whole chunk hop of
     ``hop * chunk_hop(frames, overlap)`` samples); each is separated with
     :func:`block_margin` samples of context on both sides, which are then discarded.
     Blocks start on the chunk grid of the whole signal, so every kept sample sees the
-    same STFT frames and the same chunks as in :func:`separate` on the whole signal:
-    the results agree to float32 rounding. Memory is bounded by the block length, not
-    by the signal's: ``audio`` may be a ``np.memmap``.
+    same STFT frames, the same chunks and the same Wiener segments as in
+    :func:`separate` on the whole signal: the results agree to float32 rounding.
+    Memory is bounded by the block length, not by the signal's: ``audio`` may be a
+    ``np.memmap``. The stems are those of :func:`separate` (:func:`stem_names`).
     Shape: ``(channels, samples)`` -> blocks ``(channels, block_samples)``.
     """
     if audio.ndim != 2 or audio.shape[1] == 0:
         raise ValueError(f"expected a waveform (channels, samples), got shape {audio.shape}")
     grid = chunk_hop(frames, overlap) * hop
     block = max(grid, math.ceil(seconds_to_samples(block_seconds, sample_rate) / grid) * grid)
-    margin = block_margin(n_fft, hop, frames, overlap)
+    margin = block_margin(n_fft, hop, frames, overlap, wiener_iterations)
     n = audio.shape[1]
     for start in range(0, n, block):
         stop = min(start + block, n)
         lo, hi = max(start - margin, 0), min(stop + margin, n)
-        seg = separate(
+        seg = _separate(
             model,
             np.asarray(audio[:, lo:hi]),
             sample_rate,
@@ -394,6 +551,9 @@ def iter_separate_blocks(
             batch_size,
             device,
             overlap,
+            stems,
+            wiener_iterations,
+            lo // hop,
         )
         yield start, {k: np.ascontiguousarray(v[:, start - lo : stop - lo]) for k, v in seg.items()}
 
@@ -409,13 +569,15 @@ def separate_blocks(
     batch_size: int = 8,
     device: str | torch.device | None = None,
     overlap: float = 0.5,
+    stems: Sequence[str] | None = None,
+    wiener_iterations: int = 0,
 ) -> dict[str, np.ndarray]:
     """:func:`iter_separate_blocks` gathered into whole arrays (same result as :func:`separate`).
 
-    Working memory is bounded by the block length; the two outputs are whole-length.
-    Shape: ``(channels, samples)`` -> ``{"instrument", "rest"}`` each ``(channels, samples)``.
+    Working memory is bounded by the block length; the outputs are whole-length.
+    Shape: ``(channels, samples)`` -> ``{stem: (channels, samples)}``.
     """
-    out = {k: np.zeros(audio.shape, dtype=np.float32) for k in ("instrument", "rest")}
+    out = {k: np.zeros(audio.shape, dtype=np.float32) for k in stem_names(model, stems)}
     blocks = iter_separate_blocks(
         model,
         audio,
@@ -427,6 +589,8 @@ def separate_blocks(
         batch_size,
         device,
         overlap,
+        stems,
+        wiener_iterations,
     )
     for start, parts in blocks:
         for key, value in parts.items():

@@ -68,8 +68,17 @@ class Inference(Config):
         return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+#: The stems of a single-target checkpoint, in the order of its separation.
+SINGLE_STEMS = ("instrument", "rest")
+
+
 class SeparationSettings(Config):
-    """How a file is separated and written; part of what decides a rerun."""
+    """How a file is separated and written; part of what decides a rerun.
+
+    ``model_stems``: the stems of a multi-stem checkpoint in its order (the last,
+    ``other``, is the rest of the mixture), empty for a single-target one; ``stems``:
+    those written, in that order (empty: ``instrument`` and ``rest``).
+    """
 
     n_fft: int
     hop: int
@@ -82,25 +91,69 @@ class SeparationSettings(Config):
     sample_rate: Hertz | None = None  # None: the source's
     channels: int | None = None  # None: the source's; 1: mono (mean of the channels)
     device: str = "cpu"
+    model_stems: tuple[str, ...] = ()
+    stems: tuple[str, ...] = ()
+    wiener_iterations: int = Field(default=0, ge=0)
+
+    @property
+    def all_stems(self) -> tuple[str, ...]:
+        """Every stem the separation computes, in order; the last is input minus the others."""
+        return self.model_stems or SINGLE_STEMS
+
+    @property
+    def written(self) -> tuple[str, ...]:
+        """The stems written to files, in :attr:`all_stems` order."""
+        return self.stems or SINGLE_STEMS
 
     @classmethod
     def of(cls, cfg: Any, meta: Mapping[str, Any]) -> SeparationSettings:
         """The settings of a separate configuration (``inference``, ``format``, ``sample_rate``,
-        ``channels``) with the checkpoint's metadata ``meta``; ConfigError when it is no separator."""
+        ``channels``, ``stems``, ``wiener_iterations``) with the checkpoint's metadata ``meta``;
+        ConfigError when it is no separator or the stems do not fit it."""
         feature = meta.get("feature") or {}
         if meta.get("task") != "separator" or "n_fft" not in feature:
             raise ConfigError("checkpoint", f"{cfg.checkpoint} is not a separator checkpoint "
                               f"(task {meta.get('task')!r}); train an hourglass or BLSTM")  # fmt: skip
+        model_stems = tuple(meta.get("stems") or ())
+        stems = _written_stems(cfg, meta, model_stems)
+        wiener = getattr(cfg, "wiener_iterations", None)
         inf = cfg.inference
         return cls(
             n_fft=int(feature["n_fft"]), hop=int(feature["hop"]), frames=int(meta["frames"]),
             model_rate=int(meta["sample_rate"]), batch_size=inf.batch_size, overlap=inf.overlap,
             block_seconds=inf.block_seconds, output_format=cfg.format, sample_rate=cfg.sample_rate,
-            channels=cfg.channels,
+            channels=cfg.channels, model_stems=model_stems, stems=stems,
+            wiener_iterations=int(meta.get("wiener_iterations") or 0) if wiener is None else wiener,
         )  # fmt: skip
 
     def key(self) -> str:
-        """Hash of the settings that change the stems (not batch size or device)."""
-        fields = (self.n_fft, self.hop, self.frames, self.model_rate, self.overlap,
-                  self.output_format, self.sample_rate, self.channels)  # fmt: skip
+        """Hash of the settings that change the stems (not batch size or device).
+
+        Stems and Wiener iterations count only when set, so the hash of a single-target
+        run without the filter is what it was before they existed.
+        """
+        fields: tuple[Any, ...] = (self.n_fft, self.hop, self.frames, self.model_rate, self.overlap,
+                                   self.output_format, self.sample_rate, self.channels)  # fmt: skip
+        if self.stems or self.wiener_iterations:
+            fields += (self.stems, self.wiener_iterations)
         return hashlib.sha256(repr(fields).encode()).hexdigest()[:12]
+
+
+def _written_stems(
+    cfg: Any, meta: Mapping[str, Any], model_stems: tuple[str, ...]
+) -> tuple[str, ...]:
+    """The configured ``stems`` checked against the checkpoint's (default: all of them)."""
+    requested = getattr(cfg, "stems", None)
+    if not model_stems:
+        if requested is not None:
+            raise ConfigError("stems", f"{cfg.checkpoint} is a single-target checkpoint (target "
+                              f"{meta.get('target')!r}): it writes instrument and rest; remove "
+                              "the stems key")  # fmt: skip
+        return ()
+    if requested is None:
+        return model_stems
+    unknown = [s for s in requested if s not in model_stems]
+    if unknown or not requested:
+        raise ConfigError("stems", f"unknown stem(s) {unknown or '(none given)'}: the checkpoint "
+                          f"separates {', '.join(model_stems)}")  # fmt: skip
+    return tuple(s for s in model_stems if s in requested)

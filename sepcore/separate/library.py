@@ -27,7 +27,12 @@ minus the instrument at the output rate, which at the model's rate is exactly th
 inverted-mask stem ``ISTFT((1 - mask) X)`` (up to the STFT round trip, about 1e-6)
 and above the model's Nyquist frequency keeps the input's high band, so
 ``instrument + rest`` reproduces the input to within float rounding (FLAC: 24-bit
-quantisation, about 1e-7 of full scale).
+quantisation, about 1e-7 of full scale). A multi-stem checkpoint (``stems`` in its
+meta, the last ``other``) is the same with more stems: every stem is computed (with
+the Wiener filter when ``settings.wiener_iterations > 0``), the requested ones are
+written to ``<stem>.<fmt>``, and ``other`` is written as the input minus the sum of the
+other stems resampled to the output rate, so the stems, all requested, add up to
+the input the same way.
 
 Shapes: decoded samples ``(frames, channels)`` (interleaved, as on disk); everything
 handed to the separation is ``(channels, samples)``.
@@ -42,6 +47,7 @@ import tempfile
 import time
 import unicodedata
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +59,10 @@ from torch import nn
 from sepcore.errors import AudioError
 from sepcore.io import storage
 from sepcore.io.decode import decode_isolated
-from sepcore.separate.config import SeparationSettings  # re-exported: how a file is separated
+from sepcore.separate.config import (
+    SINGLE_STEMS,
+    SeparationSettings,  # re-exported: how a file is separated
+)
 from sepcore.units import Hertz, Seconds
 
 #: File name endings the library listing picks up (case-insensitive).
@@ -64,7 +73,7 @@ AUDIO_SUFFIXES = (
 #: Output formats: soundfile container and subtype.
 OUTPUT_FORMATS = {"flac": ("FLAC", "PCM_24"), "wav": ("WAV", "FLOAT")}
 FLAC_MAX_CHANNELS = 8
-STEMS = ("instrument", "rest")
+STEMS = SINGLE_STEMS  # the stems of a single-target checkpoint
 #: Samples per channel read from the decoded file per resampling step.
 READ_BLOCK = 1 << 18
 
@@ -267,6 +276,16 @@ def _resampled_to_disk(
     return RawSamples(path, frames, channels)
 
 
+def _resampled_stems(
+    blocks: Iterator[tuple[int, dict[str, np.ndarray]]], names: list[str], rate_in: int,
+    rate_out: int, channels: int,
+) -> _Stream:  # fmt: skip
+    """One resampler for the stems ``names`` of separated ``blocks``, side by side:
+    ``take(n)`` gives ``(n, len(names) * channels)`` samples, stem after stem."""
+    joined = (np.concatenate([parts[n].T for n in names], axis=1) for _, parts in blocks)
+    return _Stream(joined, rate_in, rate_out, len(names) * channels)
+
+
 def separate_stream(
     model: nn.Module,
     samples: np.ndarray | RawSamples,
@@ -277,10 +296,12 @@ def separate_stream(
 ) -> dict[str, Any]:
     """Separate decoded ``samples`` ``(frames, channels)`` at ``rate`` into stem files.
 
-    ``paths`` maps ``instrument`` and ``rest`` to local files that are written as the
-    blocks come. The audio is laid out as ``settings.channels`` (None: the source's)
+    ``paths`` maps each stem of ``settings.written`` to a local file that is written as
+    the blocks come. The audio is laid out as ``settings.channels`` (None: the source's)
     before the model, which applies its channel rule (module docstring); the stems
-    have that layout. Returns the output ``sample_rate``, ``channels`` and ``frames``.
+    have that layout. Every stem of ``settings.all_stems`` is computed; the last
+    (``rest``, ``other``) is written as the input minus the others at the output rate.
+    Returns the output ``sample_rate``, ``channels`` and ``frames``.
     """
     from sepcore.separate.apply import iter_separate_blocks  # torch-heavy; imported on use
 
@@ -302,32 +323,35 @@ def separate_stream(
         settings.batch_size,
         settings.device,
         settings.overlap,
+        settings.model_stems or None,
+        settings.wiener_iterations,
     )
-    instrument = _Stream(
-        (parts["instrument"].T for _, parts in blocks), settings.model_rate, out_rate, channels
-    )
+    *separated, last = settings.all_stems
+    written = settings.written
+    resampled = [n for n in separated if n in written or last in written]
+    estimates = _resampled_stems(blocks, resampled, settings.model_rate, out_rate, channels)
     reference = _Stream(_blocks(samples, channels), rate, out_rate, channels)
     container, subtype = OUTPUT_FORMATS[settings.output_format]
     clip = subtype != "FLOAT"
     frames = 0
-    with (
-        sf.SoundFile(paths["instrument"], "w", out_rate, channels, subtype, format=container)
-        as f_inst,
-        sf.SoundFile(paths["rest"], "w", out_rate, channels, subtype, format=container) as f_rest,
-    ):
+    with ExitStack() as stack:
+        files = {n: stack.enter_context(sf.SoundFile(paths[n], "w", out_rate, channels, subtype,
+                                                     format=container)) for n in written}  # fmt: skip
         while True:
             ref = reference.take(READ_BLOCK)
             if ref.shape[0] == 0:
                 break
-            inst = instrument.take(ref.shape[0])
-            if inst.shape[0] < ref.shape[0]:  # resampler rounding at the very end
-                inst = np.concatenate([inst, np.zeros((ref.shape[0] - inst.shape[0], channels),
-                                                      np.float32)])
-            rest = ref - inst
-            f_inst.write(np.clip(inst, -1.0, 1.0) if clip else inst)
-            f_rest.write(np.clip(rest, -1.0, 1.0) if clip else rest)
+            est = estimates.take(ref.shape[0])
+            if est.shape[0] < ref.shape[0]:  # resampler rounding at the very end
+                est = np.concatenate([est, np.zeros((ref.shape[0] - est.shape[0], est.shape[1]),
+                                                    np.float32)])  # fmt: skip
+            parts = {n: est[:, i * channels : (i + 1) * channels] for i, n in enumerate(resampled)}
+            if last in written:
+                parts[last] = ref - sum(parts.values(), np.zeros_like(ref))
+            for name, f in files.items():
+                f.write(np.clip(parts[name], -1.0, 1.0) if clip else parts[name])
             frames += ref.shape[0]
-        instrument.rest()  # drain (a sample or two of resampler rounding)
+        estimates.rest()  # drain (a sample or two of resampler rounding)
     return {"sample_rate": out_rate, "channels": channels, "frames": frames}
 
 
@@ -341,12 +365,13 @@ def separate_file(
     decode_max_memory_mb: int = 4096,
     max_seconds: Seconds = 4 * 3600.0,
 ) -> dict[str, Any]:
-    """Separate one library file into ``<out_dir>/instrument.<fmt>`` and ``rest.<fmt>``.
+    """Separate one library file into ``<out_dir>/<stem>.<fmt>`` for each written stem
+    (``instrument`` and ``rest`` of a single-target checkpoint).
 
     Raises :class:`sepcore.io.decode.DecodeError` (or another :class:`SepError`) for a
-    bad file; nothing is written to ``out_dir`` unless both stems are complete (each
-    is uploaded atomically, the instrument last). Returns the manifest fields of a
-    success: output URIs, duration, sample rate, channels and timings.
+    bad file; nothing is written to ``out_dir`` unless every stem is complete (each is
+    uploaded atomically, the first stem last). Returns the manifest fields of a
+    success: output URIs (``<stem>_uri``), duration, sample rate, channels and timings.
     """
     scratch = tempfile.mkdtemp(prefix="sep-separate-", dir=scratch_root)
     timings: dict[str, float] = {}
@@ -369,7 +394,7 @@ def separate_file(
                              f"{FLAC_MAX_CHANNELS} (use format: wav, or channels: 1)")
         start = time.monotonic()
         ext = settings.output_format
-        paths = {stem: os.path.join(scratch, f"{stem}.{ext}") for stem in STEMS}
+        paths = {stem: os.path.join(scratch, f"{stem}.{ext}") for stem in settings.written}
         written = separate_stream(
             model,
             RawSamples(decoded.path, decoded.frames, decoded.channels),
@@ -380,8 +405,8 @@ def separate_file(
         )
         timings["separate_s"] = time.monotonic() - start
         start = time.monotonic()
-        uris = {stem: storage.join(out_dir, f"{stem}.{ext}") for stem in STEMS}
-        for stem in ("rest", "instrument"):
+        uris = {stem: storage.join(out_dir, f"{stem}.{ext}") for stem in settings.written}
+        for stem in reversed(settings.written):
             storage.upload(paths[stem], uris[stem])
         timings["write_s"] = time.monotonic() - start
         return {
@@ -391,8 +416,7 @@ def separate_file(
             "decoder": decoded.decoder,
             "sample_rate": written["sample_rate"],
             "channels": written["channels"],
-            "instrument_uri": uris["instrument"],
-            "rest_uri": uris["rest"],
+            **{f"{stem}_uri": uri for stem, uri in uris.items()},
             **timings,
         }
     finally:

@@ -1,6 +1,7 @@
 """The separate job's state in its output, and its work on one file, without Ray.
 
-* ``stems/<safe name>-<hash>/instrument.<fmt>``, ``rest.<fmt>``: the stems;
+* ``stems/<safe name>-<hash>/instrument.<fmt>``, ``rest.<fmt>``: the stems (of a
+  multi-stem checkpoint: ``<stem>.<fmt>`` for each stem written);
 * ``_records/<key>.json`` (:data:`RECORDS`): one record per file, written as soon as
   the file is finished (``ok`` or ``error``), so a run killed halfway loses no work;
 * ``_started/<key>`` (:data:`STARTED`): how many times a file was started (by this run
@@ -8,7 +9,9 @@
   Ray and the file done again, so ``attempts`` in its row is then 2 or more;
 * ``manifest.parquet`` (:data:`MANIFEST`): one row per library file (``ok``, ``error``
   or ``skipped``), written last and atomically; the run's records and start counts are
-  then removed (:func:`clear_run`).
+  then removed (:func:`clear_run`). Its columns are :data:`MANIFEST_SCHEMA`, plus a
+  ``<stem>_uri`` column per stem of a multi-stem checkpoint after ``rest_uri`` (which
+  are then null).
 
 ``<key>`` is :func:`key` of the file's URI.
 """
@@ -166,18 +169,24 @@ def previous_state(output: str) -> dict[str, dict[str, Any]]:
     return state
 
 
+def stem_uris(row: dict[str, Any]) -> dict[str, str]:
+    """The stem files of a manifest row: its non-null ``<stem>_uri`` fields."""
+    return {k: v for k, v in row.items() if k.endswith("_uri") and v is not None}
+
+
 def is_done(prev: dict[str, Any] | None, f: LibraryFile, model_id: str, settings: str,
             existing: set[str]) -> bool:  # fmt: skip
     """Whether ``prev`` (a source's latest row) finished ``f`` as it is now, with this model
     and settings, and its stems (in ``existing``) are still there."""
+    uris = stem_uris(prev or {})
     return bool(
         prev
         and prev.get("status") in DONE_STATUSES
         and prev.get("change_key") == f.change_key
         and prev.get("model_id") == model_id
         and prev.get("settings") == settings
-        and prev.get("instrument_uri") in existing
-        and prev.get("rest_uri") in existing
+        and uris
+        and all(uri in existing for uri in uris.values())
     )
 
 
@@ -198,11 +207,21 @@ def plan(files: Sequence[LibraryFile], output: str, model_id: str, settings: str
     return skipped, todo
 
 
+def manifest_schema(rows: list[dict[str, Any]]) -> pa.Schema:
+    """:data:`MANIFEST_SCHEMA` with the rows' other ``<stem>_uri`` columns after ``rest_uri``."""
+    extra = list(dict.fromkeys(k for row in rows for k in stem_uris(row)
+                               if k not in MANIFEST_SCHEMA.names))  # fmt: skip
+    schema, at = MANIFEST_SCHEMA, MANIFEST_SCHEMA.get_field_index("rest_uri") + 1
+    for i, name in enumerate(extra):
+        schema = schema.insert(at + i, pa.field(name, pa.string()))
+    return schema
+
+
 def write_manifest(output: str, rows: list[dict[str, Any]]) -> str:
     """Write the manifest atomically; returns its URI."""
+    schema = manifest_schema(rows)
     table = pa.Table.from_pylist(
-        [{name: row.get(name) for name in MANIFEST_SCHEMA.names} for row in rows],
-        schema=MANIFEST_SCHEMA,
+        [{name: row.get(name) for name in schema.names} for row in rows], schema=schema
     )
     uri = storage.join(output, MANIFEST)
     with storage.open_write(uri) as fh:
@@ -262,10 +281,15 @@ def summary(files: int, rows: list[dict[str, Any]], audio_s: float, wall: float,
 
 
 def run_info(meta: dict[str, Any]) -> dict[str, str]:
-    """``model_id``, ``target`` and ``run_id`` (the UTC start time) of a run with checkpoint ``meta``."""
+    """``model_id``, ``target`` and ``run_id`` (the UTC start time) of a run with checkpoint ``meta``.
+
+    The target of a multi-stem checkpoint is its ``targets``, comma-separated."""
+    target = meta.get("target")
+    if target is None and meta.get("targets"):
+        target = ",".join(meta["targets"])
     return {
         "model_id": str(meta.get("model_sha256", ""))[:16],
-        "target": str(meta.get("target")),
+        "target": str(target),
         "run_id": dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
     }
 
