@@ -20,7 +20,6 @@ from typing import Any
 from ray_jobs import common
 from ray_jobs.common import Job, JobConfig
 from sepcore import batch
-from sepcore.errors import ConfigError
 from sepcore.evaluate import config as C
 from sepcore.evaluate import document as D
 from sepcore.evaluate import job as J
@@ -74,7 +73,8 @@ def track_task(track: Any, job: dict[str, Any], shown: bool) -> dict[str, Any]:
 
 def _separation(track: Any, job: dict[str, Any], example: bool) -> dict[str, Any]:
     model = _model(job["checkpoint_dir"], job["threads"])
-    res = T.evaluate_separation(track, job["meta"], job["scoring"], model, job["classes"], job["batch_size"])
+    res = T.evaluate_separation(track, job["meta"], job["scoring"], model, job["classes"], job["batch_size"],
+                                job["stems"], job["wiener_iterations"])  # fmt: skip
     signals = res.pop("signals")
     if example and signals is not None:
         res["example"] = ER.write_example(job["output"], track.track_id, signals, job["sr"], job["classes"][0],
@@ -141,27 +141,27 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     checkpoint_dir = ckpt.resolve(cfg.checkpoint)
     meta = T.load_checked(checkpoint_dir)
     task = meta.get("task", "separator")
-    if task == "separator" and cfg.target and cfg.target != meta.get("target"):
-        raise ConfigError("target", f"the checkpoint separates '{meta.get('target')}', not '{cfg.target}'")
+    separator = task == "separator"
+    modelled = J.model_classes(meta, cfg.target) if separator else []  # raises ConfigError
+    wiener = J.wiener_iterations(meta, cfg.wiener_iterations) if separator else None
     manifest = training_manifest(meta)
     tracks, listing_errors = select_tracks(cfg.data, cfg.split, manifest, cfg.split_fractions, cfg.seed, cfg.tracks)
     log.info("evaluate: %s checkpoint %s on %d %s tracks", task, checkpoint_dir, len(tracks), cfg.split)
     target = cfg.target or meta.get("target")
-    separator = task == "separator"
-    classes = J.run_classes(separator, target, cfg.classes)
-    job = J.task_settings(cfg, task, meta, checkpoint_dir, classes)
+    classes = J.run_classes(separator, modelled, cfg.classes)
+    job = J.task_settings(cfg, task, meta, checkpoint_dir, classes, wiener)
     ledger = Ledger(job["done"], job["fingerprint"])
     done = {t: r for t, r in ledger.records().items() if t in {x.track_id for x in tracks}}
     job_ref = ray.put(job)
     tasks = common.ItemTasks(cfg.item_timeout_s, "item_timeout_s", num_cpus=cfg.cpus_per_task)
-    shown = J.shown_tracks(cfg, tracks, separator, target)
+    shown = J.shown_tracks(cfg, tracks, separator, classes[0] if separator else None)
     for t in tracks:
         if t.track_id not in done:
             tasks.submit(t.track_id, track_task, t, job_ref, t.track_id in shown)
     results = _gather(tasks, done)
     sequence = None if separator else _run_sequence(results, tracks, job_ref, tasks)
     nodes = sorted({r.pop(NODE_KEY) for r in results if NODE_KEY in r})  # this run's tasks only
-    head = J.run_head(cfg, task, checkpoint_dir, target, meta, len(tracks))
+    head = J.run_head(cfg, task, checkpoint_dir, target, meta, len(tracks), wiener)
     doc = D.metrics_document(head, cfg.described(), classes, results, sequence, listing_errors, time.monotonic() - t0)
     metrics_uri = storage.join(job["output"], METRICS_FILE)
     D.validate_metrics(doc, metrics_uri)

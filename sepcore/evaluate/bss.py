@@ -49,9 +49,10 @@ NaNs are dropped by :func:`median_metrics` and by the window median of
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -125,18 +126,47 @@ def _fast_batch(ref: np.ndarray, est: np.ndarray) -> np.ndarray:
     r = _normalize(torch.from_numpy(np.ascontiguousarray(ref)), dim=-1)
     e = _normalize(torch.from_numpy(np.ascontiguousarray(est)), dim=-1)
     # acf (batch, 2 length, sources, sources), xcorr (batch, length, sources, sources)
-    acf, xcorr = compute_stats_2(r, e, length=length)
+    # One set of references for the whole batch (the methods of one class): their
+    # statistics are computed once, and each system factored once and solved for every
+    # item's right-hand sides.
+    shared = all(np.array_equal(ref[0], ref[k]) for k in range(1, ref.shape[0]))
+    acf, xcorr = _shared_stats(r[:1], e, length) if shared else compute_stats_2(r, e, length=length)
     # SDR: each estimate on the shifts of its own reference, (batch, sources, length)
     acf_sdr = torch.diagonal(acf, dim1=-2, dim2=-1).transpose(-2, -1)[..., :length]
     xcorr_sdr = torch.diagonal(xcorr, dim1=-2, dim2=-1).transpose(-2, -1).numpy()
-    sol = _solve(toeplitz(acf_sdr).numpy(), xcorr_sdr[..., None])[..., 0]
+    if shared:  # (sources, length, length) against (sources, length, batch)
+        sol = _solve(toeplitz(acf_sdr[:1]).numpy()[0], xcorr_sdr.transpose(1, 2, 0)).transpose(2, 0, 1)
+    else:
+        sol = _solve(toeplitz(acf_sdr).numpy(), xcorr_sdr[..., None])[..., 0]
     coh_sdr = np.einsum("...l,...l->...", xcorr_sdr, sol)
     # SAR: each estimate on the shifts of all references, (batch, length * sources, sources)
     xc = xcorr.reshape(xcorr.shape[:-3] + (-1,) + xcorr.shape[-1:]).numpy()
-    sol = _solve(block_toeplitz(acf).numpy(), xc)
+    if shared:  # (length * sources, length * sources) against (length * sources, batch * sources)
+        b, ls, c = xc.shape
+        rhs = xc.transpose(1, 0, 2).reshape(ls, b * c)
+        sol = _solve(block_toeplitz(acf[:1]).numpy()[0], rhs).reshape(ls, b, c).transpose(1, 0, 2)
+    else:
+        sol = _solve(block_toeplitz(acf).numpy(), xc)
     coh_sar = np.einsum("...lc,...lc->...c", xc, sol)
     neg = _base_metrics_bss_eval(torch.from_numpy(coh_sdr), torch.from_numpy(coh_sar), None)
     return -np.stack([x.numpy() for x in neg])  # (sdr, sir, sar)
+
+
+def _shared_stats(r: Any, e: Any, length: int) -> tuple[Any, Any]:
+    """fast_bss_eval's ``compute_stats_2`` for one set of references ``(1, sources, samples)``
+    and a batch of estimates ``(batch, sources, samples)``: the references' FFT and
+    auto-correlation are computed once. Returns ``acf`` ``(1, 2 length, sources, sources)``
+    and ``xcorr`` ``(batch, length, sources, sources)`` (torch tensors).
+    """
+    import torch
+    from fast_bss_eval.torch.compatibility import einsum, irfft, rfft
+
+    n_fft = 2 ** math.ceil(math.log2(r.shape[-1] + e.shape[-1] - 1))
+    x, y = rfft(r, n=n_fft, dim=-1), rfft(e, n=n_fft, dim=-1)
+    acf = irfft(einsum("...cn,...dn->...ncd", x, x.conj()), n=n_fft, dim=-3)
+    acf = torch.cat([acf[..., :length, :, :], acf[..., -length:, :, :]], dim=-3)
+    xy = einsum("...cn,...dn->...ncd", x.conj().expand(y.shape), y)
+    return acf, irfft(xy, n=n_fft, dim=-3)[..., :length, :, :]
 
 
 def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -205,6 +235,24 @@ def bss_eval(
     if ref.shape != est.shape:
         raise ValueError(f"references {ref.shape} and estimates {est.shape} differ in shape")
     scores = _score_batch(ref[None], est[None], backend)[:, 0]
+    return dict(zip(METRICS, scores, strict=True))
+
+
+def bss_eval_many(
+    references: np.ndarray, estimates: np.ndarray, backend: Backend = "fast"
+) -> dict[str, np.ndarray]:
+    """:func:`bss_eval` of several estimates of the same references (the methods of a class).
+
+    Same numbers as one :func:`bss_eval` call per item; the fast backend factors each
+    linear system of the references once for all items.
+    Shape: references ``(sources, [channels,] samples)``, estimates ``(items, sources,
+    [channels,] samples)`` -> ``{"sdr", "sir", "sar"}`` each ``(items, sources)``, dB.
+    """
+    ref = _as_sources(references, "references")
+    est = np.stack([_as_sources(e, "estimates") for e in estimates])
+    if est.shape[1:] != ref.shape:
+        raise ValueError(f"references {ref.shape} and estimates {est.shape} differ in shape")
+    scores = _score_batch(np.repeat(ref[None], est.shape[0], axis=0), est, backend)
     return dict(zip(METRICS, scores, strict=True))
 
 

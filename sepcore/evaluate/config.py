@@ -77,7 +77,8 @@ class EvaluateKeys(Config):
 
     data: str = Field(description="URI of a Slakh-layout set (tracks with stems/ and metadata.yaml)")
     checkpoint: str = Field(description="checkpoint folder or training output (meaning its best/)")
-    target: str | None = Field(None, description="class separated (default: the checkpoint's target)")
+    target: str | None = Field(
+        None, description="class separated (default: the checkpoint's target; multi-stem: only this one of its targets)")
     classes: list[str] = Field(default_factory=list, description="more classes scored with the oracle and mixture rows only")
     split: Literal["train", "validation", "test", "all"] = Field("test", description="tracks evaluated")
     split_fractions: SplitConfig | None = Field(
@@ -85,6 +86,8 @@ class EvaluateKeys(Config):
     seed: int | None = Field(None, description="seed of the split assignment (default: the training data's, else 0)")
     tracks: int | None = Field(None, ge=1, description="evaluate at most this many tracks (sorted by id)")
     batch_size: int = Field(8, ge=1, description="separator chunks per model call")
+    wiener_iterations: int | None = Field(
+        None, ge=0, description="multi-stem checkpoints: Wiener filter iterations (default: the checkpoint's, else 0)")
     cpus_per_task: float = Field(1.0, gt=0, description="CPUs reserved per track task")
     threads: int = Field(1, ge=1, description="torch threads per task")
     report: ReportConfig = Field(default_factory=lambda: ReportConfig.model_validate({}))

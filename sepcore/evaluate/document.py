@@ -71,6 +71,10 @@ METRICS_SCHEMA: dict[str, Any] = {
         "data": {"type": "string"},
         "split": {"type": "string"},
         "target": {"type": ["string", "null"]},
+        "stems": {"type": "array", "items": {"type": "string"},
+                  "description": "multi-stem checkpoints: the stems the model separates (its targets, then other)"},
+        "wiener_iterations": {"type": "integer",
+                              "description": "multi-stem checkpoints: Wiener filter iterations of the model rows"},
         "sample_rate": {"type": "integer"},
         "evaluation": {
             "type": "object",
@@ -115,6 +119,8 @@ METRICS_SCHEMA: dict[str, Any] = {
                 "required": ["methods", "median", "tracks"],
                 "properties": {
                     "methods": {"type": "array", "items": {"enum": list(METHODS)}},
+                    "sdr_ratio": {**_NUM, "description": "median instrument SDR of model / of irm; null "
+                                  "without a model row or when the irm median is not positive"},
                     "median": {
                         **_METHOD_MAP,
                         "additionalProperties": {
@@ -299,8 +305,24 @@ def _separation_section(results: list[dict[str, Any]], classes: list[str]) -> di
                   for r in results if cls in r.get("classes", {})]  # fmt: skip
         if tracks:
             methods = [m for m in METHODS if m in tracks[0]["scores"]]
-            out[cls] = {"methods": methods, "median": median_table(tracks), "tracks": tracks}
+            median = median_table(tracks)
+            out[cls] = {"methods": methods, "median": median, "sdr_ratio": sdr_ratio(median), "tracks": tracks}
     return out
+
+
+def sdr_ratio(median: Mapping[str, Mapping[str, Mapping[str, float | int]]]) -> float:
+    """Median instrument SDR of the model over that of the IRM (the share of the oracle bound).
+
+    ``median``: :func:`sepcore.evaluate.scoring.median_table`'s. NaN without a ``model``
+    or ``irm`` row, or when the IRM's median SDR is not a positive finite number (a
+    ratio of dB values then means nothing).
+    """
+    if "model" not in median or "irm" not in median:
+        return math.nan
+    model, irm = float(median["model"]["instrument"]["sdr"]), float(median["irm"]["instrument"]["sdr"])
+    if not (math.isfinite(irm) and irm > 0 and math.isfinite(model)):
+        return math.nan
+    return model / irm
 
 
 def _activation_section(results: list[dict[str, Any]], classes: list[str],
@@ -344,6 +366,7 @@ def metrics_document(head: Mapping[str, Any], evaluation: Mapping[str, Any], cla
     doc = {
         "format": FORMAT, "task": task, "checkpoint": head["checkpoint"], "data": head["data"],
         "split": head["split"], "target": head["target"] if separator else None,
+        **{k: head[k] for k in ("stems", "wiener_iterations") if separator and head.get(k) is not None},
         "sample_rate": int(head["sample_rate"]), "feature": head.get("feature"), "frames": head.get("frames"),
         "evaluation": dict(evaluation),
         "tracks_evaluated": len(ok),
@@ -370,6 +393,8 @@ def summary_entries(doc: Mapping[str, Any]) -> dict[str, Any]:
                 figures[f"{cls}/{method}/{src}"] = " / ".join(
                     f"{from_json_number(m[k]):.2f}" for k in ("sdr", "sir", "sar")
                 )
+        if sec.get("sdr_ratio") is not None:
+            figures[f"{cls}/sdr_ratio"] = sec["sdr_ratio"]
     counts = {"tracks": doc["tracks_selected"], "evaluated": doc["tracks_evaluated"],
               "failed": len(doc["failed"]), "skipped": len(doc["skipped"])}  # fmt: skip
     return {"counts": counts, "figures": figures}

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from sepcore.data.classes import CLASSES
-from sepcore.evaluate.document import SOURCES, from_json_number
+from sepcore.evaluate.document import METHODS, SOURCES, from_json_number
 from sepcore.evaluate.tracks import loudest_span, safe_name
 from sepcore.io import storage
 from sepcore.report import html as R
@@ -101,6 +101,21 @@ def _median_tables(separation: dict[str, Any]) -> list[R.Table]:
     return tables
 
 
+def _class_table(separation: dict[str, Any]) -> R.Table:
+    """One row per class: the instrument's median SDR / SIR / SAR of each method, and model / IRM SDR."""
+    cols = ["class"] + [f"{m} {k.upper()}" for m in METHODS for k in ("sdr", "sir", "sar")] + ["model / IRM SDR",
+                                                                                                 "tracks"]  # fmt: skip
+    rows = []
+    for cls, sec in separation.items():
+        med = sec["median"]
+        cells = [_num(med[m]["instrument"][k]) if m in med else float("nan") for m in METHODS
+                 for k in ("sdr", "sir", "sar")]  # fmt: skip
+        rows.append([cls, *cells, _num(sec.get("sdr_ratio")), len(sec["tracks"])])
+    return R.Table("per class: the class's median over tracks (dB)", cols, rows,
+                   note="each class scored against [class, mix - class]; the model's estimate is its stem "
+                   "and the mixture minus it. model / IRM SDR: the share of the oracle bound reached.")  # fmt: skip
+
+
 def _track_tables(separation: dict[str, Any]) -> list[R.Table]:
     tables = []
     for cls, sec in separation.items():
@@ -142,7 +157,9 @@ def _summary_text(doc: dict[str, Any]) -> R.Text:
         else f"windows of {ev['window_seconds']:g} s every {ev['hop_seconds']:g} s, median over windows"
     )
     per_min = tm["eval_seconds_per_audio_minute"]
-    return R.Text(f"Checkpoint {doc['checkpoint']}, data {doc['data']}, split '{doc['split']}': "
+    stems = (f"Multi-stem model: stems {', '.join(doc['stems'])}, {doc.get('wiener_iterations', 0)} Wiener "
+             "iteration(s), separated once per track.\n\n" if doc.get("stems") else "")  # fmt: skip
+    return R.Text(f"{stems}Checkpoint {doc['checkpoint']}, data {doc['data']}, split '{doc['split']}': "
                   f"{doc['tracks_evaluated']} tracks, {tm['audio_seconds']:.1f} s of audio, "
                   f"{len(doc['failed'])} failed.\n\nBSS Eval ({ev['backend']}) on {mode}; "
                   f"{per_min if per_min is None else round(per_min, 2)} s of evaluation per minute of audio "
@@ -155,6 +172,8 @@ def build_report(doc: dict[str, Any], results: list[dict[str, Any]], sequence: d
     sections = [R.Section("Summary", [_summary_text(doc)])]
     if doc["separation"]:
         sep = doc["separation"]
+        if doc.get("stems"):
+            sections.append(R.Section("Classes of the multi-stem model", [_class_table(sep)]))
         sections += [R.Section("Median scores (seed 002's tables)", _median_tables(sep)),
                      R.Section("Distributions", _box_plots(sep)),
                      R.Section("Per track", _track_tables(sep))]  # fmt: skip

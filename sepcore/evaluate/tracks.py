@@ -6,7 +6,9 @@ the class's stems summed, all other usable stems summed, ``mix = instrument + re
 Four *methods* give estimates ``[instrument_est, rest_est]`` (:func:`estimates`):
 
 * ``model``: the checkpoint through :func:`sepcore.separate.apply.separate_blocks` (the one
-  apply that the separate job uses);
+  apply that the separate job uses). A multi-stem checkpoint (meta ``stems``) separates
+  the track's mixture once into all its stems (:func:`separate_stems`); each class of its
+  ``targets`` then gets ``[stem, mix - stem]`` as its model estimate;
 * ``irm`` / ``ibm``: the ideal ratio / binary mask with the model's STFT
   (:func:`sepcore.separate.apply.oracle_masks`): upper bounds of any mask method;
 * ``mixture``: the mixture as both estimates: the lower bound.
@@ -60,11 +62,13 @@ def estimates(
     frames: int = 64,
     batch_size: int = 8,
     block_s: Seconds = 60.0,
+    model_estimate: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Estimates of every method for the pair ``instrument + rest`` (module docstring).
 
-    ``model`` None leaves out the ``model`` method. Memory of the model pass is bounded
-    by ``block_s`` (:func:`sepcore.separate.apply.separate_blocks`).
+    ``model`` None leaves out the ``model`` method, unless ``model_estimate``
+    (``{"instrument", "rest"}``, made before: a multi-stem separation) gives it. Memory
+    of the model pass is bounded by ``block_s`` (:func:`sepcore.separate.apply.separate_blocks`).
     Shape: ``(channels, samples)`` each -> ``{method: {"instrument", "rest"}}`` each
     ``(channels, samples)``.
     """
@@ -72,11 +76,18 @@ def estimates(
         raise ValueError(
             f"instrument {instrument.shape} and rest {rest.shape} must be equal (channels, samples)"
         )
+    if model is not None and model_estimate is not None:
+        raise ValueError("give a model or its estimate, not both")
     mix = (instrument + rest).astype(np.float32)
     out: dict[str, dict[str, np.ndarray]] = {}
     if model is not None:
         out["model"] = separate_blocks(model, mix, sample_rate, n_fft, hop, frames, block_seconds=block_s,
                                        batch_size=batch_size)  # fmt: skip
+    elif model_estimate is not None:
+        for key, value in model_estimate.items():
+            if value.shape != instrument.shape:
+                raise ValueError(f"model estimate '{key}' {value.shape} does not fit the pair {instrument.shape}")
+        out["model"] = {"instrument": model_estimate["instrument"], "rest": model_estimate["rest"]}
     out.update(oracle_masks(instrument, rest, n_fft, hop))
     out["mixture"] = {"instrument": mix, "rest": mix}
     return out
@@ -120,6 +131,17 @@ def class_pairs(
     exclusions as in training); ``rest`` is every other usable stem.
     Shape: each signal ``(channels, samples)``.
     """
+    _, pairs, skipped = track_pairs(track, meta, classes)
+    return pairs, skipped
+
+
+def track_pairs(
+    track: Any, meta: Mapping[str, Any], classes: Sequence[str]
+) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]], dict[str, str]]:
+    """The track's mixture (every usable stem) and :func:`class_pairs`'s pairs and skip reasons.
+
+    Shape: each signal ``(channels, samples)``.
+    """
     from sepcore.prepare.mixing import instrument_rest
     from sepcore.prepare.pairs import make_pair
 
@@ -135,7 +157,28 @@ def class_pairs(
         else:
             inst, rest, _ = instrument_rest(pair.class_sums, CLASSES, cls)
             pairs[cls] = (inst, rest)
-    return pairs, skipped
+    return pair.mix, pairs, skipped
+
+
+def separate_stems(
+    model: nn.Module,
+    mix: np.ndarray,
+    meta: Mapping[str, Any],
+    stems: Sequence[str],
+    wiener_iterations: int = 0,
+    batch_size: int = 8,
+    block_s: Seconds = 60.0,
+) -> dict[str, np.ndarray]:
+    """A multi-source model's stems of ``mix``, once, through the separate job's apply.
+
+    :func:`sepcore.separate.apply.separate_blocks` with ``stems`` (one name per source)
+    and ``wiener_iterations``; the checkpoint's STFT and frames from ``meta``.
+    Shape: ``(channels, samples)`` -> ``{stem: (channels, samples)}``.
+    """
+    f = meta["feature"]
+    return separate_blocks(model, mix.astype(np.float32), int(meta["sample_rate"]), int(f["n_fft"]), int(f["hop"]),
+                           int(meta["frames"]), block_seconds=block_s, batch_size=batch_size, stems=list(stems),
+                           wiener_iterations=wiener_iterations)  # fmt: skip
 
 
 def evaluate_separation(
@@ -145,24 +188,41 @@ def evaluate_separation(
     model: nn.Module | None,
     classes: Sequence[str],
     batch_size: int = 8,
+    stems: Sequence[str] | None = None,
+    wiener_iterations: int = 0,
 ) -> dict[str, Any]:
-    """One track's separation scores for ``classes`` (the first is the model's target).
+    """One track's separation scores for ``classes``.
 
+    One-target checkpoint (``stems`` None): the first class is the model's target, the
+    only one with a ``model`` row. Multi-stem checkpoint: ``stems`` are its sources (the
+    last, ``other``, is never scored); the mixture is separated once
+    (:func:`separate_stems`, when the track holds one of them) and every class among
+    ``stems`` gets the ``model`` row ``[stem, mix - stem]``; the others in ``classes``
+    oracle and mixture rows only.
     Returns ``{"track_id", "seconds", "separate_seconds", "eval_seconds", "classes":
     {class: {method: {source: {"sdr", "sir", "sar"}}}}, "skipped": {class: reason}}``
-    and, under ``"signals"``, the pair and estimates of the target (for examples).
+    and, under ``"signals"``, the pair and estimates of the first class (for examples).
     """
     import time
 
-    pairs, skipped = class_pairs(track, meta, classes)
+    mix, pairs, skipped = track_pairs(track, meta, classes)
     sr, f = int(meta["sample_rate"]), meta["feature"]
     out: dict[str, Any] = {"track_id": track.track_id, "seconds": 0.0, "separate_seconds": 0.0,
                            "eval_seconds": 0.0, "classes": {}, "skipped": skipped, "signals": None}  # fmt: skip
+    separated: dict[str, np.ndarray] = {}
+    scored = set(stems[:-1]) if stems is not None else set()  # ``other`` is no class
+    if model is not None and scored & set(pairs):
+        t_start = time.perf_counter()
+        separated = separate_stems(model, mix, meta, list(stems or ()), wiener_iterations, batch_size)
+        out["separate_seconds"] += time.perf_counter() - t_start
     for cls, (instrument, rest) in pairs.items():
         t0 = time.perf_counter()
-        use_model = model if cls == classes[0] else None
+        use_model = model if stems is None and cls == classes[0] else None
+        given = None
+        if cls in scored and cls in separated:
+            given = {"instrument": separated[cls], "rest": mix - separated[cls]}
         est = estimates(instrument, rest, int(f["n_fft"]), int(f["hop"]), use_model, sr, int(meta["frames"]),
-                        batch_size)  # fmt: skip
+                        batch_size, model_estimate=given)  # fmt: skip
         t1 = time.perf_counter()
         out["classes"][cls] = score_methods(instrument, rest, est, sr, spec)
         out["separate_seconds"] += t1 - t0
