@@ -21,7 +21,13 @@ from ray_jobs.trainer import build_trainer
 from sepcore.errors import SepError
 from sepcore.io import storage
 from sepcore.train import outputs as O
-from sepcore.train.config import ModelConfig, OptimConfig, ScalingConf, ValidationConfig
+from sepcore.train.config import (
+    LoaderConfig,
+    ModelConfig,
+    OptimConfig,
+    ScalingConf,
+    ValidationConfig,
+)
 from sepcore.train.worker import epoch_line
 
 log = logging.getLogger("sep.train")
@@ -29,8 +35,17 @@ log = logging.getLogger("sep.train")
 
 class TrainConfig(JobConfig):
     data: str = Field(description="URI of prepared data (the output of sep prepare)")
+    targets: list[str] | None = Field(
+        None, description="stems a separator learns besides other (default: the data's targets; data "
+        "prepared with targets: [...] only)"
+    )
+    wiener_iterations: int = Field(
+        1, ge=0, description="several stems: Wiener-filter iterations separate and evaluate use by default "
+        "with this model (0: masks only)"
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
+    loader: LoaderConfig = Field(default_factory=LoaderConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     scaling: ScalingConf = Field(default_factory=ScalingConf)
     keep_checkpoints: int = Field(3, ge=1, description="best checkpoints kept")
@@ -46,6 +61,10 @@ class TrainConfig(JobConfig):
 
         if self.validation.metric == "val_sdr" and TASK_OF_MODEL[self.model.name] != "separator":
             raise ValueError("validation.metric val_sdr is for separators; use val_loss")
+        if TASK_OF_MODEL[self.model.name] != "separator" and (self.targets or self.loader.active):
+            raise ValueError("targets and loader are for separators (hourglass, blstm)")
+        if self.targets is not None and (not self.targets or len(set(self.targets)) != len(self.targets)):
+            raise ValueError(f"targets must be distinct classes, got {self.targets}")
         return self
 
 

@@ -10,8 +10,8 @@ from sepcore.config import Config
 
 #: Settings that may change when a run is continued (raising optim.epochs is how it is
 #: continued); any other difference from the checkpoints' settings is refused.
-RESUMABLE_CHANGES = ("optim.epochs", "optim.early_stopping_patience", "scaling.*", "max_failures",
-                     "keep_checkpoints", "num_cpus", "output", "resume")  # fmt: skip
+RESUMABLE_CHANGES = ("optim.epochs", "optim.early_stopping_patience", "optim.max_minutes", "scaling.*",
+                     "max_failures", "keep_checkpoints", "num_cpus", "output", "resume")  # fmt: skip
 
 
 class ModelConfig(Config):
@@ -21,6 +21,11 @@ class ModelConfig(Config):
         description="constructor arguments; sizes of the data (bins, channels, classes, frames) are filled in",
     )
     log_input: bool = Field(True, description="feed log1p(magnitude) to separators")
+    input_stats: bool = Field(
+        True, description="blstm: start its input scaling from the training data's per-bin mean and "
+        "standard deviation (Open-Unmix's scaler), measured on up to input_stats_rows rows"
+    )
+    input_stats_rows: int = Field(512, ge=1, description="training rows measured for input_stats")
 
     @model_validator(mode="after")
     def _check_arguments(self) -> ModelConfig:
@@ -40,6 +45,7 @@ class OptimConfig(Config):
     batch_size: int = Field(4, ge=1, description="per worker")
     lr: float = Field(1e-4, gt=0, description="Adam learning rate")
     weight_decay: float = Field(0.0, ge=0)
+    loss: Literal["l1", "mse"] = Field("l1", description="l1 (seed 002) or mse (Open-Unmix) of the masked mixture")
     scheduler: Literal["none", "plateau"] = Field("none", description="plateau: divide lr on stale epochs")
     plateau_factor: float = Field(0.2, gt=0, lt=1, description="lr multiplier (0.2 = divide by 5)")
     plateau_patience: int = Field(8, ge=0)
@@ -47,6 +53,36 @@ class OptimConfig(Config):
     early_stopping_patience: int = Field(10, ge=1, description="stop after this many stale epochs")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap the steps of an epoch")
     amp: bool = Field(True, description="automatic mixed precision (GPU only)")
+    clip_grad_norm: float | None = Field(None, gt=0, description="clip the gradients' global norm (null: off)")
+    max_minutes: float | None = Field(
+        None, gt=0, description="wall-time budget of the training loop: the epoch in progress ends early, "
+        "is validated and saved, and training stops (null: no limit)"
+    )
+
+
+class LoaderConfig(Config):
+    """What each training batch is made of (separators): random excerpts of the prepared chunks and
+    augmentations that are exact on magnitudes. Validation batches are never changed."""
+
+    excerpt_frames: int | None = Field(
+        None, ge=1, description="train on a random excerpt of this many frames of each chunk, drawn anew "
+        "each time (null: whole chunks)"
+    )
+    gain_db: tuple[float, float] | None = Field(
+        None, description="[lo, hi]: scale each example (mixture and targets alike) by a gain drawn in dB"
+    )
+    channel_swap: float = Field(0.0, ge=0, le=1, description="probability of swapping an example's channels")
+
+    @model_validator(mode="after")
+    def _check(self) -> LoaderConfig:
+        if self.gain_db is not None and self.gain_db[0] > self.gain_db[1]:
+            raise ValueError(f"loader.gain_db: lo {self.gain_db[0]} exceeds hi {self.gain_db[1]}")
+        return self
+
+    @property
+    def active(self) -> bool:
+        """Whether batches are changed at all."""
+        return self.excerpt_frames is not None or self.gain_db is not None or self.channel_swap > 0
 
 
 class ValidationConfig(Config):

@@ -67,11 +67,37 @@ def split_bytes(manifest: dict[str, Any], splits: tuple[str, ...] = ("train", "v
     return row * sum(int(s.get("rows", 0)) for s in manifest["shards"] if s["split"] in splits)
 
 
+def model_stems(cfg: Any, manifest: dict[str, Any]) -> tuple[list[str], list[str], list[list[int]]] | None:
+    """``(targets, stems, fold)`` of a separator trained on several stems, None for one target.
+
+    ``targets`` are ``cfg.targets`` (default: the data's), ``stems`` them and ``other``;
+    ``fold[k]`` lists the data's stems summed into the model's stem ``k`` (a target the model
+    leaves out goes to ``other``). A target the data lacks is refused (exit status 2).
+    """
+    data_stems = manifest.get("stems")
+    wanted = getattr(cfg, "targets", None)
+    if not data_stems:
+        if wanted:
+            raise ConfigError("targets", f"{cfg.data} was prepared for one target ({manifest['target']}); "
+                              "prepare it with targets: [...] to train several")  # fmt: skip
+        return None
+    data_targets = [s for s in data_stems if s != "other"]
+    targets = list(wanted or data_targets)
+    unknown = [t for t in targets if t not in data_targets]
+    if unknown:
+        raise ConfigError("targets", f"{unknown} not in the data's targets {data_targets}")
+    stems = [*targets, "other"]
+    fold = [[data_stems.index(t)] for t in targets]
+    fold.append([k for k, s in enumerate(data_stems) if s not in targets])
+    return targets, stems, fold
+
+
 def model_meta(cfg: Any, manifest: dict[str, Any]) -> dict[str, Any]:
     """Model registry entry with the data's sizes filled in; checks the data fits."""
     task = TASK_OF_MODEL[cfg.model.name]
     shapes = manifest["shapes"]
-    needed = "target" if task == "separator" else "activations"
+    multi = model_stems(cfg, manifest) if task == "separator" else None
+    needed = "activations" if task != "separator" else "targets" if multi else "target"
     if needed not in shapes:
         raise ConfigError("data", f"{cfg.data} has no '{needed}' column, which a {cfg.model.name} needs")
     channels, bins, frames = shapes["mix"]
@@ -82,12 +108,27 @@ def model_meta(cfg: Any, manifest: dict[str, Any]) -> dict[str, Any]:
         kwargs.update(n_bins=bins, channels=channels)
     else:
         kwargs.update(n_bins=bins, n_classes=len(manifest["classes"]), frames=frames)
+    if multi:
+        kwargs["sources"] = len(multi[1])
     return {"name": cfg.model.name, "config": kwargs, "log_input": cfg.model.log_input and task == "separator"}
 
 
 def inference_meta(cfg: Any, manifest: dict[str, Any]) -> dict[str, Any]:
-    """What a checkpoint carries besides the weights, ``settings`` (the training config) included."""
+    """What a checkpoint carries besides the weights, ``settings`` (the training config) included.
+
+    A separator of several stems adds ``targets``, ``stems`` (with ``other``), ``fold`` and
+    ``data_targets`` (how the data's stems make the model's) and ``wiener_iterations``
+    (the post-filter separation uses by default); its ``target`` is null.
+    """
+    multi = model_stems(cfg, manifest) if TASK_OF_MODEL[cfg.model.name] == "separator" else None
+    extra: dict[str, Any] = {}
+    if multi:
+        targets, stems, fold = multi
+        extra = {"targets": targets, "stems": stems, "fold": fold,
+                 "data_targets": [s for s in manifest["stems"] if s != "other"],
+                 "wiener_iterations": cfg.wiener_iterations}  # fmt: skip
     return {
+        **extra,
         "model": model_meta(cfg, manifest),
         "task": TASK_OF_MODEL[cfg.model.name],
         "target": manifest["target"],
@@ -137,7 +178,7 @@ def worker_config(cfg: Any, manifest: dict[str, Any]) -> dict[str, Any]:
 
     A run already in the output is continued only with the same settings (:func:`check_resume`).
     """
-    if cfg.validation.metric == "val_sdr" and manifest["target"] == "random_mix":
+    if cfg.validation.metric == "val_sdr" and manifest.get("target") == "random_mix":
         raise ConfigError("validation.metric", "val_sdr needs an instrument target; this data is random_mix")
     output = storage.normalize_uri(cfg.output)
     meta = inference_meta(cfg, manifest)
@@ -146,13 +187,29 @@ def worker_config(cfg: Any, manifest: dict[str, Any]) -> dict[str, Any]:
         check_resume(cfg, latest)
         log.info("train: resuming from %s (epoch %d)", latest, ckpt.read_meta(latest)["epoch"])
     s = cfg.scaling
+    separator = meta["task"] == "separator"
     return {
         "meta": meta, "optim": cfg.optim.model_dump(), "validation": cfg.validation.model_dump(),
+        "loader": cfg.loader.model_dump() if separator and cfg.loader.active else None,
+        "fold": None if meta.get("fold") is None or meta["fold"] == [[k] for k in range(len(meta["fold"]))] else meta["fold"],
+        "input_stats": input_stats_source(cfg, manifest) if separator else None,
         "shapes": manifest["shapes"], "dtype": manifest["dtype"], "seed": cfg.seed,
         "threads": s.threads or max(1, round(s.cpus_per_worker)), "output": output,
         "val_tracks": validation_tracks(manifest, cfg.validation.sdr_tracks) if meta["task"] == "separator" else [],
         "resume_from": latest, "keep_checkpoints": cfg.keep_checkpoints,
     }  # fmt: skip
+
+
+def input_stats_source(cfg: Any, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The training shards whose rows start a model's input scaling (``model.input_stats``), or None."""
+    if not cfg.model.input_stats or cfg.model.name != "blstm" or cfg.model.config.get("input_norm") is False:
+        return None
+    uris, rows = [], 0
+    for shard in manifest["shards"]:
+        if shard["split"] == "train" and rows < cfg.model.input_stats_rows:
+            uris.append(shard["uri"])
+            rows += int(shard.get("rows", 0))
+    return {"uris": uris, "rows": cfg.model.input_stats_rows} if uris else None
 
 
 def latest_epoch(output: str) -> int:
@@ -167,8 +224,9 @@ def trained_out(output: str, optim: Any) -> bool:
     if latest is None:
         return False
     meta = ckpt.read_meta(latest)
-    stale = (meta.get("progress") or {}).get("stale", 0)
-    return int(meta["epoch"]) + 1 >= optim.epochs or stale >= optim.early_stopping_patience
+    progress = meta.get("progress") or {}
+    out_of_time = optim.max_minutes is not None and progress.get("elapsed_s", 0.0) >= 60.0 * optim.max_minutes
+    return int(meta["epoch"]) + 1 >= optim.epochs or progress.get("stale", 0) >= optim.early_stopping_patience or out_of_time
 
 
 def finish(output: str, metric: str) -> dict[str, Any]:

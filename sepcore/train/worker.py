@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -50,51 +51,132 @@ class Session(Protocol):
 
 
 def train_worker(config: dict[str, Any], session: Session) -> None:
-    """Train from the resume point to ``optim.epochs`` (or early stop), one checkpoint per epoch."""
+    """Train from the resume point to ``optim.epochs``, early stop or the time budget, one checkpoint per epoch."""
     rank, world, device = session.rank, session.world, session.device
     torch.manual_seed(config["seed"] + rank)
     torch.set_num_threads(config["threads"])
     meta, opt_cfg = config["meta"], config["optim"]
     saved, state = resume_point(session.restored() or _saved(config["resume_from"]))
+    budget = Budget(opt_cfg.get("max_minutes"), state["elapsed_s"], world)
+    if budget.spent():
+        if rank == 0:
+            log.info("train: the time budget of %.4g min is spent already; nothing to do", opt_cfg["max_minutes"])
+        return
     # Placed on the device before the optimizer is built and its state loaded (see build_for_training).
     net, optimizer, scheduler, scaler = L.build_for_training(
         meta["model"], opt_cfg, lambda m: m.to(device), saved,
         scaler_device="cuda" if opt_cfg["amp"] and device.type == "cuda" else None)  # fmt: skip
-    model = session.wrap(net)
     task = meta["task"]
-    columns = L.columns_for(task)
-    pairs = validation_pairs(config["val_tracks"], meta) if rank == 0 else []
+    stems = meta.get("stems")
+    columns = L.columns_for(task, multi=stems is not None)
+    loader = config.get("loader") or {}
+    rng = np.random.default_rng([config["seed"], rank, state["epoch"]])
+    fold = config.get("fold")
 
     def batches(split: str, shuffle: bool) -> Iterable[dict[str, torch.Tensor]]:
         for b in session.batches(split, opt_cfg["batch_size"], shuffle):
-            yield L.decode_batch(b, config["shapes"], config["dtype"], columns, device)
+            batch = L.decode_batch(b, config["shapes"], config["dtype"], columns, device)
+            if fold is not None:
+                batch[columns[1]] = fold_stems(batch[columns[1]], fold)
+            yield L.loader_augment(batch, loader, rng, columns) if split == "train" and loader else batch
+
+    stats = config.get("input_stats")
+    if saved is None and stats:
+        set_input_stats(net, stats_batches(stats["uris"], config["shapes"], config["dtype"]),
+                        meta["model"].get("log_input", False), stats["rows"])  # fmt: skip
+    model = session.wrap(net)
+    pairs = validation_pairs(config["val_tracks"], meta) if rank == 0 else []
 
     metric = config["validation"]["metric"]
     for epoch in range(state["epoch"], opt_cfg["epochs"]):
-        tr = L.run_epoch(task, model, batches("train", True), optimizer, scaler, opt_cfg["max_steps_per_epoch"])
-        va = L.run_epoch(task, model, batches("validation", False))  # validation.max_steps: the data is capped
+        tr = L.run_epoch(task, model, batches("train", True), optimizer, scaler, opt_cfg["max_steps_per_epoch"],
+                         opt_cfg.get("loss", "l1"), columns, opt_cfg.get("clip_grad_norm"), budget.step_stop)  # fmt: skip
+        t_val = time.monotonic()
+        va = L.run_epoch(task, model, batches("validation", False), loss=opt_cfg.get("loss", "l1"), columns=columns)
         metrics = {"epoch": epoch, **sum_over_workers(tr, va, world), "lr": optimizer.param_groups[0]["lr"]}
         if pairs:
             f = meta["feature"]  # separation puts the model back in training mode itself
             metrics.update(L.separation_sdr(net, pairs, meta["sample_rate"], f["n_fft"], f["hop"], meta["frames"],
-                                            device))  # fmt: skip
+                                            device, stems, meta.get("targets")))  # fmt: skip
+        budget.validated(time.monotonic() - t_val)
+        metrics["elapsed_s"] = budget.elapsed()
         if scheduler is not None:
             scheduler.step(metrics["val_loss"])
         state = update_progress(state, metrics, metric)
-        stop = broadcast_flag(state["stale"] >= opt_cfg["early_stopping_patience"], world)
+        out_of_time = budget.spent(reserve=True)
+        stop = broadcast_flag(state["stale"] >= opt_cfg["early_stopping_patience"] or out_of_time, world)
         save = None
         if rank == 0:  # before the checkpoint: a killed run keeps its history (a resume rewrites it)
             write_history(config["output"], state["history"])
             full = {**meta, "metrics": metrics, "history": state["history"],
-                    "progress": {"best": state["best"], "stale": state["stale"]}}  # fmt: skip
+                    "progress": {"best": state["best"], "stale": state["stale"], "elapsed_s": metrics["elapsed_s"]}}  # fmt: skip
             save = functools.partial(_save, net=net, meta=full, epoch=epoch,
                                      trained=L.training_state(optimizer, scheduler, scaler))  # fmt: skip
         session.report(metrics, save)
         if rank == 0:
-            log.info("train epoch %d/%d: %s%s", epoch + 1, opt_cfg["epochs"], epoch_line(metrics),
-                     " (early stop)" if stop else "")  # fmt: skip
+            why = " (time budget)" if out_of_time else " (early stop)" if stop else ""
+            log.info("train epoch %d/%d: %s%s", epoch + 1, opt_cfg["epochs"], epoch_line(metrics), why)
         if stop:
             break
+
+
+class Budget:
+    """The wall-time budget of a run (``optim.max_minutes``), carried across resumes.
+
+    :meth:`step_stop` is asked after every training step: True once the time left would
+    not cover the epoch's validation as long as the last one took, so the stopped
+    epoch is validated and saved within the budget. With several workers rank 0's
+    clock decides and every worker hears it (one broadcast per step).
+    """
+
+    def __init__(self, minutes: float | None, elapsed_s: float, world: int):
+        self.limit = None if minutes is None else 60.0 * minutes
+        self.start = time.monotonic() - elapsed_s
+        self.reserve, self.world = 0.0, world
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def validated(self, seconds: float) -> None:
+        self.reserve = max(self.reserve, seconds)
+
+    def spent(self, reserve: bool = False) -> bool:
+        return self.limit is not None and self.elapsed() + (self.reserve if reserve else 0.0) >= self.limit
+
+    def step_stop(self) -> bool:
+        if self.limit is None:
+            return False
+        return broadcast_flag(self.spent(reserve=True), self.world)
+
+
+def fold_stems(targets: torch.Tensor, fold: list[list[int]]) -> torch.Tensor:
+    """The data's stems summed into the model's: stem ``k`` of the result is the sum of the data's
+    stems ``fold[k]`` (the identity when the model keeps the data's stems). Magnitudes of stems
+    folded into one add up only approximately (|a + b| <= |a| + |b|).
+    Shape: ``(batch, data_stems, ...)`` -> ``(batch, len(fold), ...)``."""
+    return torch.stack([targets[:, idx].sum(dim=1) for idx in fold], dim=1)
+
+
+def stats_batches(uris: list[str], shapes: dict[str, Any], dtype: str) -> Iterable[dict[str, torch.Tensor]]:
+    """The ``mix`` column of the training shards at ``uris``, read directly (the same on every
+    worker, so no worker waits for a Ray Data split), one shard per batch."""
+    from sepcore.train.outputs import read_shards
+
+    for uri in uris:
+        table = read_shards({"uri": [uri]})
+        yield L.decode_batch({"mix": table.column("mix").to_pylist()}, shapes, dtype, ["mix"])
+
+
+def set_input_stats(net: nn.Module, batches: Iterable[dict[str, torch.Tensor]], log_input: bool, rows: int) -> None:
+    """Start a model's input scaling from the training data (Open-Unmix's scaler), if it has one."""
+    inner = getattr(net, "model", net)
+    setter = getattr(inner, "set_input_stats", None)
+    if setter is None or getattr(inner, "input_mean", None) is None:
+        return
+    mean, std = L.input_statistics(batches, log_input, rows)
+    setter(mean.to(next(inner.parameters()).device), std.to(next(inner.parameters()).device))
+    log.info("train: input scaling from the training data: mean %.3g, std %.3g (over bins)",
+             float(mean.mean()), float(std.mean()))  # fmt: skip
 
 
 def _save(folder: str, net: nn.Module, meta: dict[str, Any], trained: dict[str, Any], epoch: int) -> None:
@@ -107,20 +189,22 @@ def _saved(resume_from: str | None) -> tuple[dict[str, Any], dict[str, Any]] | N
 
 def resume_point(found: tuple[dict[str, Any], dict[str, Any]] | None) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """The saved state to restore and the progress to continue from (a fresh start without ``found``)."""
-    state: dict[str, Any] = {"epoch": 0, "history": [], "best": None, "stale": 0}
+    state: dict[str, Any] = {"epoch": 0, "history": [], "best": None, "stale": 0, "elapsed_s": 0.0}
     if found is None:
         return None, state
     meta, saved = found
     progress = meta.get("progress", {})
     return saved, {"epoch": saved["epoch"] + 1, "history": meta.get("history", []),
-                   "best": progress.get("best"), "stale": progress.get("stale", 0)}  # fmt: skip
+                   "best": progress.get("best"), "stale": progress.get("stale", 0),
+                   "elapsed_s": float(progress.get("elapsed_s", 0.0))}  # fmt: skip
 
 
 def update_progress(state: dict[str, Any], metrics: dict[str, Any], metric: str) -> dict[str, Any]:
     value = metrics.get(metric, metrics["val_loss"])
     better = is_better(metric, value, state["best"])
     return {"epoch": metrics["epoch"] + 1, "history": [*state["history"], metrics],
-            "best": value if better else state["best"], "stale": 0 if better else state["stale"] + 1}  # fmt: skip
+            "best": value if better else state["best"], "stale": 0 if better else state["stale"] + 1,
+            "elapsed_s": metrics.get("elapsed_s", state.get("elapsed_s", 0.0))}  # fmt: skip
 
 
 def epoch_line(metrics: dict[str, Any]) -> str:
@@ -129,20 +213,29 @@ def epoch_line(metrics: dict[str, Any]) -> str:
 
 
 def validation_pairs(tracks: list, meta: dict[str, Any]) -> list:
-    """(mix, instrument) waveforms of the validation tracks measured for SDR."""
-    from sepcore.prepare.pairs import PrepareSpec, SkipTrack, make_pair
+    """Waveforms of the validation tracks measured for SDR: ``(mix, instrument)`` for one
+    target, ``(mix, sources (stems, channels, samples))`` in the model's stems for several."""
+    from sepcore.prepare.pairs import PrepareSpec, SkipTrack, make_pair, make_sources
 
-    spec = PrepareSpec(target=meta["target"], sample_rate=meta["sample_rate"], channels=meta["channels"],
-                       feature={"name": "stft", "n_fft": meta["feature"]["n_fft"], "hop": meta["feature"]["hop"]},
+    stems = meta.get("stems")
+    feature = {"name": "stft", "n_fft": meta["feature"]["n_fft"], "hop": meta["feature"]["hop"]}
+    targets = tuple(meta.get("data_targets") or meta.get("targets") or ())
+    spec = PrepareSpec(target=None if stems else meta["target"], targets=targets if stems else (),
+                       sample_rate=meta["sample_rate"], channels=meta["channels"], feature=feature,
                        outputs=("target",))  # fmt: skip
     pairs = []
     for track in tracks:
         try:
-            pair = make_pair(track, spec)
+            if stems is None:
+                pair = make_pair(track, spec)
+                pairs.append((pair.mix, pair.instrument))
+            else:
+                mix, sources = make_sources(track, spec)
+                fold = meta.get("fold") or [[k] for k in range(len(stems))]
+                pairs.append((mix, np.stack([sources[idx].sum(axis=0) for idx in fold])))
         except (SkipTrack, SepError) as exc:
             log.warning("validation track %s left out: %s", track.track_id, exc)
             continue
-        pairs.append((pair.mix, pair.instrument))
     return pairs
 
 
