@@ -56,6 +56,9 @@ def test_a_data_variant_is_keyed_by_what_shapes_the_data():
     assert len(keys) == len(others) and _key(a) not in keys
     off = T.variant_settings(PREPARE, None, "base", 0.25)
     assert off == PREPARE and _key(off).startswith("guitar-stft1536-384-siloff-")
+    stems = {**PREPARE, "target": None, "targets": ["bass", "drums"]}
+    assert _key(stems).startswith("stems-stft1536-384-siloff-")
+    assert _key(stems) != _key({**stems, "targets": ["bass", "guitar"]})
 
 
 def test_every_data_point_of_the_space_is_listed_once():

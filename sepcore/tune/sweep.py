@@ -141,7 +141,8 @@ def variant_key(resolved: Mapping[str, Any]) -> str:
     if _augments(aug):
         extra += f"-rx{aug['remix_copies']}" if aug.get("remix_copies") else ""
         extra += f"-gain{gain_label(aug['gain_db']).replace('..', '_')}" if aug.get("gain_db") is not None else ""
-    return f"{resolved.get('target', 'x')}-{name}{size}-sil{ratio}{extra}-{digest}"
+    what = "stems" if resolved.get("targets") else resolved.get("target", "x")
+    return f"{what}-{name}{size}-sil{ratio}{extra}-{digest}"
 
 
 def data_key(n_fft: int | None, silence: float | None | str, remix_copies: int | None | str = "base",
