@@ -4,33 +4,33 @@ Full run (one command, from the repository root, in our virtualenv; about 10 min
 export, 30 min of training, then separation and scoring of the test set)::
 
     .venv/bin/python bench/peer_openunmix.py run --data out/band/data --test-data out/test/data \\
-        --work /work/peer/run --minutes 30 --threads 2 [--splits-from <prepared dir>] [--baselines]
+        --work out/peer/run --minutes 30 --threads 2 [--splits-from <prepared dir>] [--baselines]
 
 Another held-out set with the same model (test mixtures only, then separate and score)::
 
-    .venv/bin/python bench/peer_openunmix.py export --test-data out/test_unseen/data --out /work/peer/run/export_unseen
-    .venv/bin/python bench/peer_openunmix.py separate --export /work/peer/run/export_unseen \\
-        --model /work/peer/run/model --out /work/peer/run/estimates_unseen
+    .venv/bin/python bench/peer_openunmix.py export --test-data out/test_unseen/data --out out/peer/run/export_unseen
+    .venv/bin/python bench/peer_openunmix.py separate --export out/peer/run/export_unseen \\
+        --model out/peer/run/model --out out/peer/run/estimates_unseen
     .venv/bin/python bench/peer_openunmix.py evaluate --test-data out/test_unseen/data \\
-        --estimates /work/peer/run/estimates_unseen --out /work/peer/run/scores_unseen.json
+        --estimates out/peer/run/estimates_unseen --out out/peer/run/scores_unseen.json
 
 Disk: the WAV export is ~64 MB per band track (~17 GB), the estimates ~130 MB per test song.
 Smoke test (minutes on 2 cores)::
 
     .venv/bin/python bench/peer_openunmix.py run --data out/band/data --test-data out/test/data \\
-        --work /work/peer/smoke --minutes 1 --hidden 64 --limit 6 --test-limit 2
+        --work out/peer/smoke --minutes 1 --hidden 64 --limit 6 --test-limit 2
 
-The same in steps (``run`` does exactly these; ``--venv`` defaults to /work/peer/venv)::
+The same in steps (``run`` does exactly these; ``--venv`` defaults to out/peer/venv)::
 
     .venv/bin/python bench/peer_openunmix.py venv                 # build the peer's virtualenv
     .venv/bin/python bench/peer_openunmix.py export --data out/band/data --test-data out/test/data \\
-        --out /work/peer/run/export [--splits-from <prepared dir>]
-    .venv/bin/python bench/peer_openunmix.py train --export /work/peer/run/export \\
-        --model /work/peer/run/model --minutes 30 --threads 2          # re-runs itself in the venv
-    .venv/bin/python bench/peer_openunmix.py separate --export /work/peer/run/export \\
-        --model /work/peer/run/model --out /work/peer/run/estimates
+        --out out/peer/run/export [--splits-from <prepared dir>]
+    .venv/bin/python bench/peer_openunmix.py train --export out/peer/run/export \\
+        --model out/peer/run/model --minutes 30 --threads 2          # re-runs itself in the venv
+    .venv/bin/python bench/peer_openunmix.py separate --export out/peer/run/export \\
+        --model out/peer/run/model --out out/peer/run/estimates
     .venv/bin/python bench/peer_openunmix.py evaluate --test-data out/test/data \\
-        --estimates /work/peer/run/estimates --out /work/peer/run/scores.json --sample-rate 22050
+        --estimates out/peer/run/estimates --out out/peer/run/scores.json --sample-rate 22050
 
 What each step does:
 
@@ -529,7 +529,7 @@ def get_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def peer(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--venv", default="/work/peer/venv", help="the peer's virtualenv (built when missing)")
+        sp.add_argument("--venv", default="out/peer/venv", help="the peer's virtualenv (built when missing)")
         sp.add_argument("--threads", type=int, default=2, help="torch threads")
         sp.add_argument("--in-venv", action="store_true", help=argparse.SUPPRESS)
 
@@ -598,7 +598,7 @@ def get_parser() -> argparse.ArgumentParser:
     training(sp)
     exporting(sp)
     scoring(sp, test_data=False)
-    sp.add_argument("--work", default="/work/peer/run")
+    sp.add_argument("--work", default="out/peer/run")
     return p
 
 
