@@ -9,7 +9,7 @@ ratio to the IRM and its gap to the peer.
     .venv/bin/python bench/quality_table.py \\
         --ours "BLSTM, Wiener 1=out/band/evaluate_blstm/metrics.json" \\
         --ours "BLSTM, masks only=out/band/evaluate_blstm_nowiener/metrics.json" \\
-        --peer "Open-Unmix 1.3.0=/work/peer/run/scores.json"
+        --peer "Open-Unmix 1.3.0=out/peer/run/scores.json"
 """
 
 from __future__ import annotations
