@@ -21,8 +21,9 @@ from sepcore.batch import ItemWatchdog
 from sepcore.errors import ConfigError, SepError
 from sepcore.io import storage
 from sepcore.models import checkpoint
+from sepcore.separate import separator as SP
 from sepcore.separate import state as S
-from sepcore.separate.config import DecodeLimits, Inference, SeparationSettings
+from sepcore.separate.config import DecodeLimits, DemucsOptions, Inference, SeparationSettings
 from sepcore.separate.library import AUDIO_SUFFIXES, list_library
 
 log = logging.getLogger("sep.separate")
@@ -33,7 +34,10 @@ read_manifest = S.read_manifest
 
 class SeparateConfig(JobConfig):
     library: str = Field(description="prefix (path, file:// or s3://) of the audio files")
-    checkpoint: str = Field(description="checkpoint folder or training output (uses best/)")
+    checkpoint: str = Field(
+        description="checkpoint folder or training output (uses best/), or a Demucs model: "
+        "demucs:<name> (pretrained, needs network) or the URI of a .th file"
+    )
     format: Literal["flac", "wav"] = Field(
         default="flac", description="stem format: flac (24-bit) or wav (32-bit float)"
     )
@@ -71,10 +75,16 @@ class SeparateConfig(JobConfig):
     )
     decode: DecodeLimits = DecodeLimits()
     inference: Inference = Inference()
+    demucs: DemucsOptions = Field(
+        default_factory=DemucsOptions,
+        description="how a Demucs model is applied (segment, overlap, shifts); inference.overlap "
+        "is the mask models'",
+    )
 
 
 class Separator:
-    """Ray Data actor: loads the checkpoint once, separates one file per row."""
+    """Ray Data actor: loads the separator once (a checkpoint's model or a Demucs model),
+    separates one file per row."""
 
     def __init__(self, cfg: SeparateConfig, settings: SeparationSettings, info: dict[str, str]):
         import ray
@@ -82,8 +92,11 @@ class Separator:
 
         torch.set_num_threads(cfg.inference.threads)
         device = cfg.inference.torch_device()
-        self.model, _ = checkpoint.load_model(cfg.checkpoint, device)
         self.settings = settings.model_copy(update={"device": device})
+        self.model, meta = SP.build(cfg.checkpoint, self.settings, device)
+        if str(meta.get("model_sha256", ""))[:16] != info["model_id"]:  # rewritten since the plan
+            raise checkpoint.CheckpointError(cfg.checkpoint, "the weights changed while the job ran "
+                                             f"(model id {info['model_id']}); run it again")  # fmt: skip
         self.info = {**info, "settings": settings.key(), "node": ray.get_runtime_context().get_node_id()}
         self.cfg, self.output = cfg, storage.normalize_uri(cfg.output)
         self.watchdog = ItemWatchdog(cfg.item_timeout_s, "item_timeout_s")
@@ -130,7 +143,7 @@ def run(cfg: SeparateConfig) -> dict[str, Any]:
 
     output = storage.normalize_uri(cfg.output)
     try:
-        meta = checkpoint.read_meta(checkpoint.resolve(cfg.checkpoint))
+        meta = SP.describe(cfg.checkpoint)
     except SepError as exc:
         raise ConfigError("checkpoint", str(exc)) from exc
     settings = SeparationSettings.of(cfg, meta)

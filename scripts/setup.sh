@@ -45,7 +45,7 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     set +e
     {
         .venv/bin/pip install -q --disable-pip-version-check -r requirements.lock \
-            && .venv/bin/pip install -q --disable-pip-version-check --no-deps -e ".[dev]"
+            && .venv/bin/pip install -q --disable-pip-version-check --no-deps -e ".[dev,demucs]"
     } 2>&1 | grep -v "is ignored: it is neither a file nor a directory"
     status=${PIPESTATUS[0]}
     set -e
@@ -53,6 +53,6 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
         echo "setup: error: pip failed (exit $status)" >&2
         exit 1
     fi
-    .venv/bin/python -c "import sepcore, ray_jobs, ray, torch, tqdm, pytest_timeout" # fail here, not later
+    .venv/bin/python -c "import sepcore, ray_jobs, ray, torch, tqdm, pytest_timeout, demucs.apply" # fail here, not later
     echo "$WANT" > "$STAMP"
 fi

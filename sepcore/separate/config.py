@@ -68,6 +68,18 @@ class Inference(Config):
         return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+class DemucsOptions(Config):
+    """How a Demucs model is applied (``demucs.apply.apply_model``'s arguments)."""
+
+    segment: float | None = Field(
+        default=None, gt=0, description="seconds per segment (default: the model's; an HT Demucs takes no more)"
+    )
+    overlap: float = Field(default=0.25, ge=0, lt=1, description="overlap of the segments")
+    shifts: int = Field(
+        default=0, ge=0, description="random shifts averaged (0: deterministic; Demucs's CLI default is 1)"
+    )
+
+
 #: The stems of a single-target checkpoint, in the order of its separation.
 SINGLE_STEMS = ("instrument", "rest")
 
@@ -75,15 +87,20 @@ SINGLE_STEMS = ("instrument", "rest")
 class SeparationSettings(Config):
     """How a file is separated and written; part of what decides a rerun.
 
-    ``model_stems``: the stems of a multi-stem checkpoint in its order (the last,
-    ``other``, is the rest of the mixture), empty for a single-target one; ``stems``:
-    those written, in that order (empty: ``instrument`` and ``rest``).
+    ``kind``: ``mask`` (the project's checkpoints: ``n_fft``, ``hop``, ``frames``, ``overlap``,
+    ``wiener_iterations``) or ``demucs`` (a Demucs model: ``demucs``).
+    ``model_stems``: the stems of a multi-stem checkpoint or a Demucs model in its order
+    (a mask model's last, ``other``, is the rest of the mixture), empty for a
+    single-target one; ``stems``: those written, in that order (empty: ``instrument`` and
+    ``rest``).
     """
 
-    n_fft: int
-    hop: int
-    frames: int
+    kind: Literal["mask", "demucs"] = "mask"
+    n_fft: int | None = None
+    hop: int | None = None
+    frames: int | None = None
     model_rate: Hertz
+    demucs: DemucsOptions | None = None
     batch_size: int = 8
     overlap: float = 0.5
     block_seconds: Seconds = 60.0
@@ -101,6 +118,12 @@ class SeparationSettings(Config):
         return self.model_stems or SINGLE_STEMS
 
     @property
+    def residual(self) -> str | None:
+        """The stem written as the input minus the others: a mask model's last; a Demucs model
+        writes every stem as it makes it (None)."""
+        return None if self.kind == "demucs" else self.all_stems[-1]
+
+    @property
     def written(self) -> tuple[str, ...]:
         """The stems written to files, in :attr:`all_stems` order."""
         return self.stems or SINGLE_STEMS
@@ -109,7 +132,10 @@ class SeparationSettings(Config):
     def of(cls, cfg: Any, meta: Mapping[str, Any]) -> SeparationSettings:
         """The settings of a separate configuration (``inference``, ``format``, ``sample_rate``,
         ``channels``, ``stems``, ``wiener_iterations``) with the checkpoint's metadata ``meta``;
-        ConfigError when it is no separator or the stems do not fit it."""
+        ConfigError when it is no separator or the stems do not fit it. A Demucs model's meta
+        (``kind: demucs``, :func:`sepcore.separate.demucs.load`) takes the ``demucs`` section."""
+        if meta.get("kind") == "demucs":
+            return cls._of_demucs(cfg, meta)
         feature = meta.get("feature") or {}
         if meta.get("task") != "separator" or "n_fft" not in feature:
             raise ConfigError("checkpoint", f"{cfg.checkpoint} is not a separator checkpoint "
@@ -126,12 +152,36 @@ class SeparationSettings(Config):
             wiener_iterations=int(meta.get("wiener_iterations") or 0) if wiener is None else wiener,
         )  # fmt: skip
 
+    @classmethod
+    def _of_demucs(cls, cfg: Any, meta: Mapping[str, Any]) -> SeparationSettings:
+        if getattr(cfg, "wiener_iterations", None) is not None:
+            raise ConfigError("wiener_iterations", f"{cfg.checkpoint} is a Demucs model: the Wiener "
+                              "filter applies to mask models only; remove the key")  # fmt: skip
+        model_stems = tuple(meta["stems"])
+        opts = getattr(cfg, "demucs", None) or DemucsOptions()
+        if opts.segment is not None and opts.segment > float(meta.get("segment") or opts.segment):
+            raise ConfigError("demucs.segment", f"{opts.segment} s is longer than the model takes "
+                              f"({meta['segment']:g} s)")  # fmt: skip
+        inf = cfg.inference
+        return cls(
+            kind="demucs", model_rate=int(meta["sample_rate"]), demucs=opts, batch_size=inf.batch_size,
+            block_seconds=inf.block_seconds, output_format=cfg.format, sample_rate=cfg.sample_rate,
+            channels=cfg.channels, model_stems=model_stems, stems=_written_stems(cfg, meta, model_stems),
+        )  # fmt: skip
+
     def key(self) -> str:
         """Hash of the settings that change the stems (not batch size or device).
 
         Stems and Wiener iterations count only when set, so the hash of a single-target
-        run without the filter is what it was before they existed.
+        run without the filter is what it was before they existed. A Demucs model's:
+        its ``demucs`` options, rate, output layout and stems.
         """
+        if self.kind == "demucs":
+            assert self.demucs is not None
+            d = self.demucs
+            demucs_fields = ("demucs", d.segment, d.overlap, d.shifts, self.model_rate, self.output_format,
+                             self.sample_rate, self.channels, self.stems)  # fmt: skip
+            return hashlib.sha256(repr(demucs_fields).encode()).hexdigest()[:12]
         fields: tuple[Any, ...] = (self.n_fft, self.hop, self.frames, self.model_rate, self.overlap,
                                    self.output_format, self.sample_rate, self.channels)  # fmt: skip
         if self.stems or self.wiener_iterations:

@@ -63,6 +63,7 @@ from sepcore.separate.config import (
     SINGLE_STEMS,
     SeparationSettings,  # re-exported: how a file is separated
 )
+from sepcore.separate.separator import Separator, as_separator
 from sepcore.units import Hertz, Seconds
 
 #: File name endings the library listing picks up (case-insensitive).
@@ -287,7 +288,7 @@ def _resampled_stems(
 
 
 def separate_stream(
-    model: nn.Module,
+    separator: nn.Module | Separator,
     samples: np.ndarray | RawSamples,
     rate: Hertz,
     settings: SeparationSettings,
@@ -296,40 +297,28 @@ def separate_stream(
 ) -> dict[str, Any]:
     """Separate decoded ``samples`` ``(frames, channels)`` at ``rate`` into stem files.
 
-    ``paths`` maps each stem of ``settings.written`` to a local file that is written as
-    the blocks come. The audio is laid out as ``settings.channels`` (None: the source's)
-    before the model, which applies its channel rule (module docstring); the stems
-    have that layout. Every stem of ``settings.all_stems`` is computed; the last
-    (``rest``, ``other``) is written as the input minus the others at the output rate.
-    Returns the output ``sample_rate``, ``channels`` and ``frames``.
+    ``separator``: a :class:`~sepcore.separate.separator.Separator` (a mask model, an
+    ``nn.Module``, is made one with ``settings``). ``paths`` maps each stem of
+    ``settings.written`` to a local file that is written as the blocks come. The audio is
+    laid out as ``settings.channels`` (None: the source's) before the separator, which
+    applies its channel rule (module docstring); the stems have that layout. Every stem
+    of ``settings.all_stems`` that is needed is computed; the separator's residual
+    (``rest``, ``other`` of a mask model; none for Demucs) is written as the input minus
+    the others at the output rate. Returns the output ``sample_rate``, ``channels`` and
+    ``frames``.
     """
-    from sepcore.separate.apply import iter_separate_blocks  # torch-heavy; imported on use
-
+    sep = as_separator(separator, settings)
     channels = settings.channels or samples.shape[1]
     out_rate = settings.sample_rate or rate
     model_audio = samples
-    if rate != settings.model_rate or channels != samples.shape[1]:
+    if rate != sep.sample_rate or channels != samples.shape[1]:
         model_audio = _resampled_to_disk(
-            samples, rate, settings.model_rate, channels, os.path.join(scratch, "model.f32")
+            samples, rate, sep.sample_rate, channels, os.path.join(scratch, "model.f32")
         )
-    blocks = iter_separate_blocks(
-        model,
-        model_audio.T,  # type: ignore[arg-type]  # ndarray or a (channels, frames) reader
-        settings.model_rate,
-        settings.n_fft,
-        settings.hop,
-        settings.frames,
-        settings.block_seconds,
-        settings.batch_size,
-        settings.device,
-        settings.overlap,
-        settings.model_stems or None,
-        settings.wiener_iterations,
-    )
-    *separated, last = settings.all_stems
-    written = settings.written
-    resampled = [n for n in separated if n in written or last in written]
-    estimates = _resampled_stems(blocks, resampled, settings.model_rate, out_rate, channels)
+    blocks = sep.iter_blocks(model_audio.T, settings.block_seconds)
+    residual, written = sep.residual, settings.written
+    resampled = [n for n in sep.stems if n != residual and (n in written or residual in written)]
+    estimates = _resampled_stems(blocks, resampled, sep.sample_rate, out_rate, channels)
     reference = _Stream(_blocks(samples, channels), rate, out_rate, channels)
     container, subtype = OUTPUT_FORMATS[settings.output_format]
     clip = subtype != "FLOAT"
@@ -346,8 +335,8 @@ def separate_stream(
                 est = np.concatenate([est, np.zeros((ref.shape[0] - est.shape[0], est.shape[1]),
                                                     np.float32)])  # fmt: skip
             parts = {n: est[:, i * channels : (i + 1) * channels] for i, n in enumerate(resampled)}
-            if last in written:
-                parts[last] = ref - sum(parts.values(), np.zeros_like(ref))
+            if residual is not None and residual in written:
+                parts[residual] = ref - sum(parts.values(), np.zeros_like(ref))
             for name, f in files.items():
                 f.write(np.clip(parts[name], -1.0, 1.0) if clip else parts[name])
             frames += ref.shape[0]
@@ -356,7 +345,7 @@ def separate_stream(
 
 
 def separate_file(
-    model: nn.Module,
+    model: nn.Module | Separator,
     source: LibraryFile,
     out_dir: str,
     settings: SeparationSettings,
