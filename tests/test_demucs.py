@@ -196,3 +196,21 @@ def test_the_separate_job_with_a_demucs_file(tmp_path, model_dir):
     assert after["stereo.wav"]["status"] == "ok" and after["stereo.wav"]["model_id"] != ok["model_id"]
     summary = json.loads(storage.read_text(storage.join(out, "summary.json")))
     assert summary["counts"] == {"files": 2, "ok": 2, "error": 0, "skipped": 0, "not_attempted": 0}
+
+
+def test_a_bag_of_models_exports_to_one_th_file_that_demucs_reads(tmp_path):
+    from demucs.apply import BagOfModels
+    from demucs.states import load_model
+
+    bag = BagOfModels([tiny_htdemucs(seed=0), tiny_htdemucs(seed=1)], weights=[[1, 0, 1, 0], [0, 1, 0, 1]])
+    uri = D.export(bag, str(tmp_path / "bag.th"))
+    assert type(load_model(storage.local_path(uri))).__name__ == "BagOfModels"  # Demucs's own loader
+    model, meta = D.load(uri)
+    assert meta["model_sha256"] == D.weights_digest(bag)
+    x = music(2, 2.0, seed=5)
+    ours, theirs = D.DemucsSeparator(model).separate(x, 0.8), D.DemucsSeparator(bag).separate(x)
+    assert all(np.array_equal(ours[s], theirs[s]) for s in SOURCES)
+    first, second = (D.DemucsSeparator(tiny_htdemucs(seed=k)).separate(x) for k in (0, 1))
+    np.testing.assert_allclose(ours["drums"], first["drums"], atol=1e-6)  # the bag's weights
+    np.testing.assert_allclose(ours["bass"], second["bass"], atol=1e-6)
+    assert not np.allclose(first["bass"], second["bass"], atol=1e-4)

@@ -329,3 +329,55 @@ class DemucsSeparator:
 
         return gather_blocks(self, audio, block_seconds)
 
+
+
+def export(model: DemucsModel, uri: str) -> str:
+    """Write a loaded Demucs model or bag of models to ``uri`` (local or ``s3://``) as one ``.th``
+    file that :func:`load` and Demucs's own ``demucs.states.load_model`` read; returns ``uri``.
+
+    A single model, or a bag of one model with unit weights (``htdemucs``, ``htdemucs_6s``),
+    is saved as that model (:func:`save`). A bag of several (``htdemucs_ft``: one model per
+    source) is saved as ``{klass: BagOfModels, args: [models], kwargs: {weights, segment},
+    state}``, the same dict format, so clusters without network get the whole bag from one file.
+    """
+    import tempfile
+
+    from demucs.apply import BagOfModels
+
+    parts = _parts(model)
+    with tempfile.TemporaryDirectory(prefix="sep-demucs-") as tmp:
+        path = os.path.join(tmp, "model.th")
+        unit = all(w == 1.0 for row in getattr(model, "weights", [[1.0]]) for w in row)
+        if len(parts) == 1 and unit:
+            save(parts[0], path)
+        elif isinstance(model, BagOfModels):
+            state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+            torch.save({"klass": BagOfModels, "args": [list(parts)],
+                        "kwargs": {"weights": model.weights, "segment": None}, "state": state}, path)  # fmt: skip
+        else:
+            save(model, path)
+        uri = storage.normalize_uri(uri)
+        storage.upload(path, uri)
+    return uri
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sepcore.separate.demucs export demucs:<name> <uri>.th``: copy a pretrained
+    model (downloaded by Demucs's loader, so run it where there is network) to storage as
+    one ``.th`` file for clusters without network."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m sepcore.separate.demucs", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    exp = sub.add_parser("export", help="write a Demucs model to one .th file")
+    exp.add_argument("model", help="demucs:<name> or a .th URI")
+    exp.add_argument("uri", help="destination .th (path, file:// or s3://)")
+    args = parser.parse_args(argv)
+    model, meta = load(args.model)
+    uri = export(model, args.uri)
+    print(f"{args.model} -> {uri} (sources {', '.join(meta['stems'])}, model id {meta['model_sha256'][:16]})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
