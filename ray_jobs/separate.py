@@ -1,4 +1,4 @@
-"""``sep separate``: separate a music library into stems (instrument and rest, or several), nightly.
+"""``sep separate``: separate a music library into stems (instrument and rest, several, or Demucs's), nightly.
 
     sep separate -c configs/separate_demo.yaml library=s3://music/incoming output=s3://music/stems
 
@@ -52,8 +52,8 @@ class SeparateConfig(JobConfig):
     )
     stems: list[str] | None = Field(
         default=None,
-        description="stems to write, of a multi-stem checkpoint (default: all of its stems, "
-        "other included); not for a single-target checkpoint",
+        description="stems to write, of a multi-stem checkpoint or a Demucs model (default: all "
+        "of its stems, other included); not for a single-target checkpoint",
     )
     wiener_iterations: int | None = Field(
         default=None,

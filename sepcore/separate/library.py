@@ -12,8 +12,10 @@ What the ``separate`` job does per file, without Ray:
    isolated child process (:mod:`sepcore.io.decode`) into a raw float32 file, then
    stream it: lay it out as ``settings.channels`` (1: the mean of the channels) or
    else the source's channels, resample to the model's rate (soxr, streaming),
-   separate block by block (:func:`sepcore.separate.apply.iter_separate_blocks`, with the
-   channel rule of :mod:`sepcore.separate.apply`: a model taking that many channels sees
+   separate block by block with the separator (:mod:`sepcore.separate.separator`: a mask
+   model through :func:`sepcore.separate.apply.iter_separate_blocks`, a Demucs model through
+   :mod:`sepcore.separate.demucs`; for a mask model, with the channel rule of
+   :mod:`sepcore.separate.apply`: a model taking that many channels sees
    them all, so a stereo model gives stereo stems of a stereo file; otherwise the
    model sees the mean of the channels, repeated to its channel count, and one mask
    is applied to every channel: a mono model on a stereo file, a stereo model on a
@@ -32,7 +34,8 @@ meta, the last ``other``) is the same with more stems: every stem is computed (w
 the Wiener filter when ``settings.wiener_iterations > 0``), the requested ones are
 written to ``<stem>.<fmt>``, and ``other`` is written as the input minus the sum of the
 other stems resampled to the output rate, so the stems, all requested, add up to
-the input the same way.
+the input the same way. A Demucs model's stems are written as the model makes them
+(none is the input minus the others: :mod:`sepcore.separate.demucs`).
 
 Shapes: decoded samples ``(frames, channels)`` (interleaved, as on disk); everything
 handed to the separation is ``(channels, samples)``.
