@@ -20,6 +20,8 @@ from typing import Any
 from ray_jobs import common
 from ray_jobs.common import Job, JobConfig
 from sepcore import batch
+from sepcore.errors import ConfigError
+from sepcore.evaluate import compare as EC
 from sepcore.evaluate import config as C
 from sepcore.evaluate import document as D
 from sepcore.evaluate import job as J
@@ -46,6 +48,7 @@ class EvaluateConfig(C.EvaluateKeys, JobConfig, C.ScoringConfig):
 # ---------------------------------------------------------------- tasks (run in Ray workers)
 
 _MODELS: dict[str, Any] = {}
+_SEPARATORS: dict[tuple[str, str], Any] = {}
 
 
 def _model(checkpoint_dir: str, threads: int) -> Any:
@@ -56,6 +59,18 @@ def _model(checkpoint_dir: str, threads: int) -> Any:
     if checkpoint_dir not in _MODELS:
         _MODELS[checkpoint_dir] = ckpt.load_model(checkpoint_dir)[0]
     return _MODELS[checkpoint_dir]
+
+
+def _rows(job: dict[str, Any]) -> list[tuple[Any, Any]]:
+    """``(row, separator)`` of the job's rows, each separator loaded once per worker process
+    (kept by reference and settings: a rerun with other options or weights loads anew)."""
+    out = []
+    for row in job["rows"]:
+        key = (row.ref, json.dumps([row.fingerprint(), job["batch_size"]], sort_keys=True, default=str))
+        if key not in _SEPARATORS:
+            _SEPARATORS[key] = EC.build_separator(row, job["batch_size"])
+        out.append((row, _SEPARATORS[key]))
+    return out
 
 
 def track_task(track: Any, job: dict[str, Any], shown: bool) -> dict[str, Any]:
@@ -72,9 +87,12 @@ def track_task(track: Any, job: dict[str, Any], shown: bool) -> dict[str, Any]:
 
 
 def _separation(track: Any, job: dict[str, Any], example: bool) -> dict[str, Any]:
-    model = _model(job["checkpoint_dir"], job["threads"])
+    import torch
+
+    torch.set_num_threads(job["threads"])
+    model = None if job["main_is_row"] else _model(job["checkpoint_dir"], job["threads"])
     res = T.evaluate_separation(track, job["meta"], job["scoring"], model, job["classes"], job["batch_size"],
-                                job["stems"], job["wiener_iterations"])  # fmt: skip
+                                job["stems"], job["wiener_iterations"], _rows(job))  # fmt: skip
     signals = res.pop("signals")
     if example and signals is not None:
         res["example"] = ER.write_example(job["output"], track.track_id, signals, job["sr"], job["classes"][0],
@@ -138,18 +156,21 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     import ray
 
     t0 = time.monotonic()
-    checkpoint_dir = ckpt.resolve(cfg.checkpoint)
-    meta = T.load_checked(checkpoint_dir)
+    main_row, compare = J.plan_rows(cfg)  # loads each Demucs model and compared checkpoint once
+    checkpoint_dir, meta = J.main_checkpoint(cfg, main_row)
     task = meta.get("task", "separator")
     separator = task == "separator"
-    modelled = J.model_classes(meta, cfg.target) if separator else []  # raises ConfigError
-    wiener = J.wiener_iterations(meta, cfg.wiener_iterations) if separator else None
+    if compare and not separator:
+        raise ConfigError("compare", f"{checkpoint_dir} is an activation model: nothing to compare with")
+    rows = ([main_row] if main_row else []) + compare
+    modelled, wiener = J.main_classes(cfg, meta, main_row) if separator else ([], None)  # raises ConfigError
+    modelled += J.compared_classes(compare, cfg.target, modelled)
     manifest = training_manifest(meta)
     tracks, listing_errors = select_tracks(cfg.data, cfg.split, manifest, cfg.split_fractions, cfg.seed, cfg.tracks)
     log.info("evaluate: %s checkpoint %s on %d %s tracks", task, checkpoint_dir, len(tracks), cfg.split)
     target = cfg.target or meta.get("target")
     classes = J.run_classes(separator, modelled, cfg.classes)
-    job = J.task_settings(cfg, task, meta, checkpoint_dir, classes, wiener)
+    job = J.task_settings(cfg, task, meta, checkpoint_dir, classes, wiener, rows)
     ledger = Ledger(job["done"], job["fingerprint"])
     done = {t: r for t, r in ledger.records().items() if t in {x.track_id for x in tracks}}
     job_ref = ray.put(job)
@@ -161,7 +182,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     results = _gather(tasks, done)
     sequence = None if separator else _run_sequence(results, tracks, job_ref, tasks)
     nodes = sorted({r.pop(NODE_KEY) for r in results if NODE_KEY in r})  # this run's tasks only
-    head = J.run_head(cfg, task, checkpoint_dir, target, meta, len(tracks), wiener)
+    head = J.run_head(cfg, task, checkpoint_dir, target, meta, len(tracks), wiener, rows)
     doc = D.metrics_document(head, cfg.described(), classes, results, sequence, listing_errors, time.monotonic() - t0)
     metrics_uri = storage.join(job["output"], METRICS_FILE)
     D.validate_metrics(doc, metrics_uri)

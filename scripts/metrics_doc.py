@@ -40,7 +40,9 @@ when the two disagree.
 How to read the table:
 
 * A path is dotted from the top of the document. `<class>` stands for an instrument
-  class (`guitar`, `piano`, ...), `<method>` for one of `model`, `irm`, `ibm`, `mixture`,
+  class (`guitar`, `piano`, ...; a Demucs model's `other` stem is scored as
+  `demucs_other-<its other sources>`), `<method>` for one of `model`, `irm`, `ibm`,
+  `mixture` or a compared separator's name (`separators[].name`, the keys of `compare`),
   `<track>/<class>` for a track id and a class; `[]` is every element of an array.
 * A field of type `number | string | null` is a number, `null` where it is undefined
   (a silent reference or an all-zero estimate), or the string `"inf"` or `"-inf"`

@@ -76,21 +76,21 @@ class _BandSources(nn.Module):
 def test_a_multi_stem_model_separates_each_track_once_and_every_class_is_scored(tmp_path, monkeypatch):
     (track,) = slakh_tracks(_slakh(tmp_path, seconds=2.0))
     calls: list[dict] = []
-    real = T.separate_blocks
+    real = T.MaskSeparator.separate
 
-    def spy(*args, **kwargs):
-        out = real(*args, **kwargs)
-        calls.append({"kwargs": kwargs, "out": out, "mix": args[1]})
+    def spy(self, audio, *args, **kwargs):
+        out = real(self, audio, *args, **kwargs)
+        calls.append({"separator": self, "out": out, "mix": audio})
         return out
 
-    monkeypatch.setattr(T, "separate_blocks", spy)
+    monkeypatch.setattr(T.MaskSeparator, "separate", spy)
     spec = ScoringConfig(backend="fast")
     classes = J.run_classes(True, J.model_classes(META, None), ["piano", "bass"])
     assert classes == ["guitar", "bass", "piano"]
     res = T.evaluate_separation(track, META, spec, _BandSources(), classes, stems=STEMS, wiener_iterations=2)
 
     (call,) = calls  # one separation for the track, all stems at once
-    assert call["kwargs"]["stems"] == STEMS and call["kwargs"]["wiener_iterations"] == 2
+    assert call["separator"].stems == tuple(STEMS) and call["separator"].wiener_iterations == 2
     assert set(call["out"]) == set(STEMS)
     assert res["skipped"] == {"piano": "no usable 'piano' stem"}
     assert {c: list(s) for c, s in res["classes"].items()} == {"guitar": list(METHODS), "bass": list(METHODS)}

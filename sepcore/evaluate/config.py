@@ -9,20 +9,33 @@ common job keys.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from sepcore.config import Config
 from sepcore.data.classes import CLASSES
 from sepcore.evaluate import bss
 from sepcore.prepare.config import SplitConfig
+from sepcore.separate.config import DemucsOptions
 
 Mode = Literal["full", "windowed"]
 #: Methods of a separation evaluation, in table order.
 METHODS = ("model", "irm", "ibm", "mixture")
 #: Sources of a separation evaluation: the class and everything else.
 SOURCES = ("instrument", "rest")
+#: Names of the rows of compared separators (``compare``); none of :data:`METHODS`.
+ROW_NAME = r"^[A-Za-z][A-Za-z0-9_.-]*$"
+
+
+def method_order(names: Iterable[str]) -> list[str]:
+    """Methods in table order: ``model``, the compared separators (in the order given),
+    then ``irm``, ``ibm``, ``mixture``."""
+    seen = list(dict.fromkeys(names))
+    rows = [m for m in seen if m not in METHODS]
+    return [m for m in METHODS[:1] if m in seen] + rows + [m for m in METHODS[1:] if m in seen]
 
 
 class ScoringConfig(Config):
@@ -76,7 +89,20 @@ class EvaluateKeys(Config):
     """The evaluate job's own keys (``output`` and ``num_cpus`` come from the job config)."""
 
     data: str = Field(description="URI of a Slakh-layout set (tracks with stems/ and metadata.yaml)")
-    checkpoint: str = Field(description="checkpoint folder or training output (meaning its best/)")
+    checkpoint: str = Field(
+        description="checkpoint folder or training output (meaning its best/), or a Demucs model: "
+        "demucs:<name> or the URI of a .th file")
+    compare: dict[str, str] = Field(
+        default_factory=dict, description="more separators scored beside the checkpoint, {row name: "
+        "reference} (Demucs models or checkpoint folders); each is a row after model")
+    demucs: DemucsOptions = Field(
+        default_factory=lambda: DemucsOptions.model_validate({}), description="how Demucs models are applied")
+    sample_rate: int | None = Field(
+        None, gt=0, description="Demucs checkpoint: rate the scores are computed at (default: the model's)")
+    channels: int | None = Field(
+        None, ge=1, le=2, description="Demucs checkpoint: channels of the references (default: the model's)")
+    n_fft: int | None = Field(None, ge=16, description="Demucs checkpoint: STFT of the oracle masks (default 4096)")
+    hop: int | None = Field(None, ge=1, description="Demucs checkpoint: STFT hop of the oracle masks (default 1024)")
     target: str | None = Field(
         None, description="class separated (default: the checkpoint's target; multi-stem: only this one of its targets)")
     classes: list[str] = Field(default_factory=list, description="more classes scored with the oracle and mixture rows only")
@@ -96,6 +122,16 @@ class EvaluateKeys(Config):
     item_timeout_s: float = Field(
         7200.0, gt=0, description="time limit of one track's task (and of the sequence test), from its start: "
         "then it is cancelled and the track recorded as failed (a 15-minute track takes minutes)")
+
+    @field_validator("compare")
+    @classmethod
+    def _row_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if name in METHODS:
+                raise ValueError(f"'{name}' is the name of a built-in row ({', '.join(METHODS)}); rename it")
+            if not re.match(ROW_NAME, name):
+                raise ValueError(f"'{name}': a row name is letters, digits, '_', '.', '-' (a letter first)")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> EvaluateKeys:

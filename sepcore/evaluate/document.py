@@ -8,14 +8,14 @@ read back by :func:`from_json_number`. :func:`validate_metrics` checks a documen
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, get_args
 
 import numpy as np
 
 from sepcore.errors import SepError
 from sepcore.evaluate import bss as metrics
-from sepcore.evaluate.config import METHODS, SOURCES, Mode
+from sepcore.evaluate.config import METHODS, SOURCES, Mode, method_order
 
 #: Format tag of metrics.json.
 FORMAT = "sep-evaluate/1"
@@ -41,166 +41,198 @@ _PER_SOURCE = {
 }
 _MEDIAN_SOURCE = {**_SCORES, "required": ["sdr", "sir", "sar", "count"],
                   "properties": {**_SCORES["properties"], "count": {"type": "integer"}}}  # fmt: skip
-_METHOD_MAP = {"type": "object", "propertyNames": {"enum": list(METHODS)}}
+_SEPARATOR = {
+    "type": "object",
+    "required": ["name", "checkpoint", "kind", "model_sha256", "sample_rate", "channels", "classes"],
+    "properties": {
+        "name": {"type": "string", "description": "its row: model (the checkpoint), or its key in compare"},
+        "checkpoint": {"type": "string", "description": "the checkpoint folder or Demucs reference loaded"},
+        "kind": {"enum": ["mask", "demucs"], "description": "mask: a project checkpoint; demucs: a Demucs model"},
+        "model_sha256": {"type": ["string", "null"], "description": "digest of its weights"},
+        "sample_rate": {"type": "integer", "description": "rate it separates at (its estimates are resampled "
+                        "to the evaluation's sample_rate)"},
+        "channels": {"type": "integer", "description": "channels it separates (its estimates are downmixed "
+                     "when the evaluation's channels is 1)"},
+        "stems": {"type": "array", "items": {"type": "string"}},
+        "classes": {"type": "object", "additionalProperties": {"type": "string"},
+                    "description": "class scored -> its stem"},
+        "demucs": {"type": "object", "description": "Demucs models: segment, overlap, shifts"},
+    },
+}  # fmt: skip
 _MATRIX = {"type": "array", "items": {"type": "array", "items": _NUM}}
 
-#: JSON Schema (draft 2020-12) of metrics.json; :func:`validate_metrics` checks it.
-METRICS_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "sep evaluate metrics.json",
-    "type": "object",
-    "required": [
-        "format",
-        "task",
-        "checkpoint",
-        "data",
-        "split",
-        "sample_rate",
-        "evaluation",
-        "tracks_selected",
-        "tracks_evaluated",
-        "timing",
-        "failed",
-        "separation",
-        "activation",
-    ],  # fmt: skip
-    "properties": {
-        "format": {"enum": [FORMAT]},
-        "task": {"enum": ["separator", "activation"]},
-        "checkpoint": {"type": "string"},
-        "data": {"type": "string"},
-        "split": {"type": "string"},
-        "target": {"type": ["string", "null"]},
-        "stems": {"type": "array", "items": {"type": "string"},
-                  "description": "multi-stem checkpoints: the stems the model separates (its targets, then other)"},
-        "wiener_iterations": {"type": "integer",
-                              "description": "multi-stem checkpoints: Wiener filter iterations of the model rows"},
-        "sample_rate": {"type": "integer"},
-        "evaluation": {
-            "type": "object",
-            "required": ["mode", "backend", "segment_seconds", "window_seconds", "hop_seconds"],
-            "properties": {
-                "mode": {"enum": list(get_args(Mode))},
-                "backend": {"enum": list(get_args(metrics.Backend))},
-                "segment_seconds": {"type": "number"},
-                "window_seconds": {"type": "number"},
-                "hop_seconds": {"type": "number"},
-            },  # fmt: skip
-        },
-        "tracks_selected": {"type": "integer"},
-        "tracks_evaluated": {"type": "integer"},
-        "timing": {
-            "type": "object",
-            "required": ["audio_seconds", "eval_seconds", "eval_seconds_per_audio_minute"],
-            "properties": {
-                k: {"type": ["number", "null"]}
-                for k in (
-                    "audio_seconds",
-                    "eval_seconds",
-                    "eval_seconds_per_audio_minute",
-                    "separate_seconds",
-                    "wall_seconds",
-                )
-            },  # fmt: skip
-        },
-        "failed": {
-            "type": "array",
-            "items": {
+
+def metrics_schema(rows: Sequence[str] = ()) -> dict[str, Any]:
+    """The JSON Schema of a metrics.json whose compared separators are named ``rows``
+    (:data:`METRICS_SCHEMA`: none): the methods are :data:`METHODS` and those names."""
+    methods = {"enum": [*METHODS, *rows]}
+    method_map = {"type": "object", "propertyNames": methods}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "sep evaluate metrics.json",
+        "type": "object",
+        "required": [
+            "format",
+            "task",
+            "checkpoint",
+            "data",
+            "split",
+            "sample_rate",
+            "evaluation",
+            "tracks_selected",
+            "tracks_evaluated",
+            "timing",
+            "failed",
+            "separation",
+            "activation",
+        ],  # fmt: skip
+        "properties": {
+            "format": {"enum": [FORMAT]},
+            "task": {"enum": ["separator", "activation"]},
+            "checkpoint": {"type": "string"},
+            "data": {"type": "string"},
+            "split": {"type": "string"},
+            "target": {"type": ["string", "null"]},
+            "stems": {"type": "array", "items": {"type": "string"},
+                      "description": "multi-stem checkpoints: the stems the model separates (its targets, then other)"},
+            "wiener_iterations": {"type": "integer",
+                                  "description": "multi-stem checkpoints: Wiener filter iterations of the model rows"},
+            "sample_rate": {"type": "integer", "description": "rate of the references and estimates scored"},
+            "channels": {"type": "integer", "description": "separators: channels of the references and estimates "
+                         "scored (1: estimates of stereo separators are downmixed)"},
+            "separators": {"type": "array", "items": _SEPARATOR,
+                           "description": "separators: every separator scored, model first, then compare's"},
+            "evaluation": {
                 "type": "object",
-                "required": ["item", "error"],
-                "properties": {"item": {"type": "string"}, "error": {"type": "string"}},
-            },
-        },
-        "skipped": {"type": "object", "additionalProperties": {"type": "string"}},
-        "separation": {
-            "type": ["object", "null"],
-            "additionalProperties": {  # one entry per class
-                "type": "object",
-                "required": ["methods", "median", "tracks"],
+                "required": ["mode", "backend", "segment_seconds", "window_seconds", "hop_seconds"],
                 "properties": {
-                    "methods": {"type": "array", "items": {"enum": list(METHODS)}},
-                    "sdr_ratio": {**_NUM, "description": "median instrument SDR of model / of irm; null "
-                                  "without a model row or when the irm median is not positive"},
-                    "median": {
-                        **_METHOD_MAP,
+                    "mode": {"enum": list(get_args(Mode))},
+                    "backend": {"enum": list(get_args(metrics.Backend))},
+                    "segment_seconds": {"type": "number"},
+                    "window_seconds": {"type": "number"},
+                    "hop_seconds": {"type": "number"},
+                },  # fmt: skip
+            },
+            "tracks_selected": {"type": "integer"},
+            "tracks_evaluated": {"type": "integer"},
+            "timing": {
+                "type": "object",
+                "required": ["audio_seconds", "eval_seconds", "eval_seconds_per_audio_minute"],
+                "properties": {
+                    k: {"type": ["number", "null"]}
+                    for k in (
+                        "audio_seconds",
+                        "eval_seconds",
+                        "eval_seconds_per_audio_minute",
+                        "separate_seconds",
+                        "wall_seconds",
+                    )
+                },  # fmt: skip
+            },
+            "failed": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["item", "error"],
+                    "properties": {"item": {"type": "string"}, "error": {"type": "string"}},
+                },
+            },
+            "skipped": {"type": "object", "additionalProperties": {"type": "string"}},
+            "separation": {
+                "type": ["object", "null"],
+                "additionalProperties": {  # one entry per class
+                    "type": "object",
+                    "required": ["methods", "median", "tracks"],
+                    "properties": {
+                        "methods": {"type": "array", "items": methods, "description": "rows scored, in table "
+                                    "order: model, the compared separators (separators[].name), irm, ibm, mixture"},
+                        "sdr_ratio": {**_NUM, "description": "median instrument SDR of model / of irm; null "
+                                      "without a model row or when the irm median is not positive"},
+                        "median": {
+                            **method_map,
+                            "additionalProperties": {
+                                "type": "object",
+                                "required": list(SOURCES),
+                                "properties": {s: _MEDIAN_SOURCE for s in SOURCES},
+                            },
+                        },
+                        "tracks": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["track_id", "seconds", "scores"],
+                                "properties": {
+                                    "track_id": {"type": "string"},
+                                    "seconds": {"type": "number"},
+                                    "scores": {**method_map, "additionalProperties": _PER_SOURCE},
+                                },
+                            },
+                        },
+                    },  # fmt: skip
+                },
+            },
+            "activation": {
+                "type": ["object", "null"],
+                "required": [
+                    "classes",
+                    "per_class",
+                    "tracks",
+                    "noise_matrix_db",
+                    "leakage_matrix_db",
+                    "sequence",
+                ],
+                "properties": {
+                    "classes": {"type": "array", "items": {"type": "string"}},
+                    "per_class": {
+                        "type": "object",
                         "additionalProperties": {
                             "type": "object",
-                            "required": list(SOURCES),
-                            "properties": {s: _MEDIAN_SOURCE for s in SOURCES},
+                            "required": ["mae", "error_db", "tracks"],
+                            "properties": {
+                                "mae": _NUM,
+                                "error_db": _NUM,
+                                "tracks": {"type": "integer"},
+                            },
                         },
                     },
                     "tracks": {
                         "type": "array",
                         "items": {
                             "type": "object",
-                            "required": ["track_id", "seconds", "scores"],
+                            "required": ["track_id", "seconds", "mae", "error_db"],
                             "properties": {
                                 "track_id": {"type": "string"},
                                 "seconds": {"type": "number"},
-                                "scores": {**_METHOD_MAP, "additionalProperties": _PER_SOURCE},
+                                "mae": {"type": "object"},
+                                "error_db": {"type": "object"},
+                            },
+                        },
+                    },
+                    "noise_matrix_db": {"anyOf": [_MATRIX, {"type": "null"}]},
+                    "leakage_matrix_db": {"anyOf": [_MATRIX, {"type": "null"}]},
+                    "sequence": {
+                        "type": ["array", "null"],
+                        "items": {
+                            "type": "object",
+                            "required": ["class", "track_id", "start_s", "seconds"],
+                            "properties": {
+                                "class": {"type": "string"},
+                                "track_id": {"type": "string"},
+                                "start_s": {"type": "number"},
+                                "seconds": {"type": "number"},
                             },
                         },
                     },
                 },  # fmt: skip
             },
+            "report": {"type": "object"},
         },
-        "activation": {
-            "type": ["object", "null"],
-            "required": [
-                "classes",
-                "per_class",
-                "tracks",
-                "noise_matrix_db",
-                "leakage_matrix_db",
-                "sequence",
-            ],
-            "properties": {
-                "classes": {"type": "array", "items": {"type": "string"}},
-                "per_class": {
-                    "type": "object",
-                    "additionalProperties": {
-                        "type": "object",
-                        "required": ["mae", "error_db", "tracks"],
-                        "properties": {
-                            "mae": _NUM,
-                            "error_db": _NUM,
-                            "tracks": {"type": "integer"},
-                        },
-                    },
-                },
-                "tracks": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["track_id", "seconds", "mae", "error_db"],
-                        "properties": {
-                            "track_id": {"type": "string"},
-                            "seconds": {"type": "number"},
-                            "mae": {"type": "object"},
-                            "error_db": {"type": "object"},
-                        },
-                    },
-                },
-                "noise_matrix_db": {"anyOf": [_MATRIX, {"type": "null"}]},
-                "leakage_matrix_db": {"anyOf": [_MATRIX, {"type": "null"}]},
-                "sequence": {
-                    "type": ["array", "null"],
-                    "items": {
-                        "type": "object",
-                        "required": ["class", "track_id", "start_s", "seconds"],
-                        "properties": {
-                            "class": {"type": "string"},
-                            "track_id": {"type": "string"},
-                            "start_s": {"type": "number"},
-                            "seconds": {"type": "number"},
-                        },
-                    },
-                },
-            },  # fmt: skip
-        },
-        "report": {"type": "object"},
-    },
-}
+    }
+
+
+#: JSON Schema (draft 2020-12) of metrics.json without compared separators;
+#: :func:`validate_metrics` checks a document against :func:`metrics_schema` of its own rows.
+METRICS_SCHEMA: dict[str, Any] = metrics_schema()
 
 _TYPES: dict[str, tuple[type, ...]] = {
     "object": (dict,), "array": (list,), "string": (str,), "null": (type(None),),
@@ -249,9 +281,22 @@ def _errors(value: Any, schema: Mapping[str, Any], path: str) -> list[str]:
     return out
 
 
+def _row_names(doc: Any) -> list[str]:
+    """Names of the compared separators a document declares (none when it is malformed)."""
+    entries = doc.get("separators") if isinstance(doc, dict) else None
+    if not isinstance(entries, list):
+        return []
+    return [e["name"] for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)
+            and e["name"] not in METHODS]  # fmt: skip
+
+
 def validate_metrics(doc: Any, name: str = "metrics.json") -> None:
-    """Raise :class:`EvaluationError` naming ``name`` and every place ``doc`` breaks the schema."""
-    problems = _errors(doc, METRICS_SCHEMA, "$")
+    """Raise :class:`EvaluationError` naming ``name`` and every place ``doc`` breaks the schema.
+
+    The methods allowed are :data:`METHODS` and the names of the compared separators the
+    document declares (``separators``, but ``model``).
+    """
+    problems = _errors(doc, metrics_schema(_row_names(doc)), "$")
     if problems:
         more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
         raise EvaluationError(
@@ -304,8 +349,9 @@ def _separation_section(results: list[dict[str, Any]], classes: list[str]) -> di
         tracks = [{"track_id": r["track_id"], "seconds": round(r["seconds"], 3), "scores": r["classes"][cls]}
                   for r in results if cls in r.get("classes", {})]  # fmt: skip
         if tracks:
-            methods = [m for m in METHODS if m in tracks[0]["scores"]]
+            methods = method_order(m for t in tracks for m in t["scores"])
             median = median_table(tracks)
+            median = {m: median[m] for m in methods}  # table order: model, compared rows, oracles
             out[cls] = {"methods": methods, "median": median, "sdr_ratio": sdr_ratio(median), "tracks": tracks}
     return out
 
@@ -367,7 +413,8 @@ def metrics_document(head: Mapping[str, Any], evaluation: Mapping[str, Any], cla
         "format": FORMAT, "task": task, "checkpoint": head["checkpoint"], "data": head["data"],
         "split": head["split"], "target": head["target"] if separator else None,
         **{k: head[k] for k in ("stems", "wiener_iterations") if separator and head.get(k) is not None},
-        "sample_rate": int(head["sample_rate"]), "feature": head.get("feature"), "frames": head.get("frames"),
+        "sample_rate": int(head["sample_rate"]),
+        **{k: head[k] for k in ("channels", "separators") if separator and head.get(k) is not None}, "feature": head.get("feature"), "frames": head.get("frames"),
         "evaluation": dict(evaluation),
         "tracks_evaluated": len(ok),
         "timing": {"audio_seconds": audio, "scored_audio_seconds": evaluated if separator else audio,

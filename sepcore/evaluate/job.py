@@ -14,6 +14,7 @@ from sepcore.data.classes import CLASSES
 from sepcore.errors import ConfigError
 from sepcore.evaluate import document as D
 from sepcore.evaluate import tracks as T
+from sepcore.evaluate.compare import RowSpec, describe_row, stem_classes
 from sepcore.io import storage
 from sepcore.units import seconds_to_samples
 
@@ -71,10 +72,14 @@ def wiener_iterations(meta: Mapping[str, Any], given: int | None) -> int | None:
 
 
 def task_settings(cfg: Any, task: str, meta: dict[str, Any], checkpoint_dir: str, classes: list[str],
-                  wiener: int | None = None) -> dict:  # fmt: skip
+                  wiener: int | None = None, rows: Sequence[RowSpec] = ()) -> dict:  # fmt: skip
     """What every task needs; ``fingerprint``: what a track's result depends on.
 
-    ``wiener``: the Wiener iterations of a multi-stem checkpoint (:func:`wiener_iterations`).
+    ``wiener``: the Wiener iterations of a multi-stem checkpoint (:func:`wiener_iterations`);
+    ``rows``: the separators scored as rows (:func:`plan_rows`), whose weights digests,
+    rates and Demucs options join the fingerprint (a run without rows keeps the one it had).
+    With a Demucs checkpoint ``meta`` is the evaluation's (:func:`sepcore.evaluate.compare.evaluation_meta`),
+    and the rate, channels and oracle STFT are part of the fingerprint.
     """
     output = storage.normalize_uri(cfg.output)
     settings = {"model": meta.get("model_sha256"), "scoring": cfg.described(), "classes": classes,
@@ -83,11 +88,71 @@ def task_settings(cfg: Any, task: str, meta: dict[str, Any], checkpoint_dir: str
     stems = checkpoint_stems(meta) if task == "separator" else None
     if stems is not None:
         settings["wiener_iterations"] = wiener
+    if rows:
+        settings["rows"] = [r.fingerprint() for r in rows]
+        settings["layout"] = [meta["sample_rate"], meta.get("channels", 1), meta.get("feature")]
     return {"task": task, "checkpoint_dir": checkpoint_dir, "meta": meta, "sr": int(meta["sample_rate"]),
             "classes": classes, "scoring": cfg, "stems": stems, "wiener_iterations": wiener or 0,
             "fingerprint": batch.settings_fingerprint(settings), "done": storage.join(output, DONE_FOLDER),
-            "batch_size": cfg.batch_size, "threads": cfg.threads, "output": output,
+            "batch_size": cfg.batch_size, "threads": cfg.threads, "output": output, "rows": list(rows),
+            "main_is_row": any(r.name == "model" for r in rows),
             "report": cfg.report.model_dump(), "activation": cfg.activation.model_dump()}  # fmt: skip
+
+
+def plan_rows(cfg: Any) -> tuple[RowSpec | None, list[RowSpec]]:
+    """The checkpoint's row when it is a Demucs model (named ``model``; None otherwise) and
+    the ``compare`` rows, in the config's order. Each model is loaded once here, so a bad
+    reference fails the job at once, naming it."""
+    from sepcore.separate.demucs import is_demucs
+
+    opts = cfg.demucs.model_dump()
+    main = describe_row("model", cfg.checkpoint, opts) if is_demucs(cfg.checkpoint) else None
+    return main, [describe_row(name, ref, opts) for name, ref in cfg.compare.items()]
+
+
+def main_checkpoint(cfg: Any, main: RowSpec | None) -> tuple[str, dict[str, Any]]:
+    """The checkpoint folder (or Demucs reference) and the meta the evaluation runs with:
+    a project checkpoint's own (its model loaded once; ``sample_rate``, ``channels``,
+    ``n_fft``, ``hop`` must not differ from it), or for a Demucs model (``main``) the
+    evaluation's (:func:`sepcore.evaluate.compare.evaluation_meta`)."""
+    from sepcore.evaluate.compare import evaluation_meta, refuse_layout_keys
+    from sepcore.models import checkpoint as ckpt
+
+    if main is not None:
+        return main.ref, evaluation_meta(cfg, main.meta)
+    checkpoint_dir = ckpt.resolve(cfg.checkpoint)
+    meta = T.load_checked(checkpoint_dir)
+    refuse_layout_keys(cfg, meta)
+    return checkpoint_dir, meta
+
+
+def main_classes(cfg: Any, meta: Mapping[str, Any], main: RowSpec | None) -> tuple[list[str], int | None]:
+    """The classes with a ``model`` row and the Wiener iterations.
+
+    A project checkpoint: :func:`model_classes` and :func:`wiener_iterations`. A Demucs
+    model (``main``): its classes (:func:`sepcore.evaluate.compare.stem_classes`), or
+    ``target`` alone, which it must have; Wiener iterations None (setting them is a
+    ConfigError: they apply to mask models only).
+    """
+    if main is None:
+        return model_classes(meta, cfg.target), wiener_iterations(meta, cfg.wiener_iterations)
+    if cfg.wiener_iterations is not None:
+        raise ConfigError("wiener_iterations", f"{main.ref} is a Demucs model: the Wiener filter applies "
+                          "to mask models only; remove the key")  # fmt: skip
+    if cfg.target is None:
+        return list(main.classes), None
+    if cfg.target not in main.classes:
+        raise ConfigError("target", f"the Demucs model separates {[c for c in main.classes if c in CLASSES]}, "
+                          f"not '{cfg.target}'")  # fmt: skip
+    return [cfg.target], None
+
+
+def compared_classes(compare: Sequence[RowSpec], target: str | None, modelled: Sequence[str]) -> list[str]:
+    """The classes the compared separators add after ``modelled`` (in their order); none
+    with ``target`` (their rows then appear for that class and ``classes`` only)."""
+    if target is not None:
+        return []
+    return list(dict.fromkeys(k for r in compare for k in r.classes if k not in modelled))
 
 
 def shown_tracks(cfg: Any, tracks: Sequence[Any], separator: bool, target: str | None) -> set[str]:
@@ -118,11 +183,15 @@ def sequence_result(chosen: Sequence[tuple[str, Any, int]], seq: Mapping[str, An
 
 
 def run_head(cfg: Any, task: str, checkpoint_dir: str, target: str | None, meta: Mapping[str, Any],
-             tracks_selected: int, wiener: int | None = None) -> dict[str, Any]:  # fmt: skip
+             tracks_selected: int, wiener: int | None = None, rows: Sequence[RowSpec] = ()) -> dict[str, Any]:  # fmt: skip
     """The head of metrics.json: what was evaluated, on what.
 
     A multi-stem checkpoint adds ``stems`` and ``wiener_iterations`` (``target`` is then
-    the config's restriction to one class, or None).
+    the config's restriction to one class, or None). A separator evaluation records
+    ``channels`` (with ``sample_rate``: where the scores are computed) and ``separators``:
+    every separator scored, the checkpoint's model first (``model``), then ``rows``
+    (:meth:`sepcore.evaluate.compare.RowSpec.described`). A Demucs checkpoint's ``stems``
+    are its sources.
     """
     head = {"task": task, "checkpoint": checkpoint_dir, "data": storage.normalize_uri(cfg.data), "split": cfg.split,
             "target": target, "sample_rate": meta["sample_rate"], "feature": meta.get("feature"),
@@ -130,6 +199,14 @@ def run_head(cfg: Any, task: str, checkpoint_dir: str, target: str | None, meta:
     stems = checkpoint_stems(meta) if task == "separator" else None
     if stems is not None:
         head.update(stems=stems, wiener_iterations=wiener)
+    if task == "separator":
+        main = next((r for r in rows if r.name == "model"), None)
+        if main is None:
+            main = RowSpec("model", checkpoint_dir, "mask", meta, stem_classes("mask", meta))
+        else:
+            head["stems"] = list(main.meta["stems"])
+        head["channels"] = int(meta.get("channels", 1))
+        head["separators"] = [main.described()] + [r.described() for r in rows if r is not main]
     return head
 
 

@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 
 from sepcore.data.classes import CLASSES
-from sepcore.evaluate.document import METHODS, SOURCES, from_json_number
+from sepcore.evaluate.compare import DEMUCS_OTHER
+from sepcore.evaluate.config import method_order
+from sepcore.evaluate.document import SOURCES, from_json_number
 from sepcore.evaluate.tracks import loudest_span, safe_name
 from sepcore.io import storage
 from sepcore.report import html as R
@@ -80,7 +82,18 @@ def _num(x: Any) -> float:
     return from_json_number(x)
 
 
-def _median_tables(separation: dict[str, Any]) -> list[R.Table]:
+def _rows_note(doc: Mapping[str, Any]) -> str:
+    """What the separators' rows are: ``model`` (the checkpoint), then the compared ones."""
+    parts = {"model": "model: the checkpoint"}
+    for sep in doc.get("separators") or []:
+        if sep["kind"] == "demucs" or sep["name"] != "model":
+            what = "Demucs model" if sep["kind"] == "demucs" else "checkpoint"
+            parts[sep["name"]] = f"{sep['name']}: the {what} {sep['checkpoint']}"
+    return "; ".join(parts.values())
+
+
+def _median_tables(separation: dict[str, Any], doc: Mapping[str, Any] | None = None) -> list[R.Table]:
+    rows_note = _rows_note(doc or {})
     tables = []
     for cls, sec in separation.items():
         rows = []
@@ -94,8 +107,8 @@ def _median_tables(separation: dict[str, Any]) -> list[R.Table]:
                 f"{cls}: median over tracks (dB)",
                 ["", "SDR", "SIR", "SAR", "tracks"],
                 rows,
-                note="model: the checkpoint; irm / ibm: oracle ideal ratio / binary masks with the "
-                "model's STFT (upper bounds); mixture: the mixture as the estimate (lower bound).",
+                note=rows_note + "; irm / ibm: oracle ideal ratio / binary masks "
+                "with the evaluation's STFT (upper bounds); mixture: the mixture as the estimate (lower bound).",
             )
         )
     return tables
@@ -103,12 +116,13 @@ def _median_tables(separation: dict[str, Any]) -> list[R.Table]:
 
 def _class_table(separation: dict[str, Any]) -> R.Table:
     """One row per class: the instrument's median SDR / SIR / SAR of each method, and model / IRM SDR."""
-    cols = ["class"] + [f"{m} {k.upper()}" for m in METHODS for k in ("sdr", "sir", "sar")] + ["model / IRM SDR",
+    methods = method_order(m for sec in separation.values() for m in sec["methods"])
+    cols = ["class"] + [f"{m} {k.upper()}" for m in methods for k in ("sdr", "sir", "sar")] + ["model / IRM SDR",
                                                                                                  "tracks"]  # fmt: skip
     rows = []
     for cls, sec in separation.items():
         med = sec["median"]
-        cells = [_num(med[m]["instrument"][k]) if m in med else float("nan") for m in METHODS
+        cells = [_num(med[m]["instrument"][k]) if m in med else float("nan") for m in methods
                  for k in ("sdr", "sir", "sar")]  # fmt: skip
         rows.append([cls, *cells, _num(sec.get("sdr_ratio")), len(sec["tracks"])])
     return R.Table("per class: the class's median over tracks (dB)", cols, rows,
@@ -159,11 +173,38 @@ def _summary_text(doc: dict[str, Any]) -> R.Text:
     per_min = tm["eval_seconds_per_audio_minute"]
     stems = (f"Multi-stem model: stems {', '.join(doc['stems'])}, {doc.get('wiener_iterations', 0)} Wiener "
              "iteration(s), separated once per track.\n\n" if doc.get("stems") else "")  # fmt: skip
-    return R.Text(f"{stems}Checkpoint {doc['checkpoint']}, data {doc['data']}, split '{doc['split']}': "
+    if doc.get("stems") and doc.get("wiener_iterations") is None:
+        stems = f"Demucs model: stems {', '.join(doc['stems'])}, separated once per track.\n\n"
+    return R.Text(f"{stems}{layout_text(doc)}Checkpoint {doc['checkpoint']}, data {doc['data']}, split '{doc['split']}': "
                   f"{doc['tracks_evaluated']} tracks, {tm['audio_seconds']:.1f} s of audio, "
                   f"{len(doc['failed'])} failed.\n\nBSS Eval ({ev['backend']}) on {mode}; "
                   f"{per_min if per_min is None else round(per_min, 2)} s of evaluation per minute of audio "
                   f"scored; wall time {tm['wall_seconds']:.1f} s.")  # fmt: skip
+
+
+def layout_text(doc: Mapping[str, Any]) -> str:
+    """Where the scores are computed (rate, channels) and how each separator's estimates got
+    there; empty for a document without ``channels`` (activation models)."""
+    if doc.get("channels") is None:
+        return ""
+    sr, ch = int(doc["sample_rate"]), int(doc["channels"])
+    lines = [f"Scores are computed at {sr} Hz, {'mono' if ch == 1 else f'{ch} channels'}, for every row."]
+    for sep in doc.get("separators") or []:
+        done = []
+        if sep["sample_rate"] != sr:
+            done.append(f"resampled from {sep['sample_rate']} Hz to {sr} Hz (soxr)")
+        if sep["channels"] != ch:
+            done.append(f"downmixed from {sep['channels']} channels to mono (channel mean)" if ch == 1
+                        else f"laid out from {sep['channels']} to {ch} channels")  # fmt: skip
+        what = "Demucs model" if sep["kind"] == "demucs" else "checkpoint"
+        how = f"its estimates were {' and '.join(done)}" if done else "its estimates are at that rate"
+        classes = ", ".join(f"{c} (stem {s})" for c, s in sep["classes"].items())
+        lines.append(f"Row {sep['name']}: the {what} {sep['checkpoint']}, which separates the mixture made at "
+                     f"{sep['sample_rate']} Hz, {sep['channels']} channel(s); {how}; scored for {classes or 'no class'}.")  # fmt: skip
+    if any(k.startswith(DEMUCS_OTHER) for k in doc.get("separation") or {}):
+        lines.append(f"A class {DEMUCS_OTHER}-<classes> scores a Demucs model's other stem against the sum of "
+                     "every usable stem of any class but those listed (its other sources).")  # fmt: skip
+    return "\n\n".join(lines) + "\n\n"
 
 
 def build_report(doc: dict[str, Any], results: list[dict[str, Any]], sequence: dict[str, Any] | None,
@@ -172,9 +213,10 @@ def build_report(doc: dict[str, Any], results: list[dict[str, Any]], sequence: d
     sections = [R.Section("Summary", [_summary_text(doc)])]
     if doc["separation"]:
         sep = doc["separation"]
-        if doc.get("stems"):
-            sections.append(R.Section("Classes of the multi-stem model", [_class_table(sep)]))
-        sections += [R.Section("Median scores (seed 002's tables)", _median_tables(sep)),
+        if doc.get("stems") or len(doc.get("separators") or []) > 1:
+            title = "Classes of the multi-stem model" if doc.get("stems") else "Classes and separators"
+            sections.append(R.Section(title, [_class_table(sep)]))
+        sections += [R.Section("Median scores (seed 002's tables)", _median_tables(sep, doc)),
                      R.Section("Distributions", _box_plots(sep)),
                      R.Section("Per track", _track_tables(sep))]  # fmt: skip
         examples = [r["example"] for r in results if "example" in r]

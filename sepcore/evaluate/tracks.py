@@ -5,8 +5,8 @@ Separation (seed 002 §6). For a track and a class, the reference is the pair
 the class's stems summed, all other usable stems summed, ``mix = instrument + rest``).
 Four *methods* give estimates ``[instrument_est, rest_est]`` (:func:`estimates`):
 
-* ``model``: the checkpoint through :func:`sepcore.separate.apply.separate_blocks` (the one
-  apply that the separate job uses). A multi-stem checkpoint (meta ``stems``) separates
+* ``model``: the checkpoint through its :class:`sepcore.separate.separator.MaskSeparator`
+  (the separator interface the separate job uses). A multi-stem checkpoint (meta ``stems``) separates
   the track's mixture once into all its stems (:func:`separate_stems`); each class of its
   ``targets`` then gets ``[stem, mix - stem]`` as its model estimate;
 * ``irm`` / ``ibm``: the ideal ratio / binary mask with the model's STFT
@@ -40,7 +40,8 @@ from sepcore.evaluate.config import ScoringConfig
 from sepcore.evaluate.document import METHODS, EvaluationError
 from sepcore.evaluate.scoring import score_methods
 from sepcore.models import checkpoint as ckpt
-from sepcore.separate.apply import oracle_masks, separate_blocks
+from sepcore.separate.apply import oracle_masks
+from sepcore.separate.separator import MaskSeparator
 from sepcore.units import Seconds, seconds_to_samples
 
 #: Level (dBFS) a solo stretch must pass to take part in the sequence test.
@@ -63,12 +64,16 @@ def estimates(
     batch_size: int = 8,
     block_s: Seconds = 60.0,
     model_estimate: Mapping[str, np.ndarray] | None = None,
+    rows: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Estimates of every method for the pair ``instrument + rest`` (module docstring).
 
     ``model`` None leaves out the ``model`` method, unless ``model_estimate``
     (``{"instrument", "rest"}``, made before: a multi-stem separation) gives it. Memory
-    of the model pass is bounded by ``block_s`` (:func:`sepcore.separate.apply.separate_blocks`).
+    of the model pass is bounded by ``block_s`` (:class:`sepcore.separate.separator.MaskSeparator`).
+    ``rows``: estimates made before by other separators, ``{row name: {"instrument",
+    "rest"}}`` (:func:`sepcore.evaluate.compare.row_estimates`; a Demucs checkpoint's is
+    named ``model``), placed after ``model`` and before the oracle rows.
     Shape: ``(channels, samples)`` each -> ``{method: {"instrument", "rest"}}`` each
     ``(channels, samples)``.
     """
@@ -81,13 +86,19 @@ def estimates(
     mix = (instrument + rest).astype(np.float32)
     out: dict[str, dict[str, np.ndarray]] = {}
     if model is not None:
-        out["model"] = separate_blocks(model, mix, sample_rate, n_fft, hop, frames, block_seconds=block_s,
-                                       batch_size=batch_size)  # fmt: skip
+        out["model"] = MaskSeparator(model, sample_rate, n_fft, hop, frames, batch_size).separate(mix, block_s)
     elif model_estimate is not None:
         for key, value in model_estimate.items():
             if value.shape != instrument.shape:
                 raise ValueError(f"model estimate '{key}' {value.shape} does not fit the pair {instrument.shape}")
         out["model"] = {"instrument": model_estimate["instrument"], "rest": model_estimate["rest"]}
+    for name, est in (rows or {}).items():
+        if name in out or name in METHODS[1:]:
+            raise ValueError(f"row '{name}' clashes with a built-in method")
+        for key, value in est.items():
+            if value.shape != instrument.shape:
+                raise ValueError(f"row '{name}' estimate '{key}' {value.shape} does not fit the pair {instrument.shape}")
+        out[name] = {"instrument": est["instrument"], "rest": est["rest"]}
     out.update(oracle_masks(instrument, rest, n_fft, hop))
     out["mixture"] = {"instrument": mix, "rest": mix}
     return out
@@ -142,22 +153,43 @@ def track_pairs(
 
     Shape: each signal ``(channels, samples)``.
     """
+    pair, pairs, skipped = reference_pairs(track, meta, classes)
+    return pair.mix, pairs, skipped
+
+
+def reference_pairs(
+    track: Any, meta: Mapping[str, Any], classes: Sequence[str]
+) -> tuple[Any, dict[str, tuple[np.ndarray, np.ndarray]], dict[str, str]]:
+    """The track's :class:`sepcore.prepare.pairs.TrackPair` and the pairs and skip reasons
+    of :func:`track_pairs`.
+
+    A class key that is no class (a Demucs ``other`` stem's, :func:`sepcore.evaluate.compare.key_classes`)
+    gets the pair ``(sum of its classes' stems, every other usable stem)``.
+    """
+    from sepcore.evaluate.compare import key_classes
     from sepcore.prepare.mixing import instrument_rest
     from sepcore.prepare.pairs import make_pair
 
-    pair = make_pair(track, pair_spec(meta, classes[0]))
+    first = next((c for c in classes if c in CLASSES), "other")
+    pair = make_pair(track, pair_spec(meta, first))
     assert pair.class_sums is not None and pair.rest is not None
     pairs, skipped = {}, {}
     present = {CLASSES[k] for k in range(len(CLASSES)) if np.any(pair.class_sums[k])}
     for cls in classes:
-        if cls not in present:
-            skipped[cls] = f"no usable '{cls}' stem"
-        elif cls == classes[0]:
+        group = key_classes(cls)
+        if not present & set(group):
+            skipped[cls] = f"no usable '{cls}' stem" if cls in CLASSES else f"no usable stem of {', '.join(group)}"
+        elif cls == first:
             pairs[cls] = (pair.instrument, pair.rest)
-        else:
+        elif cls in CLASSES:
             inst, rest, _ = instrument_rest(pair.class_sums, CLASSES, cls)
             pairs[cls] = (inst, rest)
-    return pair.mix, pairs, skipped
+        else:
+            inside = np.array([c in group for c in CLASSES])
+            inst = pair.class_sums[inside].sum(axis=0, dtype=np.float64).astype(np.float32)
+            rest = pair.class_sums[~inside].sum(axis=0, dtype=np.float64).astype(np.float32)
+            pairs[cls] = (inst, rest)
+    return pair, pairs, skipped
 
 
 def separate_stems(
@@ -169,16 +201,16 @@ def separate_stems(
     batch_size: int = 8,
     block_s: Seconds = 60.0,
 ) -> dict[str, np.ndarray]:
-    """A multi-source model's stems of ``mix``, once, through the separate job's apply.
+    """A multi-source model's stems of ``mix``, once, through the separate job's separator.
 
-    :func:`sepcore.separate.apply.separate_blocks` with ``stems`` (one name per source)
+    :class:`sepcore.separate.separator.MaskSeparator` with ``stems`` (one name per source)
     and ``wiener_iterations``; the checkpoint's STFT and frames from ``meta``.
     Shape: ``(channels, samples)`` -> ``{stem: (channels, samples)}``.
     """
     f = meta["feature"]
-    return separate_blocks(model, mix.astype(np.float32), int(meta["sample_rate"]), int(f["n_fft"]), int(f["hop"]),
-                           int(meta["frames"]), block_seconds=block_s, batch_size=batch_size, stems=list(stems),
-                           wiener_iterations=wiener_iterations)  # fmt: skip
+    separator = MaskSeparator(model, int(meta["sample_rate"]), int(f["n_fft"]), int(f["hop"]), int(meta["frames"]),
+                              batch_size, stems=list(stems), wiener_iterations=wiener_iterations)  # fmt: skip
+    return separator.separate(mix.astype(np.float32), block_s)
 
 
 def evaluate_separation(
@@ -190,6 +222,7 @@ def evaluate_separation(
     batch_size: int = 8,
     stems: Sequence[str] | None = None,
     wiener_iterations: int = 0,
+    rows: Sequence[tuple[Any, Any]] = (),
 ) -> dict[str, Any]:
     """One track's separation scores for ``classes``.
 
@@ -198,23 +231,29 @@ def evaluate_separation(
     last, ``other``, is never scored); the mixture is separated once
     (:func:`separate_stems`, when the track holds one of them) and every class among
     ``stems`` gets the ``model`` row ``[stem, mix - stem]``; the others in ``classes``
-    oracle and mixture rows only.
+    oracle and mixture rows only. ``rows``: more separators as ``(row, separator)``
+    (:class:`sepcore.evaluate.compare.RowSpec` and its built separator; a Demucs
+    checkpoint is the row ``model`` with ``model`` None), each run once on the mixture at
+    its own rate and channels and scored for the classes it has
+    (:func:`sepcore.evaluate.compare.row_estimates`).
     Returns ``{"track_id", "seconds", "separate_seconds", "eval_seconds", "classes":
     {class: {method: {source: {"sdr", "sir", "sar"}}}}, "skipped": {class: reason}}``
     and, under ``"signals"``, the pair and estimates of the first class (for examples).
     """
     import time
 
-    mix, pairs, skipped = track_pairs(track, meta, classes)
+    pair, pairs, skipped = reference_pairs(track, meta, classes)
+    mix = pair.mix
     sr, f = int(meta["sample_rate"]), meta["feature"]
     out: dict[str, Any] = {"track_id": track.track_id, "seconds": 0.0, "separate_seconds": 0.0,
                            "eval_seconds": 0.0, "classes": {}, "skipped": skipped, "signals": None}  # fmt: skip
     separated: dict[str, np.ndarray] = {}
     scored = set(stems[:-1]) if stems is not None else set()  # ``other`` is no class
+    t_start = time.perf_counter()
     if model is not None and scored & set(pairs):
-        t_start = time.perf_counter()
         separated = separate_stems(model, mix, meta, list(stems or ()), wiener_iterations, batch_size)
-        out["separate_seconds"] += time.perf_counter() - t_start
+    by_class = _row_estimates(rows, track, pair, sr, list(pairs))
+    out["separate_seconds"] += time.perf_counter() - t_start
     for cls, (instrument, rest) in pairs.items():
         t0 = time.perf_counter()
         use_model = model if stems is None and cls == classes[0] else None
@@ -222,7 +261,7 @@ def evaluate_separation(
         if cls in scored and cls in separated:
             given = {"instrument": separated[cls], "rest": mix - separated[cls]}
         est = estimates(instrument, rest, int(f["n_fft"]), int(f["hop"]), use_model, sr, int(meta["frames"]),
-                        batch_size, model_estimate=given)  # fmt: skip
+                        batch_size, model_estimate=given, rows=by_class.get(cls))  # fmt: skip
         t1 = time.perf_counter()
         out["classes"][cls] = score_methods(instrument, rest, est, sr, spec)
         out["separate_seconds"] += t1 - t0
@@ -230,6 +269,25 @@ def evaluate_separation(
         out["seconds"] = instrument.shape[1] / sr
         if cls == classes[0]:
             out["signals"] = {"instrument": instrument, "rest": rest, "estimates": est}
+    return out
+
+
+def _row_estimates(rows: Sequence[tuple[Any, Any]], track: Any, pair: Any, sample_rate: int,
+                   keys: Sequence[str]) -> dict[str, dict[str, dict[str, np.ndarray]]]:  # fmt: skip
+    """``{class: {row name: estimate}}`` of every row that has one of ``keys`` (module
+    :mod:`sepcore.evaluate.compare`); each row's mixture made once per rate and channels."""
+    from sepcore.evaluate.compare import mixture_at, row_estimates
+
+    mixes = {(sample_rate, pair.mix.shape[0]): pair.mix}
+    out: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    for row, separator in rows:
+        if not set(keys) & set(row.classes):
+            continue
+        layout = (int(separator.sample_rate), row.channels)
+        if layout not in mixes:
+            mixes[layout] = mixture_at(track, pair.excluded, *layout)
+        for key, est in row_estimates(separator, row, mixes[layout], pair.mix, sample_rate, keys).items():
+            out.setdefault(key, {})[row.name] = est
     return out
 
 
