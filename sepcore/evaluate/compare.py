@@ -133,14 +133,31 @@ def describe_row(name: str, ref: str, demucs: Mapping[str, Any]) -> RowSpec:
         D.DemucsSeparator(model, demucs.get("segment"), float(demucs.get("overlap", 0.25)),
                           int(demucs.get("shifts", 0)))  # ConfigError now for options it does not take
         return RowSpec(name, str(meta["checkpoint"]), "demucs", meta, stem_classes("demucs", meta), dict(demucs))
-    from sepcore.evaluate.tracks import load_checked
     from sepcore.models import checkpoint as ckpt
 
     folder = ckpt.resolve(ref)
-    meta = load_checked(folder)
+    meta = load_checkpoint_meta(folder)
     if meta.get("task", "separator") != "separator" or "n_fft" not in (meta.get("feature") or {}):
         raise ConfigError(f"compare.{name}", f"{folder} is not a separator checkpoint (task {meta.get('task')!r})")
     return RowSpec(name, folder, "mask", meta, stem_classes("mask", meta))
+
+
+def load_checkpoint_meta(checkpoint_dir: str) -> dict[str, Any]:
+    """A checkpoint folder's meta, after loading its model once (a bad one fails early).
+
+    Raises :class:`~sepcore.models.checkpoint.CheckpointError` naming the folder, also for a
+    state dict that does not fit the model it names.
+    """
+    from sepcore.errors import SepError
+    from sepcore.models import checkpoint as ckpt
+
+    try:
+        return ckpt.load_model(checkpoint_dir)[1]
+    except SepError:
+        raise
+    except Exception as exc:  # a state dict that does not fit the model it names
+        raise ckpt.CheckpointError(checkpoint_dir, f"cannot load the model ({type(exc).__name__}: "
+                                   f"{str(exc).splitlines()[0][:300]})") from exc  # fmt: skip
 
 
 def evaluation_meta(cfg: Any, model_meta: Mapping[str, Any]) -> dict[str, Any]:
