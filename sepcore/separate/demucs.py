@@ -325,7 +325,7 @@ class DemucsSeparator:
 
     def separate(self, audio: np.ndarray, block_seconds: Seconds = 60.0) -> dict[str, np.ndarray]:
         """:meth:`iter_blocks` gathered into whole arrays. Shape: ``(c, n)`` -> ``{stem: (c, n)}``."""
-        from sepcore.separate.separator import gather_blocks
+        from sepcore.separate.blocks import gather_blocks
 
         return gather_blocks(self, audio, block_seconds)
 

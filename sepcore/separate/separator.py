@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from sepcore.separate import demucs as D
+from sepcore.separate.blocks import gather_blocks  # re-exported: the blocks of any separator
 from sepcore.units import Seconds
 
 
@@ -51,15 +52,6 @@ class Separator(Protocol):
     def iter_blocks(self, audio: Any, block_seconds: Seconds = 60.0) -> Iterator[tuple[int, dict[str, np.ndarray]]]: ...
 
     def separate(self, audio: np.ndarray, block_seconds: Seconds = 60.0) -> dict[str, np.ndarray]: ...
-
-
-def gather_blocks(separator: Separator, audio: np.ndarray, block_seconds: Seconds = 60.0) -> dict[str, np.ndarray]:
-    """A separator's blocks gathered into whole stems. Shape: ``(c, n)`` -> ``{stem: (c, n)}``."""
-    out = {name: np.zeros(audio.shape, dtype=np.float32) for name in separator.stems}
-    for start, parts in separator.iter_blocks(audio, block_seconds):
-        for name, value in parts.items():
-            out[name][:, start : start + value.shape[1]] = value
-    return out
 
 
 class MaskSeparator:
