@@ -61,8 +61,12 @@ class TrainConfig(JobConfig):
 
         if self.validation.metric == "val_sdr" and TASK_OF_MODEL[self.model.name] != "separator":
             raise ValueError("validation.metric val_sdr is for separators; use val_loss")
-        if TASK_OF_MODEL[self.model.name] != "separator" and (self.targets or self.loader.active):
-            raise ValueError("targets and loader are for separators (hourglass, blstm)")
+        if self.model.name in ("frame_dnn", "mask_dnn") and self.model.log_input:
+            raise ValueError(f"{self.model.name} takes linear magnitudes (it scales its input itself): "
+                             "set model.log_input: false")
+        if TASK_OF_MODEL[self.model.name] != "separator" and (self.targets or self.loader.active
+                                                             or self.loader.snippets_per_song):  # fmt: skip
+            raise ValueError("targets and loader are for separators (hourglass, blstm, frame_dnn, mask_dnn)")
         if self.targets is not None and (not self.targets or len(set(self.targets)) != len(self.targets)):
             raise ValueError(f"targets must be distinct classes, got {self.targets}")
         return self

@@ -7,6 +7,8 @@ one-worker Tune trial :class:`sepcore.train.worker.InProcessTrainer`. See docs/t
 
 from __future__ import annotations
 
+import functools
+import logging
 import tempfile
 import time
 from collections.abc import Callable
@@ -16,17 +18,30 @@ from ray_jobs.common import setup_logging
 from sepcore.errors import ConfigError
 from sepcore.models import checkpoint as ckpt
 from sepcore.train import outputs as O
+from sepcore.train.ls_init import (
+    LSSums,
+    layer_report,
+    ls_layers,
+    rows_sums,
+    set_layer,
+    solve,
+    total,
+)
 from sepcore.train.outputs import storage_args
 from sepcore.train.selection import metric_mode
 from sepcore.train.worker import InProcessTrainer, LocalRun, split_batches, train_worker
+
+log = logging.getLogger("sep.train")
 
 #: Hold a run's splits in the object store when they take at most this share of it.
 MATERIALIZE_SHARE = 0.25
 
 
-def shard_dataset(uris: list[str], shuffle: bool, read_cpus: float = 1.0) -> Any:
+def shard_dataset(uris: list[str], shuffle: bool, read_cpus: float = 1.0,
+                  keep: dict[str, list[int]] | None = None) -> Any:  # fmt: skip
     """The rows of prepared shards (any URI) as a Ray Dataset, one read task of ``read_cpus``
-    CPUs per shard, in the manifest's order (``shuffle``: random block order, for training)."""
+    CPUs per shard, in the manifest's order (``shuffle``: random block order, for training).
+    ``keep``: only these rows of each shard (``loader.snippets_per_song``, :func:`~sepcore.train.outputs.snippet_rows`)."""
     import ray
 
     if not uris:
@@ -34,7 +49,8 @@ def shard_dataset(uris: list[str], shuffle: bool, read_cpus: float = 1.0) -> Any
     ds = ray.data.from_items([{"uri": u} for u in uris], override_num_blocks=len(uris))
     if shuffle:
         ds = ds.randomize_block_order()
-    return ds.map_batches(O.read_shards, batch_size=1, batch_format="numpy", num_cpus=read_cpus)
+    read = O.read_shards if keep is None else functools.partial(O.read_kept_rows, keep=keep)
+    return ds.map_batches(read, batch_size=1, batch_format="numpy", num_cpus=read_cpus)
 
 
 def build_datasets(cfg: Any, manifest: dict[str, Any], read_cpus: float = 1.0,
@@ -47,18 +63,64 @@ def build_datasets(cfg: Any, manifest: dict[str, Any], read_cpus: float = 1.0,
     import ray
 
     datasets = {}
+    keep = O.snippet_rows(manifest, cfg.loader.snippets_per_song, cfg.seed) if cfg.loader.snippets_per_song else None
     for split in ("train", "validation"):
         train, uris = split == "train", [sh["uri"] for sh in manifest["shards"] if sh["split"] == split]
         if materialize and uris:
-            ds = ray.data.from_arrow_refs([ray.put(O.read_shards({"uri": [u]})) for u in uris])
+            read = O.read_shards if keep is None or not train else functools.partial(O.read_kept_rows, keep=keep)
+            ds = ray.data.from_arrow_refs([ray.put(read({"uri": [u]})) for u in uris])
             ds = ds.randomize_block_order() if train else ds
         else:
-            ds = shard_dataset(uris, train, read_cpus)
+            ds = shard_dataset(uris, train, read_cpus, keep if train else None)
         if not train and cfg.validation.max_steps is not None:
             ds = ds.limit(cfg.validation.max_steps * cfg.optim.batch_size * cfg.scaling.num_workers)
         ds.context.execution_options.preserve_order = not train
         datasets[split] = ds
     return datasets
+
+
+def ls_sums(ds: Any, model_meta: dict[str, Any], state: dict[str, Any], layer: int, shapes: dict[str, Any],
+            dtype: str) -> LSSums:  # fmt: skip
+    """The least-squares sums of layer ``layer`` over every row of ``ds`` (prepared rows): each
+    block maps to its partial sums (:func:`sepcore.train.ls_init.rows_sums`), added up here as
+    they arrive (float64)."""
+    sums = ds.map_batches(functools.partial(rows_sums, model_meta=model_meta, state=state, layer=layer,
+                                            shapes=shapes, dtype=dtype), batch_size=None, batch_format="numpy")  # fmt: skip
+    return total(LSSums.from_rows(b) for b in sums.iter_batches(batch_size=1, batch_format="numpy"))
+
+
+def ls_initialise(cfg: Any, config: dict[str, Any], manifest: dict[str, Any],
+                  read_cpus: float = 1.0) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """The frame DNN's least-squares start (seed 000), layer by layer over the whole training
+    split (the rows training sees: ``loader.snippets_per_song`` applies), in the driver.
+
+    Returns the initial ``state_dict`` and its record for the checkpoints' ``meta["init"]``:
+    ``method``, ``ridge``, ``frames`` (frames summed), ``seconds`` (the whole pass) and per layer
+    whether it started from least squares or at random (:func:`sepcore.train.ls_init.layer_report`).
+    """
+    import torch
+
+    t0 = time.monotonic()
+    torch.manual_seed(cfg.seed)  # the random layers: the same start with every init
+    model = ckpt.build(config["meta"]["model"])
+    uris = [sh["uri"] for sh in manifest["shards"] if sh["split"] == "train"]
+    keep = O.snippet_rows(manifest, cfg.loader.snippets_per_song, cfg.seed) if cfg.loader.snippets_per_song else None
+    ds = shard_dataset(uris, False, read_cpus, keep)
+    if fits_in_memory(manifest):  # read once for every layer's pass (else each pass reads the shards)
+        ds = ds.materialize()
+    done, frames = [], 0.0
+    for layer in ls_layers(model):
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        sums = ls_sums(ds, config["meta"]["model"], state, layer, config["shapes"], config["dtype"])
+        set_layer(model, layer, *solve(sums, cfg.model.ls_ridge))
+        done.append(layer)
+        frames = sums.n
+        log.info("train: layer %d initialised by least squares over %d frames", layer, int(sums.n))
+    seconds = time.monotonic() - t0
+    log.info("train: least-squares initialisation of layers %s took %.1f s", done, seconds)
+    record = {"method": "ls", "ridge": cfg.model.ls_ridge, "frames": int(frames), "seconds": round(seconds, 3),
+              "layers": layer_report(model, done)}  # fmt: skip
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, record
 
 
 def fits_in_memory(manifest: dict[str, Any], others: int = 0) -> bool:
@@ -161,6 +223,13 @@ def build_trainer(cfg: Any, read_cpus: float = 1.0, datasets: dict[str, Any] | N
     manifest = O.read_manifest(cfg.data)
     config = O.worker_config(cfg, manifest)
     datasets = datasets or build_datasets(cfg, manifest, read_cpus)
+    if cfg.model.name == "frame_dnn":  # how the weights start: least squares (seed 000) or at random
+        if config["resume_from"] is not None:  # a resumed run keeps its weights and its record of their start
+            config["meta"]["init"] = ckpt.read_meta(config["resume_from"]).get("init")
+        elif cfg.model.init == "ls":
+            config["initial_state"], config["meta"]["init"] = ls_initialise(cfg, config, manifest, read_cpus)
+        else:
+            config["meta"]["init"] = {"method": "random", "layers": layer_report(ckpt.build(config["meta"]["model"]), [])}
     s, metric, output = cfg.scaling, cfg.validation.metric, config["output"]
     if in_trial and s.num_workers == 1:
         return InProcessTrainer(config, datasets, LocalRun(output, cfg.keep_checkpoints, metric, _tune_report),

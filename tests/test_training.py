@@ -107,6 +107,12 @@ def test_a_resume_with_other_settings_is_refused_naming_the_keys(tmp_path):
     other = first.model_copy(update={"optim": first.optim.model_copy(update={"lr": 0.5}), "seed": 3})
     with pytest.raises(ConfigError, match=r"other settings \(optim.lr, seed\)"):
         O.check_resume(other, folder)
+    older = O.run_settings(first)  # saved before model.init and loader.snippets_per_song existed
+    del older["model"]["init"], older["loader"]["snippets_per_song"]
+    ckpt.save(folder, ckpt.build(MODEL), {**meta, "settings": older}, epoch=0)
+    O.check_resume(first, folder)  # the keys added since take their defaults
+    with pytest.raises(ConfigError, match=r"other settings \(model.init\)"):
+        O.check_resume(first.model_copy(update={"model": first.model.model_copy(update={"init": "random"})}), folder)
 
 
 def test_a_run_that_keeps_its_own_checkpoints_keeps_the_best_and_the_latest():

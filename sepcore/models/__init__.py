@@ -23,8 +23,10 @@ from torch import nn
 
 from sepcore.models.activation import ActivationCNN
 from sepcore.models.blstm import BLSTM
+from sepcore.models.frame_dnn import FrameDNN
 from sepcore.models.hourglass import Hourglass
 from sepcore.models.losses import activation_bce, mask_loss, masked_l1
+from sepcore.models.mask_dnn import MaskDNN
 
 M = TypeVar("M", bound=type[nn.Module])
 
@@ -47,6 +49,8 @@ def register_model(name: str) -> Callable[[M], M]:
 register_model("hourglass")(Hourglass)
 register_model("activation_cnn")(ActivationCNN)
 register_model("blstm")(BLSTM)
+register_model("frame_dnn")(FrameDNN)
+register_model("mask_dnn")(MaskDNN)
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
@@ -97,6 +101,8 @@ SMOKE_CONFIGS: dict[str, dict[str, Any]] = {
     ),
     "activation_cnn": dict(n_bins=32, n_classes=3, frames=16, filters=[4, 4, 8], dropout=0.1),
     "blstm": dict(n_bins=33, channels=1, hidden=16, layers=2, max_bin=24),
+    "frame_dnn": dict(n_bins=33, channels=1, context=2, max_bin=24, layers=2, width=16),
+    "mask_dnn": dict(n_bins=33, channels=1, window=4, hidden=16, layers=2),
 }
 
 #: Input shape of one smoke batch per model, matching :data:`SMOKE_CONFIGS`.
@@ -104,6 +110,8 @@ SMOKE_INPUT_SHAPES: dict[str, tuple[int, ...]] = {
     "hourglass": (2, 1, 33, 16),
     "activation_cnn": (2, 1, 32, 16),
     "blstm": (2, 1, 33, 16),
+    "frame_dnn": (2, 1, 33, 16),
+    "mask_dnn": (2, 1, 33, 16),
 }
 
 __all__ = [

@@ -15,7 +15,7 @@ RESUMABLE_CHANGES = ("optim.epochs", "optim.early_stopping_patience", "optim.max
 
 
 class ModelConfig(Config):
-    name: Literal["hourglass", "blstm", "activation_cnn"] = Field("hourglass", description="registered model")
+    name: Literal["hourglass", "blstm", "activation_cnn", "frame_dnn", "mask_dnn"] = Field("hourglass", description="registered model")
     config: dict[str, Any] = Field(
         default_factory=dict,
         description="constructor arguments; sizes of the data (bins, channels, classes, frames) are filled in",
@@ -26,6 +26,11 @@ class ModelConfig(Config):
         "standard deviation (Open-Unmix's scaler), measured on up to input_stats_rows rows"
     )
     input_stats_rows: int = Field(512, ge=1, description="training rows measured for input_stats")
+    init: Literal["ls", "random"] = Field(
+        "ls", description="frame_dnn: start its target-width layers from the least-squares solution over the "
+        "training set (seed 000), or all layers at random"
+    )
+    ls_ridge: float = Field(1e-3, ge=0, description="frame_dnn, init ls: ridge lambda (times trace(C_xx) / dim)")
 
     @model_validator(mode="after")
     def _check_arguments(self) -> ModelConfig:
@@ -72,6 +77,10 @@ class LoaderConfig(Config):
         None, description="[lo, hi]: scale each example (mixture and targets alike) by a gain drawn in dB"
     )
     channel_swap: float = Field(0.0, ge=0, le=1, description="probability of swapping an example's channels")
+    snippets_per_song: int | None = Field(
+        None, ge=1, description="train on this many chunks of each training song, drawn at random once per run "
+        "(seed): the same rows every epoch; songs with fewer chunks keep all (seed 000: 100; null: all)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> LoaderConfig:

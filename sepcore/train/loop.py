@@ -26,7 +26,8 @@ from torch import nn
 
 from sepcore.models.losses import MaskLoss, activation_bce, mask_loss
 
-TASK_OF_MODEL = {"hourglass": "separator", "blstm": "separator", "activation_cnn": "activation"}
+TASK_OF_MODEL = {"hourglass": "separator", "blstm": "separator", "activation_cnn": "activation",
+                 "frame_dnn": "separator", "mask_dnn": "separator"}  # fmt: skip
 def build_for_training(model_meta: dict[str, Any], optim: dict[str, Any],
                        place: Callable[[nn.Module], nn.Module], saved: dict[str, Any] | None = None,
                        scaler_device: str | None = None) -> tuple[nn.Module, Any, Any, Any]:  # fmt: skip
@@ -93,8 +94,18 @@ def columns_for(task: str, multi: bool = False) -> tuple[str, str]:
 def batch_loss(task: str, model: nn.Module, batch: dict[str, torch.Tensor], loss: MaskLoss = "l1",
                columns: tuple[str, str] | None = None) -> torch.Tensor:  # fmt: skip
     """The loss of one batch: ``loss`` (l1 or mse) of the masked mixture for separators, binary
-    cross-entropy for activations. ``columns``: (input, target) (default :func:`columns_for`)."""
+    cross-entropy for activations. ``columns``: (input, target) (default :func:`columns_for`).
+
+    A separator with its own training objective (one that estimates magnitudes rather than
+    masks, or one trained on the ideal binary mask) has a ``training_loss(out, mix, target,
+    kind)`` method: it is called with ``out = model(mix, training_output=True)`` (through
+    the model itself, so a DistributedDataParallel wrapper still synchronises gradients)
+    and ``kind`` = ``loss``."""
     x, y = columns or columns_for(task)
+    base = getattr(model, "module", model)  # the model a DistributedDataParallel wraps
+    own = getattr(base, "training_loss", None)
+    if task == "separator" and callable(own):
+        return own(model(batch[x], training_output=True), batch[x], batch[y], loss)
     out = model(batch[x])
     if task == "separator":
         return mask_loss(out, batch[x], batch[y], kind=loss)

@@ -59,6 +59,40 @@ def read_shards(batch: dict[str, Any]) -> Any:
     return pa.concat_tables([pq.read_table(io.BytesIO(storage.read_bytes(str(u)))) for u in batch["uri"]])
 
 
+def read_kept_rows(batch: dict[str, Any], keep: dict[str, list[int]]) -> Any:
+    """:func:`read_shards` keeping only the rows ``keep[uri]`` of each shard (all for a shard not in ``keep``)."""
+    import pyarrow as pa
+
+    tables = []
+    for uri in batch["uri"]:
+        table = read_shards({"uri": [uri]})
+        rows = keep.get(str(uri))
+        tables.append(table if rows is None else table.take(pa.array(rows, type=pa.int64())))
+    return pa.concat_tables(tables)
+
+
+def snippet_rows(manifest: dict[str, Any], per_song: int, seed: int) -> dict[str, list[int]]:
+    """``loader.snippets_per_song``: ``per_song`` rows (chunks) of each training song drawn at random,
+    as the rows to keep of each training shard (a song's shards share its ``track_id``; songs with
+    fewer rows keep all). The draw depends on ``seed`` and the song only."""
+    import hashlib
+
+    import numpy as np
+
+    by_song: dict[str, list[tuple[str, int]]] = {}
+    for shard in manifest["shards"]:
+        if shard["split"] == "train":
+            by_song.setdefault(str(shard["track_id"]), []).extend((shard["uri"], r) for r in range(int(shard["rows"])))
+    keep: dict[str, list[int]] = {sh["uri"]: [] for sh in manifest["shards"] if sh["split"] == "train"}
+    for song, rows in by_song.items():
+        digest = hashlib.sha256(f"{seed}:{song}".encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        chosen = rng.choice(len(rows), size=min(per_song, len(rows)), replace=False)
+        for i in sorted(chosen.tolist()):
+            keep[rows[i][0]].append(rows[i][1])
+    return keep
+
+
 def split_bytes(manifest: dict[str, Any], splits: tuple[str, ...] = ("train", "validation")) -> int:
     """Bytes of the feature columns of ``splits`` (what holding them in memory costs)."""
     import numpy as np
@@ -104,7 +138,7 @@ def model_meta(cfg: Any, manifest: dict[str, Any]) -> dict[str, Any]:
     kwargs = dict(cfg.model.config)
     if cfg.model.name == "hourglass":
         kwargs.setdefault("in_channels", channels)
-    elif cfg.model.name == "blstm":
+    elif task == "separator":  # blstm, frame_dnn
         kwargs.update(n_bins=bins, channels=channels)
     else:
         kwargs.update(n_bins=bins, n_classes=len(manifest["classes"]), frames=frames)
@@ -148,13 +182,23 @@ def run_settings(cfg: Any) -> dict[str, Any]:
     return {**plain, "data": storage.normalize_uri(cfg.data), "output": storage.normalize_uri(cfg.output)}
 
 
+def _with_defaults(cfg: Any, saved: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` settings with the keys added since they were written at their defaults (read
+    back through ``cfg``'s class), so that a run saved by an older version resumes; as saved
+    when they no longer validate."""
+    try:
+        return run_settings(type(cfg).model_validate(saved))
+    except Exception:  # settings of another shape: compared as they are
+        return saved
+
+
 def check_resume(cfg: Any, latest: str) -> None:
     """Refuse to continue the run in ``latest``'s output with other settings (exit status 2)."""
     saved = ckpt.read_meta(latest).get("settings")
     if saved is None:  # written before checkpoints carried their settings
         log.warning("train: %s does not record its settings; resuming without checking them", latest)
         return
-    diff = changed_keys(saved, run_settings(cfg), RESUMABLE_CHANGES)
+    diff = changed_keys(_with_defaults(cfg, saved), run_settings(cfg), RESUMABLE_CHANGES)
     if diff:
         raise ConfigError(
             "output", f"{storage.normalize_uri(cfg.output)} holds a training run with other settings "
@@ -246,11 +290,21 @@ def finish(output: str, metric: str) -> dict[str, Any]:
     write_history(output, history)
     storage.write_bytes(storage.join(output, CURVE_FILE), R.loss_curve_png(history))
     figures = {k: round(v, 4) for k, v in history[-1].items() if isinstance(v, float)}
+    counts = {"epochs": len(history), "checkpoints": len(complete)}
+    init = best_meta.get("init")  # the frame DNN: how its layers started (ray_jobs.trainer.ls_initialise)
+    if init:
+        layers = init.get("layers", [])
+        counts.update(ls_layers=sum(x["init"] == "ls" for x in layers), random_layers=sum(x["init"] == "random" for x in layers))
+        if "seconds" in init:
+            figures["ls_init_s"] = init["seconds"]
+        log.info("train: initial weights (%s): %s", init["method"],
+                 ", ".join(f"layer {x['layer']} {x['in']}->{x['out']} {x['init']}" for x in layers))  # fmt: skip
     return {
-        "counts": {"epochs": len(history), "checkpoints": len(complete)},
+        "counts": counts,
         "figures": {**figures, "best_epoch": best_meta["epoch"], f"best_{metric}": best_meta["metrics"].get(metric)},
         "best_checkpoint": best,
         "failed": [],
+        **({"init": init} if init else {}),
     }
 
 

@@ -66,6 +66,8 @@ def train_worker(config: dict[str, Any], session: Session) -> None:
     net, optimizer, scheduler, scaler = L.build_for_training(
         meta["model"], opt_cfg, lambda m: m.to(device), saved,
         scaler_device="cuda" if opt_cfg["amp"] and device.type == "cuda" else None)  # fmt: skip
+    if saved is None and config.get("initial_state") is not None:  # the frame DNN's least-squares start
+        net.load_state_dict(config["initial_state"])
     task = meta["task"]
     stems = meta.get("stems")
     columns = L.columns_for(task, multi=stems is not None)
