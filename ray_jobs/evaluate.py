@@ -92,7 +92,7 @@ def _separation(track: Any, job: dict[str, Any], example: bool) -> dict[str, Any
     torch.set_num_threads(job["threads"])
     model = None if job["main_is_row"] else _model(job["checkpoint_dir"], job["threads"])
     res = T.evaluate_separation(track, job["meta"], job["scoring"], model, job["classes"], job["batch_size"],
-                                job["stems"], job["wiener_iterations"], _rows(job))  # fmt: skip
+                                job["stems"], job["wiener_iterations"], _rows(job), job["alpha"])  # fmt: skip
     signals = res.pop("signals")
     if example and signals is not None:
         res["example"] = ER.write_example(job["output"], track.track_id, signals, job["sr"], job["classes"][0],
@@ -164,6 +164,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
         raise ConfigError("compare", f"{checkpoint_dir} is an activation model: nothing to compare with")
     rows = ([main_row] if main_row else []) + compare
     modelled, wiener = J.main_classes(cfg, meta, main_row) if separator else ([], None)  # raises ConfigError
+    J.check_alpha(cfg, task, meta, main_row)  # raises ConfigError
     modelled += J.compared_classes(compare, cfg.target, modelled)
     manifest = training_manifest(meta)
     tracks, listing_errors = select_tracks(cfg.data, cfg.split, manifest, cfg.split_fractions, cfg.seed, cfg.tracks)

@@ -28,6 +28,7 @@ PLACEHOLDERS = {
     "median": "<method>",
     "scores": "<method>",
     "skipped": "<track>/<class>",
+    "<class>": "<alpha>",  # alpha.per_class.<class>.<alpha>: the α sweep's entries
 }
 
 INTRO = """\
@@ -43,7 +44,8 @@ How to read the table:
   class (`guitar`, `piano`, ...; a Demucs model's `other` stem is scored as
   `demucs_other-<its other sources>`), `<method>` for one of `model`, `irm`, `ibm`,
   `mixture` or a compared separator's name (`separators[].name`, the keys of `compare`),
-  `<track>/<class>` for a track id and a class; `[]` is every element of an array.
+  `<track>/<class>` for a track id and a class, `<alpha>` for an α value of the sweep
+  (as written: `"0.5"`); `[]` is every element of an array.
 * A field of type `number | string | null` is a number, `null` where it is undefined
   (a silent reference or an all-zero estimate), or the string `"inf"` or `"-inf"`
   (`validate_metrics` refuses any other string). `sdr`, `sir`, `sar`, `error_db` and

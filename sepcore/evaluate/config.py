@@ -9,9 +9,10 @@ common job keys.
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -36,6 +37,23 @@ def method_order(names: Iterable[str]) -> list[str]:
     seen = list(dict.fromkeys(names))
     rows = [m for m in seen if m not in METHODS]
     return [m for m in METHODS[:1] if m in seen] + rows + [m for m in METHODS[1:] if m in seen]
+
+
+def alpha_values(spec: Mapping[str, Any]) -> list[float]:
+    """The α values of a range ``{start, stop, step}``: ``start, start + step, ...`` up to
+    ``stop`` included (within ``step / 1000``), rounded to 6 decimals."""
+    if set(spec) != {"start", "stop", "step"}:
+        raise ValueError(f"an alpha range has exactly the keys start, stop, step; got {sorted(spec)}")
+    start, stop, step = (float(spec[k]) for k in ("start", "stop", "step"))
+    if step <= 0 or stop < start:
+        raise ValueError(f"an alpha range needs step > 0 and stop >= start, got {dict(spec)}")
+    count = math.floor((stop - start) / step + 1e-3) + 1
+    return [round(start + k * step, 6) for k in range(count)]
+
+
+def alpha_key(alpha: float) -> str:
+    """How an α value names its entry in metrics.json and the track results: ``0.5`` -> ``"0.5"``."""
+    return f"{alpha:g}"
 
 
 class ScoringConfig(Config):
@@ -114,6 +132,9 @@ class EvaluateKeys(Config):
     batch_size: int = Field(8, ge=1, description="separator chunks per model call")
     wiener_iterations: int | None = Field(
         None, ge=0, description="multi-stem checkpoints: Wiener filter iterations (default: the checkpoint's, else 0)")
+    alpha: list[float] | None = Field(
+        None, description="binary-mask checkpoints (mask_dnn): confidence thresholds scored in one pass (the "
+        "network runs once per track), a list or {start, stop, step} (stop included); null: none")
     cpus_per_task: float = Field(1.0, gt=0, description="CPUs reserved per track task")
     threads: int = Field(1, ge=1, description="torch threads per task")
     report: ReportConfig = Field(default_factory=lambda: ReportConfig.model_validate({}))
@@ -122,6 +143,23 @@ class EvaluateKeys(Config):
     item_timeout_s: float = Field(
         7200.0, gt=0, description="time limit of one track's task (and of the sequence test), from its start: "
         "then it is cancelled and the track recorded as failed (a 15-minute track takes minutes)")
+
+    @field_validator("alpha", mode="before")
+    @classmethod
+    def _alpha_range(cls, value: object) -> object:
+        return alpha_values(value) if isinstance(value, dict) else value
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_values(cls, value: list[float] | None) -> list[float] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("give at least one alpha (or null for none)")
+        bad = [a for a in value if not 0.0 <= a <= 1.0]
+        if bad:
+            raise ValueError(f"alpha values must be in [0, 1], got {bad}")
+        return sorted({round(a, 6) for a in value})
 
     @field_validator("compare")
     @classmethod

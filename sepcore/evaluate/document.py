@@ -15,7 +15,7 @@ import numpy as np
 
 from sepcore.errors import SepError
 from sepcore.evaluate import bss as metrics
-from sepcore.evaluate.config import METHODS, SOURCES, Mode, method_order
+from sepcore.evaluate.config import METHODS, SOURCES, Mode, alpha_key, method_order
 
 #: Format tag of metrics.json.
 FORMAT = "sep-evaluate/1"
@@ -60,6 +60,27 @@ _SEPARATOR = {
     },
 }  # fmt: skip
 _MATRIX = {"type": "array", "items": {"type": "array", "items": _NUM}}
+_ALPHA_SOURCE = {**_MEDIAN_SOURCE, "required": [*_MEDIAN_SOURCE["required"], *(f"{m}_mean" for m in metrics.METRICS)],
+                 "properties": {
+    **{m: {**_NUM, "description": f"median {m.upper()} over tracks (dB)"} for m in metrics.METRICS},
+    "count": {"type": "integer", "description": "tracks with a defined (not NaN) SDR"},
+    **{f"{m}_mean": {**_NUM, "description": f"mean {m.upper()} over the tracks where it is finite (dB)"}
+       for m in metrics.METRICS}}}  # fmt: skip
+_ALPHA = {
+    "type": "object",
+    "required": ["values", "model_alpha", "per_class"],
+    "description": "binary-mask models with an alpha sweep: the scores of the stems (mask > alpha, its complement) "
+                   "at each alpha, from one network pass per track",
+    "properties": {
+        "values": {"type": "array", "items": {"type": "number"}, "description": "the alphas scored, ascending"},
+        "model_alpha": {"type": "number", "description": "the model's own alpha (its model row)"},
+        "per_class": {"type": "object", "description": "the model's class (its target)", "additionalProperties": {
+            "type": "object", "description": "the class's scores, one entry per alpha",
+            "additionalProperties": {"type": "object", "required": list(SOURCES),
+                                     "description": "the scores at that alpha, keyed by the value as written "
+                                     "(0.5 -> \"0.5\")", "properties": {s: _ALPHA_SOURCE for s in SOURCES}}}},
+    },
+}  # fmt: skip
 
 
 def metrics_schema(rows: Sequence[str] = ()) -> dict[str, Any]:
@@ -225,6 +246,9 @@ def metrics_schema(rows: Sequence[str] = ()) -> dict[str, Any]:
                     },
                 },  # fmt: skip
             },
+            "model_alpha": {"type": "number", "description": "binary-mask models: the confidence threshold of "
+                            "the model row (its target is where the network's mask exceeds it)"},
+            "alpha": _ALPHA,
             "report": {"type": "object"},
         },
     }
@@ -356,6 +380,28 @@ def _separation_section(results: list[dict[str, Any]], classes: list[str]) -> di
     return out
 
 
+def alpha_section(results: Sequence[Mapping[str, Any]], alphas: Sequence[float], model_alpha: float) -> dict[str, Any]:
+    """The ``alpha`` entry: per class and α, the median (and mean) scores over tracks.
+
+    ``results``: per-track results with ``"alpha"`` (:func:`sepcore.evaluate.tracks.score_alphas`).
+    Medians as :func:`sepcore.evaluate.scoring.median_table` (NaN left out; ``count``:
+    tracks with a defined SDR); means over the tracks where the score is finite.
+    """
+    from sepcore.evaluate.scoring import finite_mean, median_table
+
+    keys = [alpha_key(a) for a in alphas]
+    per_class: dict[str, Any] = {}
+    for cls in dict.fromkeys(c for r in results for c in r.get("alpha", {})):
+        tracks = [{"scores": r["alpha"][cls]} for r in results if cls in r.get("alpha", {})]
+        median = median_table(tracks)
+        per_class[cls] = {
+            key: {src: {**median[key][src], **{f"{m}_mean": finite_mean([t["scores"][key][src][m] for t in tracks])
+                                               for m in metrics.METRICS}} for src in SOURCES}
+            for key in keys if key in median
+        }  # fmt: skip
+    return {"values": list(alphas), "model_alpha": model_alpha, "per_class": per_class}
+
+
 def sdr_ratio(median: Mapping[str, Mapping[str, Mapping[str, float | int]]]) -> float:
     """Median instrument SDR of the model over that of the IRM (the share of the oracle bound).
 
@@ -400,13 +446,16 @@ def metrics_document(head: Mapping[str, Any], evaluation: Mapping[str, Any], cla
     (:meth:`sepcore.evaluate.config.ScoringConfig.described`); ``classes``: the classes
     scored (separators: the target first) or of the activations; ``results``: per-track
     results and failures (``{"track_id", "error"}``); ``sequence``: the sequence test.
+    A binary-mask model's ``head`` adds ``model_alpha`` and ``alpha`` (the sweep: a
+    non-empty one adds the ``alpha`` entry, :func:`alpha_section`).
     """
     task = head["task"]
     ok = [r for r in results if "error" not in r and (task == "activation" or r["classes"])]
     failed = [{"item": r["track_id"], "error": r["error"]} for r in results if "error" in r]
     failed += [{"item": "listing", "error": e} for e in listing_errors]
     audio = sum(r["seconds"] for r in ok)
-    evaluated = sum(r["seconds"] * sum(len(s) for s in r.get("classes", {}).values()) for r in ok)
+    evaluated = sum(r["seconds"] * sum(len(s) for part in ("classes", "alpha") for s in r.get(part, {}).values())
+                    for r in ok)  # fmt: skip
     eval_s = sum(r.get("eval_seconds", 0.0) for r in ok)
     separator = task == "separator"
     doc = {
@@ -414,7 +463,8 @@ def metrics_document(head: Mapping[str, Any], evaluation: Mapping[str, Any], cla
         "split": head["split"], "target": head["target"] if separator else None,
         **{k: head[k] for k in ("stems", "wiener_iterations") if separator and head.get(k) is not None},
         "sample_rate": int(head["sample_rate"]),
-        **{k: head[k] for k in ("channels", "separators") if separator and head.get(k) is not None}, "feature": head.get("feature"), "frames": head.get("frames"),
+        **{k: head[k] for k in ("channels", "separators", "model_alpha") if separator and head.get(k) is not None},
+        "feature": head.get("feature"), "frames": head.get("frames"),
         "evaluation": dict(evaluation),
         "tracks_evaluated": len(ok),
         "timing": {"audio_seconds": audio, "scored_audio_seconds": evaluated if separator else audio,
@@ -426,6 +476,8 @@ def metrics_document(head: Mapping[str, Any], evaluation: Mapping[str, Any], cla
         "separation": _separation_section(ok, classes) if separator else None,
         "activation": _activation_section(results, classes, sequence) if not separator else None,
     }  # fmt: skip
+    if separator and head.get("alpha"):
+        doc["alpha"] = alpha_section(ok, head["alpha"], head["model_alpha"])
     return {**to_json(doc), "tracks_selected": int(head["tracks_selected"])}
 
 
@@ -442,6 +494,10 @@ def summary_entries(doc: Mapping[str, Any]) -> dict[str, Any]:
                 )
         if sec.get("sdr_ratio") is not None:
             figures[f"{cls}/sdr_ratio"] = sec["sdr_ratio"]
+    for cls, by_alpha in ((doc.get("alpha") or {}).get("per_class") or {}).items():
+        for key, m in by_alpha.items():
+            figures[f"{cls}/alpha={key}/instrument"] = " / ".join(
+                f"{from_json_number(m['instrument'][k]):.2f}" for k in ("sdr", "sir", "sar"))
     counts = {"tracks": doc["tracks_selected"], "evaluated": doc["tracks_evaluated"],
               "failed": len(doc["failed"]), "skipped": len(doc["skipped"])}  # fmt: skip
     return {"counts": counts, "figures": figures}

@@ -76,6 +76,7 @@ def task_settings(cfg: Any, task: str, meta: dict[str, Any], checkpoint_dir: str
     """What every task needs; ``fingerprint``: what a track's result depends on.
 
     ``wiener``: the Wiener iterations of a multi-stem checkpoint (:func:`wiener_iterations`);
+    ``alpha``: the α sweep (:func:`check_alpha`), in the fingerprint when set;
     ``rows``: the separators scored as rows (:func:`plan_rows`), whose weights digests,
     rates and Demucs options join the fingerprint (a run without rows keeps the one it had).
     With a Demucs checkpoint ``meta`` is the evaluation's (:func:`sepcore.evaluate.compare.evaluation_meta`),
@@ -88,6 +89,8 @@ def task_settings(cfg: Any, task: str, meta: dict[str, Any], checkpoint_dir: str
     stems = checkpoint_stems(meta) if task == "separator" else None
     if stems is not None:
         settings["wiener_iterations"] = wiener
+    if cfg.alpha:
+        settings["alpha"] = list(cfg.alpha)
     if rows:
         settings["rows"] = [r.fingerprint() for r in rows]
         settings["layout"] = [meta["sample_rate"], meta.get("channels", 1), meta.get("feature")]
@@ -95,7 +98,7 @@ def task_settings(cfg: Any, task: str, meta: dict[str, Any], checkpoint_dir: str
             "classes": classes, "scoring": cfg, "stems": stems, "wiener_iterations": wiener or 0,
             "fingerprint": batch.settings_fingerprint(settings), "done": storage.join(output, DONE_FOLDER),
             "batch_size": cfg.batch_size, "threads": cfg.threads, "output": output, "rows": list(rows),
-            "main_is_row": any(r.name == "model" for r in rows),
+            "main_is_row": any(r.name == "model" for r in rows), "alpha": list(cfg.alpha or []),
             "report": cfg.report.model_dump(), "activation": cfg.activation.model_dump()}  # fmt: skip
 
 
@@ -147,6 +150,29 @@ def main_classes(cfg: Any, meta: Mapping[str, Any], main: RowSpec | None) -> tup
     return [cfg.target], None
 
 
+def check_alpha(cfg: Any, task: str, meta: Mapping[str, Any], main: RowSpec | None) -> float | None:
+    """The checkpoint model's own α when the run sweeps ``alpha`` (None without a sweep).
+
+    The sweep needs a one-target project checkpoint whose model has a confidence threshold
+    (an ``alpha`` attribute, recorded by :func:`sepcore.evaluate.tracks.load_checked` as
+    ``meta["model_alpha"]``: the binary-mask DNN); any other raises
+    :class:`sepcore.errors.ConfigError`.
+    """
+    if not cfg.alpha:
+        return None
+    if main is not None or task != "separator":
+        what = "a Demucs model" if main is not None else "an activation model"
+        raise ConfigError("alpha", f"{cfg.checkpoint} is {what}: alpha applies to binary-mask models (mask_dnn)")
+    if checkpoint_stems(meta) is not None:
+        raise ConfigError("alpha", f"{cfg.checkpoint} is a multi-stem checkpoint: alpha applies to one-target "
+                          "binary-mask models (mask_dnn)")  # fmt: skip
+    if meta.get("model_alpha") is None:
+        name = (meta.get("model") or {}).get("name")
+        raise ConfigError("alpha", f"the checkpoint's model ({name}) has no confidence threshold: alpha applies "
+                          "to binary-mask models (mask_dnn); remove the key")  # fmt: skip
+    return float(meta["model_alpha"])
+
+
 def compared_classes(compare: Sequence[RowSpec], target: str | None, modelled: Sequence[str]) -> list[str]:
     """The classes the compared separators add after ``modelled`` (in their order); none
     with ``target`` (their rows then appear for that class and ``classes`` only)."""
@@ -186,7 +212,9 @@ def run_head(cfg: Any, task: str, checkpoint_dir: str, target: str | None, meta:
              tracks_selected: int, wiener: int | None = None, rows: Sequence[RowSpec] = ()) -> dict[str, Any]:  # fmt: skip
     """The head of metrics.json: what was evaluated, on what.
 
-    A multi-stem checkpoint adds ``stems`` and ``wiener_iterations`` (``target`` is then
+    A binary-mask checkpoint adds its own threshold ``model_alpha`` and the α sweep
+    ``alpha`` (the config's, maybe empty). A multi-stem
+    checkpoint adds ``stems`` and ``wiener_iterations`` (``target`` is then
     the config's restriction to one class, or None). A separator evaluation records
     ``channels`` (with ``sample_rate``: where the scores are computed) and ``separators``:
     every separator scored, the checkpoint's model first (``model``), then ``rows``
@@ -199,6 +227,9 @@ def run_head(cfg: Any, task: str, checkpoint_dir: str, target: str | None, meta:
     stems = checkpoint_stems(meta) if task == "separator" else None
     if stems is not None:
         head.update(stems=stems, wiener_iterations=wiener)
+    if task == "separator" and meta.get("model_alpha") is not None:
+        head["model_alpha"] = float(meta["model_alpha"])
+        head["alpha"] = list(cfg.alpha or [])
     if task == "separator":
         main = next((r for r in rows if r.name == "model"), None)
         if main is None:

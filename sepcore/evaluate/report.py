@@ -1,4 +1,5 @@
-"""The evaluate job's report: tables, box plots, examples, activation figures (seed 001/002).
+"""The evaluate job's report: tables, box plots, examples, activation figures (seed 001/002),
+and a binary-mask model's α sweep (seed 003: scores against α, mean SAR against mean SIR).
 
 :func:`build_report` turns a metrics document (:mod:`sepcore.evaluate.document`) and the
 per-track results into :class:`sepcore.report.html.Section` s; the ``write_*`` functions
@@ -207,6 +208,118 @@ def layout_text(doc: Mapping[str, Any]) -> str:
     return "\n\n".join(lines) + "\n\n"
 
 
+# ---------------------------------------------------------------- the α sweep (seed 003)
+
+#: Mean SAR (dB) above which a row is drawn at the top of the SAR-vs-SIR plot (the mixture's, about 150).
+SAR_CAP = 80.0
+#: Seed 003's colours for the scores against α: SDR green, SIR red, SAR blue.
+ALPHA_COLOURS = {"sdr": "tab:green", "sir": "tab:red", "sar": "tab:blue"}
+
+
+def alpha_figure(by_alpha: Mapping[str, Mapping[str, Any]], model_alpha: float, title: str = "") -> Any:
+    """Median SDR, SIR and SAR against α, one panel per source (seed 003's figure).
+
+    ``by_alpha``: ``{alpha_key: {source: {"sdr", "sir", "sar", ...}}}`` (metrics.json's
+    ``alpha.per_class.<class>``); a dashed line marks the model's own α. A score above
+    :data:`SAR_CAP` (the rest's SAR when it is the whole mixture) is drawn at the top with its value.
+    """
+    alphas = [float(k) for k in by_alpha]
+    fig = R.new_figure(10.0, 4.0)
+    axes = fig.subplots(1, len(SOURCES), sharex=True)
+    for ax, src in zip(axes, SOURCES, strict=True):
+        series = {m: [_num(v[src][m]) for v in by_alpha.values()] for m in ALPHA_COLOURS}
+        top = max([x for ys in series.values() for x in ys if x <= SAR_CAP], default=SAR_CAP) + 3
+        for m, colour in ALPHA_COLOURS.items():
+            ax.plot(alphas, [top if x > SAR_CAP else x for x in series[m]], "o-", color=colour, label=m.upper())
+            for a, x in zip(alphas, series[m], strict=True):
+                if x > SAR_CAP:  # the whole mixture as the rest: numerically no artifacts
+                    ax.annotate(f"{x:.0f} dB", (a, top), textcoords="offset points", xytext=(3, -10),
+                                fontsize="x-small", color=colour)  # fmt: skip
+        ax.axvline(model_alpha, color="grey", linestyle="--", linewidth=1, label=f"model α = {model_alpha:g}")
+        ax.set_xlabel("α (confidence threshold)")
+        ax.set_ylabel("median over tracks (dB)")
+        ax.set_title(f"{title}: {'target' if src == 'instrument' else 'rest'}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def row_means(sec: Mapping[str, Any], src: str) -> dict[str, tuple[float, float]]:
+    """``{method: (mean SIR, mean SAR)}`` of a class's rows over its tracks (finite values)."""
+    from sepcore.evaluate.scoring import finite_mean
+
+    out = {}
+    for m in sec["methods"]:
+        scores = [t["scores"][m][src] for t in sec["tracks"] if m in t["scores"]]
+        out[m] = (finite_mean([_num(x["sir"]) for x in scores]), finite_mean([_num(x["sar"]) for x in scores]))
+    return out
+
+
+def sar_sir_figure(by_alpha: Mapping[str, Mapping[str, Any]], rows: Mapping[str, Mapping[str, tuple[float, float]]],
+                   title: str = "") -> Any:  # fmt: skip
+    """Mean SAR against mean SIR: the model's α curve beside the other rows (seed 003's
+    like-to-like comparison), one panel per source.
+
+    ``by_alpha`` as :func:`alpha_figure`; ``rows``: ``{source: {method: (mean SIR, mean
+    SAR)}}`` (:func:`row_means`), one labelled point each; a row whose mean SAR is above
+    :data:`SAR_CAP` (the mixture; the rest at an α that leaves it the whole mixture) is drawn
+    at the top, its SAR in its label.
+    """
+    fig = R.new_figure(10.0, 4.5)
+    axes = fig.subplots(1, len(SOURCES))
+    colours = R.colormap("tab10")
+    for ax, src in zip(axes, SOURCES, strict=True):
+        sir = [_num(v[src]["sir_mean"]) for v in by_alpha.values()]
+        sar = [_num(v[src]["sar_mean"]) for v in by_alpha.values()]
+        top = max([v for v in (*sar, *(y for _, y in rows.get(src, {}).values())) if v <= SAR_CAP], default=SAR_CAP)
+        shown = [top + 5 if v > SAR_CAP else v for v in sar]
+        ax.plot(sir, shown, "o-", color="black", label="model at each α")
+        for key, x, y, v in zip(by_alpha, sir, shown, sar, strict=True):
+            text = key if v <= SAR_CAP else f"{key} (SAR {v:.0f} dB, off the scale)"
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(3, 3), fontsize="x-small")
+        for k, (method, (x, y)) in enumerate(rows.get(src, {}).items()):
+            if y > SAR_CAP:  # a scaled mixture has (numerically) no artifacts: drawn at the top
+                ax.plot([x], [top + 5], marker="^", linestyle="none", color=colours(k),
+                        label=f"{method} (SAR {y:.0f} dB, off the scale)")  # fmt: skip
+            else:
+                ax.plot([x], [y], marker="s", linestyle="none", color=colours(k), label=method)
+        ax.set_xlabel("mean SIR (dB)")
+        ax.set_ylabel("mean SAR (dB)")
+        ax.set_title(f"{title}: {'target' if src == 'instrument' else 'rest'}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    return fig
+
+
+def _alpha_sections(doc: Mapping[str, Any]) -> list[R.Section]:
+    """Per class of the sweep: the scores against α, SAR against SIR, and the medians' table."""
+    sweep = doc["alpha"]
+    out = []
+    for cls, by_alpha in sweep["per_class"].items():
+        sec = (doc.get("separation") or {}).get(cls)
+        rows = {src: row_means(sec, src) for src in SOURCES} if sec else {}
+        name = safe_name(cls)
+        table = [[float(key), *(_num(v[src][k]) for src in SOURCES for k in ("sdr", "sir", "sar")),
+                  v["instrument"]["count"]] for key, v in by_alpha.items()]  # fmt: skip
+        out.append(R.Section(f"{cls}: confidence threshold α (seed 003)", [
+            R.Text(f"The model's probabilistic mask M is computed once per track; at each α the target is where "
+                   f"M > α and the rest its complement (the stems add up to the mixture). The model row uses "
+                   f"α = {sweep['model_alpha']:g}."),
+            R.Image(f"alpha_{name}.png", R.figure_png(alpha_figure(by_alpha, sweep["model_alpha"], cls)),
+                    title="SDR, SIR and SAR against α", caption="medians over tracks; SDR green, SIR red, SAR blue"),
+            R.Image(f"alpha_sar_vs_sir_{name}.png", R.figure_png(sar_sir_figure(by_alpha, rows, cls)),
+                    title="mean SAR against mean SIR", caption="the model at each α (labelled) beside the run's "
+                    "other rows (the model at its own α, compared separators, oracle masks, mixture); means over "
+                    "tracks of the finite values"),
+            R.Table(f"{cls}: median over tracks at each α (dB)",
+                    ["α", *(f"{'target' if s == 'instrument' else 'rest'} {k.upper()}" for s in SOURCES
+                            for k in ("sdr", "sir", "sar")), "tracks"], table),
+        ]))  # fmt: skip
+    return out
+
+
 def build_report(doc: dict[str, Any], results: list[dict[str, Any]], sequence: dict[str, Any] | None,
                  meta: dict[str, Any]) -> list[R.Section]:  # fmt: skip
     """The report's sections for a finished evaluation."""
@@ -217,6 +330,7 @@ def build_report(doc: dict[str, Any], results: list[dict[str, Any]], sequence: d
             title = "Classes of the multi-stem model" if doc.get("stems") else "Classes and separators"
             sections.append(R.Section(title, [_class_table(sep)]))
         sections += [R.Section("Median scores (seed 002's tables)", _median_tables(sep, doc)),
+                     *(_alpha_sections(doc) if doc.get("alpha") else []),
                      R.Section("Distributions", _box_plots(sep)),
                      R.Section("Per track", _track_tables(sep))]  # fmt: skip
         examples = [r["example"] for r in results if "example" in r]

@@ -237,3 +237,10 @@ def nanmedian(values: Sequence[float]) -> float:
         return (
             float(np.nanmedian(np.asarray(values, dtype=np.float64))) if len(values) else math.nan
         )
+
+
+def finite_mean(values: Sequence[float]) -> float:
+    """Mean of the finite values (NaN and +-inf left out); NaN when none is finite."""
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else math.nan

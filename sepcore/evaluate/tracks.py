@@ -36,7 +36,7 @@ from sepcore.evaluate.activations import (
     noise_matrix,
     predict_activations,
 )
-from sepcore.evaluate.config import ScoringConfig
+from sepcore.evaluate.config import ScoringConfig, alpha_key
 from sepcore.evaluate.document import METHODS, EvaluationError
 from sepcore.evaluate.scoring import score_methods
 from sepcore.models import checkpoint as ckpt
@@ -44,6 +44,8 @@ from sepcore.separate.apply import oracle_masks
 from sepcore.separate.separator import MaskSeparator
 from sepcore.units import Seconds, seconds_to_samples
 
+#: α values of a sweep whose stems are made and scored together (bounds the memory).
+ALPHA_GROUP = 4
 #: Level (dBFS) a solo stretch must pass to take part in the sequence test.
 AUDIBLE_DBFS = -50.0
 
@@ -223,6 +225,7 @@ def evaluate_separation(
     stems: Sequence[str] | None = None,
     wiener_iterations: int = 0,
     rows: Sequence[tuple[Any, Any]] = (),
+    alphas: Sequence[float] = (),
 ) -> dict[str, Any]:
     """One track's separation scores for ``classes``.
 
@@ -236,8 +239,12 @@ def evaluate_separation(
     checkpoint is the row ``model`` with ``model`` None), each run once on the mixture at
     its own rate and channels and scored for the classes it has
     (:func:`sepcore.evaluate.compare.row_estimates`).
+    ``alphas``: the α sweep of a binary-mask model (one target): its probabilistic mask is
+    computed once (:func:`soft_alpha_mask`) and gives both the ``model`` row (at the
+    model's own α) and one estimate per α (:func:`score_alphas`).
     Returns ``{"track_id", "seconds", "separate_seconds", "eval_seconds", "classes":
     {class: {method: {source: {"sdr", "sir", "sar"}}}}, "skipped": {class: reason}}``
+    (with a sweep also ``"alpha": {class: {alpha_key: {source: {"sdr", "sir", "sar"}}}}``)
     and, under ``"signals"``, the pair and estimates of the first class (for examples).
     """
     import time
@@ -257,18 +264,69 @@ def evaluate_separation(
     for cls, (instrument, rest) in pairs.items():
         t0 = time.perf_counter()
         use_model = model if stems is None and cls == classes[0] else None
-        given = None
+        given, soft = None, None
         if cls in scored and cls in separated:
             given = {"instrument": separated[cls], "rest": mix - separated[cls]}
+        if use_model is not None and alphas:  # one mask: the model row and the sweep
+            soft = soft_alpha_mask(use_model, instrument + rest, meta, batch_size)
+            given, use_model = alpha_stems(soft, soft[3], instrument.shape[1]), None
         est = estimates(instrument, rest, int(f["n_fft"]), int(f["hop"]), use_model, sr, int(meta["frames"]),
                         batch_size, model_estimate=given, rows=by_class.get(cls))  # fmt: skip
         t1 = time.perf_counter()
         out["classes"][cls] = score_methods(instrument, rest, est, sr, spec)
+        if soft is not None:
+            out["alpha"] = {cls: score_alphas(instrument, rest, soft, alphas, sr, spec)}
         out["separate_seconds"] += t1 - t0
         out["eval_seconds"] += time.perf_counter() - t1
         out["seconds"] = instrument.shape[1] / sr
         if cls == classes[0]:
             out["signals"] = {"instrument": instrument, "rest": rest, "estimates": est}
+    return out
+
+
+def soft_alpha_mask(model: nn.Module, mix: np.ndarray, meta: Mapping[str, Any],
+                    batch_size: int = 8) -> tuple[Any, np.ndarray, np.ndarray, float]:  # fmt: skip
+    """A binary-mask model's probabilistic mask of the whole of ``mix``, computed once.
+
+    :func:`sepcore.separate.apply.soft_mask` (the one apply's chunks and stitching) with
+    the checkpoint's STFT and frames, and the model's own α. Memory: the mask and the
+    spectrogram of the whole track.
+    Shape: ``(channels, samples)`` -> ``(stft, spec (channels, bins, frames) complex, mask
+    (channels or 1, bins, frames), alpha)``.
+    """
+    from sepcore.separate.apply import binary_threshold, soft_mask
+
+    own = binary_threshold(model)
+    if own is None:
+        raise ValueError(f"{type(model).__name__} has no confidence threshold (alpha)")
+    f = meta["feature"]
+    stft, spec, mask = soft_mask(model, mix.astype(np.float32), int(meta["sample_rate"]), int(f["n_fft"]),
+                                 int(f["hop"]), int(meta["frames"]), batch_size)  # fmt: skip
+    return stft, spec, mask, own
+
+
+def alpha_stems(soft: tuple[Any, np.ndarray, np.ndarray, float], alpha: float, length: int) -> dict[str, np.ndarray]:
+    """The stems of :func:`soft_alpha_mask`'s mask thresholded at ``alpha``: the target where
+    the mask exceeds ``alpha``, the rest its complement (they add up to the mixture).
+    Shape: -> ``{"instrument", "rest"}`` each ``(channels, length)``."""
+    from sepcore.separate.apply import apply_mask, threshold_mask
+
+    stft, spec, mask, _ = soft
+    return apply_mask(stft, spec, threshold_mask(mask, alpha), length)
+
+
+def score_alphas(instrument: np.ndarray, rest: np.ndarray, soft: tuple[Any, np.ndarray, np.ndarray, float],
+                 alphas: Sequence[float], sample_rate: int, spec: ScoringConfig) -> dict[str, Any]:  # fmt: skip
+    """Scores of the α sweep: ``{alpha_key: {source: {"sdr", "sir", "sar"}}}``.
+
+    The stems of :data:`ALPHA_GROUP` α at a time are made from the one mask and scored
+    together (:func:`sepcore.evaluate.scoring.score_methods`), so memory stays that of a
+    few estimates whatever the number of α. Shape: ``(channels, samples)`` each.
+    """
+    out: dict[str, Any] = {}
+    for k in range(0, len(alphas), ALPHA_GROUP):
+        group = {alpha_key(a): alpha_stems(soft, a, instrument.shape[1]) for a in alphas[k : k + ALPHA_GROUP]}
+        out.update(score_methods(instrument, rest, group, sample_rate, spec))
     return out
 
 
@@ -417,11 +475,20 @@ def describe(res: Mapping[str, Any]) -> str:
 def load_checked(checkpoint_dir: str) -> dict[str, Any]:
     """The checkpoint's meta, after loading its model once: a bad checkpoint fails early, once.
 
+    A model with a confidence threshold (:func:`sepcore.separate.apply.binary_threshold`)
+    adds it as ``meta["model_alpha"]``.
+
     Raises :class:`sepcore.models.checkpoint.CheckpointError` naming the folder, also for a
     state dict that does not fit the model it names.
     """
+    from sepcore.separate.apply import binary_threshold
+
     try:
-        return ckpt.load_model(checkpoint_dir)[1]
+        model, meta = ckpt.load_model(checkpoint_dir)
+        alpha = binary_threshold(model)
+        if alpha is not None:
+            meta["model_alpha"] = alpha
+        return meta
     except SepError:
         raise
     except Exception as exc:  # a state dict that does not fit the model it names

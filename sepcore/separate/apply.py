@@ -62,6 +62,13 @@ is ``ISTFT(y_j)``. (A one-source model with ``wiener_iterations > 0`` goes the s
 way with the two masks ``mask``, ``1 - mask``.) Whatever the masks, the stems add up
 to the mixture up to the STFT round trip (float32: about ``1e-6`` of the peak).
 
+Binary masks. A one-source model with a confidence threshold (an ``alpha`` attribute,
+:func:`binary_threshold`: the binary-mask DNN of seed 003, :mod:`sepcore.models.mask_dnn`)
+has its stitched mask (the probabilistic mask ``M``) thresholded before it is applied:
+the instrument's mask is ``M > alpha`` and the rest's its complement (:func:`threshold_mask`),
+so the stems add up to the mixture. Only one-source models may have a threshold.
+Separation, evaluation and validation all get it from here.
+
 Memory of :func:`separate` on a whole signal: the masks (float32) and, with the Wiener
 filter, the complex64 stems ``(sources, channels, bins, frames)``, about 2.5 GB for a
 10-minute stereo song with 6 stems at n_fft 1536 / hop 384 / 22.05 kHz; the filter's
@@ -446,14 +453,11 @@ def _separate(
         raise ValueError(f"expected a waveform (channels, samples), got shape {audio.shape}")
     if wiener_iterations < 0:
         raise ValueError(f"wiener_iterations must be >= 0, got {wiener_iterations}")
-    _check_model_params(model, sample_rate, n_fft, hop)
     names = stem_names(model, stems)
-    stft = Stft(n_fft=n_fft, hop=hop, sample_rate=sample_rate)
-    spec = stft.stft_complex(audio)
-    mag, shared = _model_input(stft, spec, audio, model_channels(model))
-    mask = predict_mask(model, mag, frames, batch_size, device, overlap)
-    if shared:
-        mask = mask.mean(axis=-3, keepdims=True)
+    stft, spec, mask = soft_mask(model, audio, sample_rate, n_fft, hop, frames, batch_size, device, overlap)
+    alpha = binary_threshold(model)
+    if alpha is not None:
+        mask = threshold_mask(mask, alpha)
     length = audio.shape[1]
     if mask.ndim == 3:  # one source
         if wiener_iterations == 0:
@@ -464,6 +468,63 @@ def _separate(
         return {name: stft.istft(spec * masks[j], length) for j, name in enumerate(names)}
     y = _wiener_stems(mask, spec, wiener_iterations, frame_offset)
     return {name: stft.istft(y[j], length) for j, name in enumerate(names)}
+
+
+def soft_mask(
+    model: nn.Module,
+    audio: np.ndarray,
+    sample_rate: int,
+    n_fft: int,
+    hop: int,
+    frames: int,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    overlap: float = 0.5,
+) -> tuple[Stft, np.ndarray, np.ndarray]:
+    """The STFT, the mixture spectrogram and the model's stitched mask of ``audio``, before
+    any threshold (module docstring: Channels; Binary masks).
+
+    :func:`separate` applies the mask (thresholded for a model with a
+    :func:`binary_threshold`); the evaluation's α sweep computes the mask once here and
+    thresholds it at every α (:func:`threshold_mask`, :func:`apply_mask`).
+    Shape: ``(channels, samples)`` -> the :class:`~sepcore.prepare.features.Stft`, spec
+    ``(channels, bins, frames)`` complex, mask ``([sources,] channels or 1, bins, frames)``.
+    """
+    _check_model_params(model, sample_rate, n_fft, hop)
+    stft = Stft(n_fft=n_fft, hop=hop, sample_rate=sample_rate)
+    spec = stft.stft_complex(audio)
+    mag, shared = _model_input(stft, spec, audio, model_channels(model))
+    mask = predict_mask(model, mag, frames, batch_size, device, overlap)
+    if shared:
+        mask = mask.mean(axis=-3, keepdims=True)
+    return stft, spec, mask
+
+
+def binary_threshold(model: nn.Module) -> float | None:
+    """The confidence threshold α of a binary-mask model (its ``alpha`` attribute, also seen
+    on the model a :class:`~sepcore.models.checkpoint.LogMagnitude` wraps), else None.
+
+    Only one-source models may have one (raises ValueError otherwise).
+    """
+    for m in (model, getattr(model, "model", None)):
+        value = getattr(m, "alpha", None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if source_count(model) != 1:
+                raise ValueError("a binary threshold (alpha) applies to one-source models only")
+            return float(value)
+    return None
+
+
+def threshold_mask(mask: np.ndarray, alpha: float) -> np.ndarray:
+    """Seed 003's binary mask: 1 where the probabilistic mask exceeds ``alpha``, else 0.
+
+    The rest's mask is its complement (:func:`apply_mask`), so the stems still add up to
+    the mixture. A higher ``alpha`` never adds a bin to the target.
+    Shape: any -> the same, float32 0/1.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    return (mask > alpha).astype(np.float32)
 
 
 def _wiener_stems(masks: np.ndarray, spec: np.ndarray, iterations: int, offset: int) -> np.ndarray:
