@@ -269,6 +269,34 @@ HEADER = ("| pipeline | threads | files | audio s | wall s | x real time | x RT 
           "|---|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
 
 
+def in_process(repo: str, sig: str, path: str, times: int) -> int:
+    """Time ``DemucsSeparator.separate`` (ours, blocks of 60 s) and Demucs's
+    ``Separator.separate_tensor`` alternately on one file in one process with one torch thread:
+    the separation alone, without the job or the command line around it."""
+    import pathlib
+
+    import torch
+    from demucs.api import Separator
+
+    from sepcore.separate import demucs as D
+
+    torch.set_num_threads(1)
+    audio, rate = sf.read(path, dtype="float32", always_2d=True)
+    audio = np.ascontiguousarray(audio.T)
+    ours_sep = D.DemucsSeparator(D.load(os.path.join(repo, sig + ".th"))[0])
+    theirs = Separator(model=sig, repo=pathlib.Path(repo), shifts=0, overlap=0.25, progress=False, device="cpu")
+    print(f"in one process, one thread, {audio.shape[1] / rate:g} s of {os.path.basename(path)}:")
+    for k in range(times):
+        t0 = time.perf_counter()
+        ours_sep.separate(audio)
+        t1 = time.perf_counter()
+        theirs.separate_tensor(torch.from_numpy(audio), rate)
+        t2 = time.perf_counter()
+        print(f"  run {k + 1}: DemucsSeparator.separate {t1 - t0:.1f} s, Demucs Separator.separate_tensor {t2 - t1:.1f} s",
+              flush=True)  # fmt: skip
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--work", default=os.path.join(ROOT, "out", "bench", "demucs"),
@@ -292,6 +320,9 @@ def main() -> int:
     )
     ap.add_argument("--skip-ours", action="store_true")
     ap.add_argument("--skip-demucs", action="store_true")
+    ap.add_argument("--in-process", type=int, default=0, metavar="N",
+                    help="instead: time the two separation functions N times each in this process, "
+                         "one thread, on the first input file (no job, no command line)")  # fmt: skip
     args = ap.parse_args()
 
     work = os.path.abspath(args.work)
@@ -300,6 +331,8 @@ def main() -> int:
     library, paths, origin = make_inputs(work, args.files, args.seconds, args.format, args.data)
     print(f"model {repo}/{sig}.th: {info['weights']:,} weights, segment {info['segment_s']:g} s; "
           f"{len(paths)} files of {args.seconds:g} s ({origin}); device {args.device}", flush=True)  # fmt: skip
+    if args.in_process:
+        return in_process(repo, sig, paths[0], args.in_process)
     results = []
     for threads in (int(t) for t in args.threads.split(",")):
         pair: dict[str, dict[str, Any]] = {}
