@@ -145,14 +145,21 @@ def describe_row(name: str, ref: str, demucs: Mapping[str, Any]) -> RowSpec:
 def load_checkpoint_meta(checkpoint_dir: str) -> dict[str, Any]:
     """A checkpoint folder's meta, after loading its model once (a bad one fails early).
 
-    Raises :class:`~sepcore.models.checkpoint.CheckpointError` naming the folder, also for a
-    state dict that does not fit the model it names.
+    A model with a confidence threshold (:func:`sepcore.separate.apply.binary_threshold`)
+    adds it as ``meta["model_alpha"]``. Raises
+    :class:`~sepcore.models.checkpoint.CheckpointError` naming the folder, also for a state
+    dict that does not fit the model it names.
     """
     from sepcore.errors import SepError
     from sepcore.models import checkpoint as ckpt
+    from sepcore.separate.apply import binary_threshold
 
     try:
-        return ckpt.load_model(checkpoint_dir)[1]
+        model, meta = ckpt.load_model(checkpoint_dir)
+        alpha = binary_threshold(model)
+        if alpha is not None:
+            meta["model_alpha"] = alpha
+        return meta
     except SepError:
         raise
     except Exception as exc:  # a state dict that does not fit the model it names

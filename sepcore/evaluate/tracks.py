@@ -28,7 +28,6 @@ import numpy as np
 from torch import nn
 
 from sepcore.data.classes import CLASSES
-from sepcore.errors import SepError
 from sepcore.evaluate.activations import (
     activation_errors,
     frame_windows,
@@ -39,7 +38,6 @@ from sepcore.evaluate.activations import (
 from sepcore.evaluate.config import ScoringConfig, alpha_key
 from sepcore.evaluate.document import METHODS, EvaluationError
 from sepcore.evaluate.scoring import score_methods
-from sepcore.models import checkpoint as ckpt
 from sepcore.separate.apply import oracle_masks
 from sepcore.separate.separator import MaskSeparator
 from sepcore.units import Seconds, seconds_to_samples
@@ -473,25 +471,8 @@ def describe(res: Mapping[str, Any]) -> str:
 
 
 def load_checked(checkpoint_dir: str) -> dict[str, Any]:
-    """The checkpoint's meta, after loading its model once: a bad checkpoint fails early, once.
+    """The checkpoint's meta, after loading its model once: a bad checkpoint fails early, once
+    (:func:`sepcore.evaluate.compare.load_checkpoint_meta`: also ``model_alpha``)."""
+    from sepcore.evaluate.compare import load_checkpoint_meta
 
-    A model with a confidence threshold (:func:`sepcore.separate.apply.binary_threshold`)
-    adds it as ``meta["model_alpha"]``.
-
-    Raises :class:`sepcore.models.checkpoint.CheckpointError` naming the folder, also for a
-    state dict that does not fit the model it names.
-    """
-    from sepcore.separate.apply import binary_threshold
-
-    try:
-        model, meta = ckpt.load_model(checkpoint_dir)
-        alpha = binary_threshold(model)
-        if alpha is not None:
-            meta["model_alpha"] = alpha
-        return meta
-    except SepError:
-        raise
-    except Exception as exc:  # a state dict that does not fit the model it names
-        raise ckpt.CheckpointError(
-            checkpoint_dir, f"cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})"
-        ) from exc
+    return load_checkpoint_meta(checkpoint_dir)
