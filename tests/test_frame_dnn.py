@@ -30,10 +30,29 @@ def test_shapes_mask_and_estimate():
         assert loss.ndim == 0 and loss.item() > 0
     x, scale = model.features(mix)
     assert x.shape == (3 * 2 * 10, 5 * 12) and scale.shape == (60, 1)
-    with pytest.raises(ValueError, match="sources=1"):
-        small(sources=2)
+    with pytest.raises(ValueError, match="sources must be >= 1"):
+        small(sources=0)
     with pytest.raises(ValueError, match="bins=20"):
         model(torch.rand(1, 2, 19, 4))
+
+
+def test_several_sources_one_mask_and_estimate_each():
+    model = small(sources=3, width=None)
+    assert model.target_width == 36 and [lin.out_features for lin in model.layers] == [36, 36, 36]
+    mix = torch.rand(2, 2, 20, 5)
+    mask = model(mix).detach()
+    assert mask.shape == (2, 3, 2, 20, 5) and float(mask.min()) >= 0.0 and float(mask.max()) <= 1.0
+    est = model(mix, training_output=True)
+    assert est.shape == (2, 3, 2, 12, 5)
+    # estimate and frame_targets use one layout: the targets' rows rebuilt into an estimate are the targets
+    targets = torch.rand(2, 3, 2, 20, 5)
+    _, scale = model.features(mix)
+    rows = model.frame_targets(targets, scale) * scale
+    back = rows.reshape(2, 2, 5, 3, 12).permute(0, 3, 1, 4, 2)
+    torch.testing.assert_close(back, targets[..., :12, :])
+    assert model.training_loss(targets[..., :12, :], mix, targets, "mse").item() == 0.0
+    with pytest.raises(ValueError, match="3 source"):
+        model.frame_targets(targets[:, 0], scale)
 
 
 def test_context_stacks_neighbour_frames_with_zero_edges():
@@ -96,6 +115,18 @@ def test_ls_start_beats_random_start_on_a_linear_problem():
     loss_ls = model.training_loss(model(mix, training_output=True), mix, target, "mse").item()
     assert loss_ls < 1e-6 < loss_random
     assert [x["init"] for x in LS.layer_report(small(), [2])] == ["random", "random", "ls"]
+
+
+def test_ls_start_fits_every_source_of_a_multi_stem_model():
+    gen = torch.Generator().manual_seed(3)
+    mix = torch.rand(6, 1, 20, 12, generator=gen)
+    gains = torch.rand(3, 1, 20, 1, generator=gen)
+    targets = mix.unsqueeze(1) * gains  # (batch, 3 sources, 1, 20, frames), a filter per source
+    assert LS.ls_layers(small(sources=3, width=8)) == [2]  # hidden layers of another width: random
+    model = small(channels=1, activation="linear", normalize=False, sources=3, width=None)
+    assert LS.ls_layers(model) == [0, 1, 2]
+    LS.initialise(model, lambda: [(mix, targets)], ridge=1e-9)
+    assert model.training_loss(model(mix, training_output=True), mix, targets, "mse").item() < 1e-6
 
 
 def test_snippets_per_song_draws_rows_per_song_across_its_shards():

@@ -5,26 +5,30 @@ Per frame ``t`` of a chunk and per channel (channels are separated independently
 lowest ``max_bin`` bins of the mixture magnitude at frames ``t - context .. t + context``,
 stacked into one vector of ``(2 * context + 1) * max_bin`` inputs (frames outside the
 chunk are zeros), go through ``layers`` fully connected layers (``layers - 1`` hidden
-layers of ``width`` units, then an output layer of ``max_bin`` units), each followed by
-the ``activation`` (``"linear"``: none, seed 000; ``"relu"``: Uhlich). The output is the
-target's magnitude at frame ``t`` in those ``max_bin`` bins.
+layers of ``width`` units, then an output layer of ``sources * max_bin`` units), each
+followed by the ``activation`` (``"linear"``: none, seed 000; ``"relu"``: Uhlich). The
+output is the target's magnitude at frame ``t`` in those ``max_bin`` bins, or with
+``sources > 1`` every source's, one after the other (the *target width*
+``sources * max_bin``).
 
 ``normalize`` (Uhlich): the stacked input is divided by the average Euclidean norm of its
 ``2 * context + 1`` frames (clamped to ``>= eps``) and the output multiplied by the same
 factor, so the network sees level-independent inputs.
 
 The model is a mask model for separation: ``forward(mix)`` returns
-``clip(estimate / (mix + eps), 0, 1)``. Bins above ``max_bin`` (which the network does
-not see) take the mask of bin ``max_bin - 1`` (the top mask extended upwards, as BLSTM
-predicts a mask above its band rather than passing the mixture through). Training fits
-the magnitude estimate itself (``forward(mix, training_output=True)``,
-:meth:`FrameDNN.training_loss`: squared error, seed 000's SSE, or absolute error, SAE).
+``clip(estimate / (mix + eps), 0, 1)``, per source with ``sources > 1`` (the stems of a
+multi-stem data set: its targets and ``other``; the one apply then makes the masks sum
+to 1 over the sources, :func:`sepcore.separate.wiener.consistent_masks`). Bins above
+``max_bin`` (which the network does not see) take the mask of bin ``max_bin - 1`` (the
+top mask extended upwards, as BLSTM predicts a mask above its band rather than passing
+the mixture through). Training fits the magnitude estimate itself
+(``forward(mix, training_output=True)``, :meth:`FrameDNN.training_loss`: squared error,
+seed 000's SSE, or absolute error, SAE).
 
-Layers whose output width is ``max_bin`` can start from the least-squares solution of
-seed 000 (:mod:`sepcore.train.ls_init`): :meth:`FrameDNN.layer_inputs` and
-:meth:`FrameDNN.frame_targets` give the per-frame pairs it is fitted on.
-
-One source only: ``sources > 1`` is refused (train one model per target).
+Layers whose output width is the target width can start from the least-squares solution
+of seed 000 (:mod:`sepcore.train.ls_init`): :meth:`FrameDNN.layer_inputs` and
+:meth:`FrameDNN.frame_targets` give the per-frame pairs it is fitted on. The default
+``width`` is the target width, so every layer can.
 """
 
 from __future__ import annotations
@@ -46,13 +50,14 @@ class FrameDNN(nn.Module):
         context: frames on either side of the estimated frame (``C``; seed 000 and Uhlich: 3).
         max_bin: bins that enter and leave the network (default all).
         layers: fully connected layers, the output layer included (>= 1).
-        width: units of each hidden layer (default ``max_bin``, so every layer can be
-            least-squares initialised).
+        width: units of each hidden layer (default the target width ``sources * max_bin``,
+            so every layer can be least-squares initialised).
         activation: after every layer, the output layer included: ``"linear"`` or ``"relu"``.
         normalize: divide the input by the average frame norm of its window and scale the
             output back (Uhlich).
         eps: floor of that norm and of the mixture in the mask's denominator.
-        sources: must be 1.
+        sources: magnitudes estimated per frame: 1 (the target; the rest is the
+            complement of its mask) or the stems of a multi-stem data set.
     """
 
     def __init__(
@@ -70,9 +75,11 @@ class FrameDNN(nn.Module):
     ):
         super().__init__()
         max_bin = n_bins if max_bin is None else max_bin
-        width = max_bin if width is None else width
         if not 1 <= max_bin <= n_bins:
             raise ValueError(f"max_bin must be in [1, n_bins={n_bins}], got {max_bin}")
+        if sources < 1:
+            raise ValueError(f"sources must be >= 1, got {sources}")
+        width = sources * max_bin if width is None else width
         if context < 0 or layers < 1 or width < 1 or channels < 1 or eps <= 0:
             raise ValueError(
                 f"context must be >= 0, layers, width and channels >= 1 and eps > 0; got context={context}, "
@@ -80,15 +87,17 @@ class FrameDNN(nn.Module):
             )
         if activation not in ("linear", "relu"):
             raise ValueError(f"activation must be 'linear' or 'relu', got {activation!r}")
-        if sources != 1:
-            raise ValueError(f"frame_dnn estimates one target (sources=1), got sources={sources}; "
-                             "train one model per target")  # fmt: skip
         self.config = dict(n_bins=n_bins, channels=channels, context=context, max_bin=max_bin, layers=layers,
                            width=width, activation=activation, normalize=normalize, eps=eps, sources=sources)  # fmt: skip
         self.n_bins, self.channels, self.context, self.max_bin = n_bins, channels, context, max_bin
         self.activation, self.normalize, self.eps, self.sources = activation, normalize, eps, sources
-        widths = [(2 * context + 1) * max_bin] + [width] * (layers - 1) + [max_bin]
+        widths = [(2 * context + 1) * max_bin] + [width] * (layers - 1) + [self.target_width]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
+
+    @property
+    def target_width(self) -> int:
+        """Outputs per frame: ``sources * max_bin`` (each source's ``max_bin`` bins in turn)."""
+        return self.sources * self.max_bin
 
     @property
     def in_features(self) -> int:
@@ -133,11 +142,16 @@ class FrameDNN(nn.Module):
     def frame_targets(self, target_mag: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """The target frames in the network's output units (divided by ``scale``).
 
-        Shape: ``(batch, channels, n_bins, frames)``, ``scale (rows, 1)`` -> ``(rows, max_bin)``
-        in the row order of :meth:`features`.
+        Shape: ``(batch, channels, n_bins, frames)`` (``sources > 1``: ``(batch, sources,
+        channels, n_bins, frames)``), ``scale (rows, 1)`` -> ``(rows, target_width)`` in the row
+        order of :meth:`features`.
         """
-        batch, channels, _, frames = target_mag.shape
-        s = target_mag[:, :, : self.max_bin, :].permute(0, 1, 3, 2).reshape(batch * channels * frames, self.max_bin)
+        t = target_mag if self.sources > 1 else target_mag.unsqueeze(1)
+        if t.ndim != 5 or t.shape[1] != self.sources:
+            raise ValueError(f"FrameDNN of {self.sources} source(s) expects targets (batch, [sources,] channels, "
+                             f"bins, frames), got shape {tuple(target_mag.shape)}")  # fmt: skip
+        batch, _, channels, _, frames = t.shape
+        s = t[..., : self.max_bin, :].permute(0, 2, 4, 1, 3).reshape(batch * channels * frames, self.target_width)
         return s / scale
 
     def layer_inputs(self, mix_mag: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,37 +165,40 @@ class FrameDNN(nn.Module):
         return h, scale
 
     def estimate(self, mix_mag: torch.Tensor) -> torch.Tensor:
-        """The target magnitude in the lowest ``max_bin`` bins.
+        """The target magnitude (every source's) in the lowest ``max_bin`` bins.
 
-        Shape: ``(batch, channels, n_bins, frames)`` -> ``(batch, channels, max_bin, frames)``.
+        Shape: ``(batch, channels, n_bins, frames)`` -> ``(batch, channels, max_bin, frames)``;
+        ``sources > 1``: ``(batch, sources, channels, max_bin, frames)``.
         """
         batch, channels, _, frames = mix_mag.shape
         h, scale = self.layer_inputs(mix_mag, len(self.layers))
-        est = (h * scale).reshape(batch, channels, frames, self.max_bin)
-        return est.permute(0, 1, 3, 2)
+        est = (h * scale).reshape(batch, channels, frames, self.sources, self.max_bin)
+        est = est.permute(0, 3, 1, 4, 2)
+        return est if self.sources > 1 else est[:, 0]
 
     def forward(self, mix_mag: torch.Tensor, training_output: bool = False) -> torch.Tensor:
         """The target's mask from the mixture magnitude, or the magnitude estimate.
 
-        Shape: ``(batch, channels, n_bins, frames)`` -> ``(batch, channels, n_bins, frames)``,
-        values in [0, 1]; with ``training_output`` the estimate ``(batch, channels, max_bin,
-        frames)`` (what :meth:`training_loss` takes).
+        Shape: ``(batch, channels, n_bins, frames)`` -> ``(batch, channels, n_bins, frames)``
+        (``sources > 1``: ``(batch, sources, channels, n_bins, frames)``), values in [0, 1];
+        with ``training_output`` :meth:`estimate`'s magnitudes (what :meth:`training_loss` takes).
         """
         est = self.estimate(mix_mag)
         if training_output:
             return est
-        mask = (est / (mix_mag[:, :, : self.max_bin, :] + self.eps)).clamp(0.0, 1.0)
+        mix = mix_mag[..., : self.max_bin, :]
+        mask = (est / ((mix.unsqueeze(1) if self.sources > 1 else mix) + self.eps)).clamp(0.0, 1.0)
         if self.max_bin < self.n_bins:
-            top = mask[:, :, -1:, :].expand(-1, -1, self.n_bins - self.max_bin, -1)
-            mask = torch.cat([mask, top], dim=2)
+            top = mask[..., -1:, :].expand(*mask.shape[:-2], self.n_bins - self.max_bin, -1)
+            mask = torch.cat([mask, top], dim=-2)
         return mask
 
     def training_loss(self, out: torch.Tensor, mix: torch.Tensor, target: torch.Tensor,
                       kind: str = "mse") -> torch.Tensor:  # fmt: skip
         """Mean squared (``"mse"``, seed 000's SSE up to a constant) or absolute (``"l1"``,
-        SAE) error between the estimate ``out (batch, channels, max_bin, frames)`` and the
-        target's lowest ``max_bin`` bins (``target (batch, channels, n_bins, frames)``)."""
-        diff = out - target[:, :, : self.max_bin, :]
+        SAE) error between the estimate ``out`` (:meth:`estimate`'s shape) and the target's
+        lowest ``max_bin`` bins (``target (batch, [sources,] channels, n_bins, frames)``)."""
+        diff = out - target[..., : self.max_bin, :]
         if kind == "mse":
             return diff.pow(2).mean()
         if kind == "l1":

@@ -16,8 +16,9 @@ the per-block sums (:func:`partial_sums`, :func:`block_sums`) and the solve
 
 Layers are initialised in order: layer ``k``'s inputs are the outputs (after the
 activation) of layers ``0 .. k - 1`` as already initialised, so each initialised layer
-needs one pass over the data. Only layers whose output width is the target's
-``max_bin`` can map to the target; the others keep their random initialisation.
+needs one pass over the data. Only layers whose output width is the target width
+(``sources * max_bin``: every source's bins of the frame, the stacked target of a
+multi-stem model) can map to the target; the others keep their random initialisation.
 """
 
 from __future__ import annotations
@@ -94,15 +95,16 @@ def solve(sums: LSSums, ridge: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
 
 
 def ls_layers(model: Any) -> list[int]:
-    """Indices of ``model.layers`` that map to the target (output width ``model.max_bin``)."""
-    return [k for k, lin in enumerate(model.layers) if lin.out_features == model.max_bin]
+    """Indices of ``model.layers`` that map to the target (output width ``model.target_width``)."""
+    return [k for k, lin in enumerate(model.layers) if lin.out_features == model.target_width]
 
 
 def block_sums(model: Any, mix: torch.Tensor, target: torch.Tensor, layer: int) -> LSSums:
     """The sums of one batch of chunks for layer ``layer`` of a frame DNN (its inputs through the
     layers before it, its target the target frames in output units).
 
-    Shape: ``mix``, ``target`` ``(batch, channels, bins, frames)``.
+    Shape: ``mix`` ``(batch, channels, bins, frames)``, ``target`` the same or, for a
+    multi-stem model, ``(batch, sources, channels, bins, frames)``.
     """
     with torch.no_grad():
         x, scale = model.layer_inputs(mix, layer)
@@ -139,8 +141,9 @@ def initialise(model: Any, batches: Any, ridge: float = 1e-3) -> list[int]:
 
 def rows_sums(batch: dict[str, Any], model_meta: dict[str, Any], state: dict[str, Any], layer: int,
               shapes: dict[str, Any], dtype: str) -> dict[str, np.ndarray]:  # fmt: skip
-    """The sums of a numpy batch of prepared rows (``mix``, ``target`` bytes) for layer ``layer``, as
-    one row (:meth:`LSSums.to_row`): the map of the map-reduce (``ray_jobs.trainer.ls_initialise``).
+    """The sums of a numpy batch of prepared rows (``mix`` and ``target`` bytes, or ``targets``
+    for a multi-stem model) for layer ``layer``, as one row (:meth:`LSSums.to_row`): the map of
+    the map-reduce (``ray_jobs.trainer.ls_initialise``).
 
     ``model_meta``, ``state``: the frame DNN (a checkpoint's ``meta["model"]``) and its weights
     so far, rebuilt here on the CPU.
@@ -150,5 +153,6 @@ def rows_sums(batch: dict[str, Any], model_meta: dict[str, Any], state: dict[str
 
     model = build(model_meta)
     model.load_state_dict(state)
-    data = decode_batch(batch, shapes, dtype, ("mix", "target"))
-    return block_sums(model.eval(), data["mix"], data["target"], layer).to_row()
+    column = "targets" if int(getattr(model, "sources", 1)) > 1 else "target"
+    data = decode_batch(batch, shapes, dtype, ("mix", column))
+    return block_sums(model.eval(), data["mix"], data[column], layer).to_row()
