@@ -46,8 +46,8 @@ def test_shapes_range_and_the_bins_above_max_bin():
     assert stereo(torch.rand(1, 2, 33, 8)).shape == (1, 2, 33, 8)
     with pytest.raises(ValueError, match="bins=33"):
         model(torch.rand(1, 1, 32, 16))
-    with pytest.raises(ValueError, match="one target"):
-        MaskDNN(33, sources=3)
+    with pytest.raises(ValueError, match="sources >= 1"):
+        MaskDNN(33, sources=0)
     assert model(x * 100).allclose(mask, atol=1e-5)  # the input scaling: level-independent
 
 
@@ -192,3 +192,128 @@ def test_the_alpha_sweep_writes_its_scores_and_plots(tmp_path):
 
     blstm = _checkpoint(tmp_path / "blstm", "blstm")
     assert evaluate.main([*args[:1], f"checkpoint={blstm}", f"output={tmp_path / 'e2'}", *args[3:]]) == 2
+
+
+# ------------------------------------------------------------------------- several sources
+
+STEMS = ["guitar", "bass", "other"]
+
+
+@torch.no_grad()
+def test_several_sources_shapes_the_bins_above_max_bin_and_the_parameters():
+    model = _model(sources=3)
+    one = _model()
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in one.named_parameters()]  # checkpoints load
+    assert model.output.out_features == 3 * one.output.out_features == 3 * 24 * 5
+    x = torch.rand(2, 1, 33, 16) * 3
+    masks = model(x)
+    assert masks.shape == (2, 3, 1, 33, 16) and 0.0 <= float(masks.min()) and float(masks.max()) <= 1.0
+    assert torch.all(masks[:, :2, :, 24:] == 0) and torch.all(masks[:, 2, :, 24:] == 1)  # other keeps the rest
+    assert float(masks[:, :, :, :24].min()) > 0
+    assert model(x, training_output=True).shape == (2, 16 - 5 + 1, 3, 1, 24, 5)
+    assert model(torch.rand(1, 1, 33, 3)).shape == (1, 3, 1, 33, 3)
+    assert _model(sources=3, channels=2)(torch.rand(1, 2, 33, 8)).shape == (1, 3, 2, 33, 8)
+    probs = torch.sigmoid(model(x, training_output=True))[1]  # each source averages its own windows
+    for k in range(3):
+        one.output.weight.copy_(model.output.weight.view(3, -1, 16)[k])
+        one.output.bias.copy_(model.output.bias.view(3, -1)[k])
+        one.hidden_layers.load_state_dict(model.hidden_layers.state_dict())
+        assert torch.allclose(one(x)[1, :, :24], masks[1, k, :, :24], atol=1e-6)
+        assert torch.allclose(probs[:, k], torch.sigmoid(one(x, training_output=True))[1], atol=1e-6)
+
+
+def test_the_multi_source_loss_is_the_bce_against_each_sources_ibm():
+    mix = torch.tensor([1.0, 1.0, 0.0])
+    targets = torch.tensor([[0.6, 0.4, 0.0], [0.3, 0.4, 0.0], [0.1, 0.2, 0.0]])  # three sources, three bins
+    by_hand = [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]  # |S_k| > |X| - |S_k|
+    assert ideal_binary_mask(mix.expand(3, -1), targets).tolist() == by_hand
+    model = _model(sources=3)
+    torch.manual_seed(1)
+    targets5 = torch.rand(2, 3, 1, 33, 10)
+    mix4 = targets5.sum(dim=1)
+    labels = torch.zeros(2, 10 - 5 + 1, 3, 1, 24, 5)
+    for b, w, k, f, i in np.ndindex(2, 6, 3, 24, 5):  # window w, offset i: frame w + i
+        labels[b, w, k, 0, f, i] = float(targets5[b, k, 0, f, w + i] > mix4[b, 0, f, w + i] - targets5[b, k, 0, f, w + i])
+    with torch.no_grad():
+        out = model(mix4, training_output=True)
+        loss = float(model.training_loss(out, mix4, targets5, "mse"))
+    assert loss == pytest.approx(float(F.binary_cross_entropy_with_logits(out, labels)), rel=1e-6)
+    assert float(model.training_loss(40 * (2 * labels - 1), mix4, targets5)) < 1e-6
+    with pytest.raises(ValueError, match="sources=3"):
+        model.training_loss(out, mix4, targets5[:, :2])
+
+    from sepcore.train.loop import batch_loss, columns_for
+
+    model.train()
+    value = batch_loss("separator", model, {"mix": mix4, "targets": targets5}, "l1", columns_for("separator", True))
+    value.backward()
+    assert torch.isfinite(value) and model.output.weight.grad is not None
+
+
+def test_thresholded_sources_are_monotonic_in_alpha_and_their_stems_add_up_to_the_mixture():
+    from sepcore.separate.apply import mask_stems
+    from sepcore.separate.wiener import consistent_masks
+
+    # A bin no source claims goes to all in equal parts, one that several claim to those.
+    claims = np.array([[0.0, 1.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]], dtype=np.float32)[:, None, :, None]
+    assert np.allclose(consistent_masks(claims)[:, 0, :, 0].T, [[1 / 3] * 3, [0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
+
+    rng = np.random.default_rng(0)
+    audio = rng.standard_normal((1, SR // 4)).astype(np.float32) * 0.1
+    model = _model(n_bins=129, max_bin=100, sources=3)
+    stft, spec, soft = soft_mask(model, audio, SR, 256, 128, 16)
+    assert soft.shape == (3, 1, 129, spec.shape[-1]) and soft.min() >= 0 and soft.max() <= 1
+    masks = [threshold_mask(soft, a) for a in (0.0, 0.3, 0.5, 0.7, 1.0)]
+    for lower, higher in zip(masks[:-1], masks[1:], strict=True):
+        assert np.all(higher <= lower)  # per source: a higher alpha never adds a bin
+    assert masks[-1].sum() == 0 and np.all(masks[0][2, :, 100:] == 1) and np.all(masks[0][:2, :, 100:] == 0)
+    assert binary_threshold(model) == 0.5
+    for alpha, wiener in ((0.5, 0), (0.45, 1)):
+        model.alpha = alpha
+        stems = separate(model, audio, SR, 256, 128, 16, stems=STEMS, wiener_iterations=wiener)
+        assert list(stems) == STEMS
+        assert np.allclose(sum(stems.values()), audio, atol=1e-5)
+        expected = mask_stems(stft, spec, threshold_mask(soft, alpha), audio.shape[1], STEMS, wiener)
+        for name in STEMS:
+            assert np.allclose(stems[name], expected[name], atol=1e-5)
+
+
+def test_the_alpha_sweep_of_a_multi_stem_checkpoint_scores_every_class(tmp_path, monkeypatch):
+    from ray_jobs.evaluate import EvaluateConfig
+    from sepcore.data.sources import slakh_tracks
+    from sepcore.evaluate import report as ER
+    from sepcore.evaluate import tracks as T
+    from sepcore.evaluate.config import ScoringConfig
+    from sepcore.report import html as R
+
+    torch.manual_seed(0)
+    config = {"n_bins": 129, "channels": 1, "window": 5, "max_bin": 100, "hidden": 16, "layers": 1, "alpha": 0.5,
+              "sources": len(STEMS)}  # fmt: skip
+    model_meta = {"name": "mask_dnn", "config": config, "log_input": False}
+    meta = {"task": "separator", "target": None, "targets": STEMS[:-1], "stems": STEMS, "wiener_iterations": 0,
+            "sample_rate": SR, "channels": 1, "frames": 16, "feature": FEATURE, "classes": list(CLASSES),
+            "model": model_meta}  # fmt: skip
+    folder = str(tmp_path / "ckpt")
+    ckpt.save(folder, ckpt.build(model_meta).eval(), meta)
+    meta = T.load_checked(folder)
+    assert meta["model_alpha"] == 0.5
+    cfg = EvaluateConfig(data="d", checkpoint=folder, output="o", alpha=[0.5, 0.7])
+    assert J.check_alpha(cfg, "separator", meta, None) == 0.5  # a multi-stem binary-mask model: swept
+    model = ckpt.load_model(folder)[0]
+    (track,) = slakh_tracks(_slakh(tmp_path / "data", count=1, seconds=1.0))
+    spec = ScoringConfig(backend="fast")
+    monkeypatch.setattr(T, "ALPHA_GROUP", 1)  # one alpha at a time
+    res = T.evaluate_separation(track, meta, spec, model, ["guitar", "bass"], stems=STEMS, alphas=cfg.alpha)
+    assert list(res["alpha"]) == ["guitar", "bass"]
+    for cls in ("guitar", "bass"):
+        assert list(res["alpha"][cls]) == ["0.5", "0.7"]
+        for src in ("instrument", "rest"):  # the model row is the sweep at the model's own alpha
+            assert res["classes"][cls]["model"][src] == pytest.approx(res["alpha"][cls]["0.5"][src], abs=1e-6)
+    res.pop("signals")
+    head = J.run_head(cfg, "separator", folder, None, meta, 1, 0)
+    doc = D.to_json(D.metrics_document(head, cfg.described(), ["guitar", "bass"], [res], None, [], 1.0))
+    D.validate_metrics(doc)
+    assert list(doc["alpha"]["per_class"]) == ["guitar", "bass"] and doc["model_alpha"] == 0.5
+    assert D.summary_entries(doc)["figures"].keys() >= {"guitar/alpha=0.7/instrument", "bass/alpha=0.5/instrument"}
+    images = [b.name for sec in ER._alpha_sections(doc) for b in sec.items if isinstance(b, R.Image)]
+    assert images == ["alpha_guitar.png", "alpha_sar_vs_sir_guitar.png", "alpha_bass.png", "alpha_sar_vs_sir_bass.png"]

@@ -69,12 +69,14 @@ _ALPHA_SOURCE = {**_MEDIAN_SOURCE, "required": [*_MEDIAN_SOURCE["required"], *(f
 _ALPHA = {
     "type": "object",
     "required": ["values", "model_alpha", "per_class"],
-    "description": "binary-mask models with an alpha sweep: the scores of the stems (mask > alpha, its complement) "
-                   "at each alpha, from one network pass per track",
+    "description": "binary-mask models with an alpha sweep: the scores at each alpha of the stems (one target: "
+                   "mask > alpha and its complement; a multi-stem model: each class [stem, mix - stem] of the "
+                   "masks > alpha made to add up to the mixture), from one network pass per track",
     "properties": {
         "values": {"type": "array", "items": {"type": "number"}, "description": "the alphas scored, ascending"},
         "model_alpha": {"type": "number", "description": "the model's own alpha (its model row)"},
-        "per_class": {"type": "object", "description": "the model's class (its target)", "additionalProperties": {
+        "per_class": {"type": "object", "description": "the model's classes (its target, or a multi-stem "
+                      "model's scored stems: all but other)", "additionalProperties": {
             "type": "object", "description": "the class's scores, one entry per alpha",
             "additionalProperties": {"type": "object", "required": list(SOURCES),
                                      "description": "the scores at that alpha, keyed by the value as written "
@@ -247,7 +249,7 @@ def metrics_schema(rows: Sequence[str] = ()) -> dict[str, Any]:
                 },  # fmt: skip
             },
             "model_alpha": {"type": "number", "description": "binary-mask models: the confidence threshold of "
-                            "the model row (its target is where the network's mask exceeds it)"},
+                            "the model row (a source's binary mask is where the network's mask exceeds it)"},
             "alpha": _ALPHA,
             "report": {"type": "object"},
         },

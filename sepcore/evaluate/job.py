@@ -153,9 +153,12 @@ def main_classes(cfg: Any, meta: Mapping[str, Any], main: RowSpec | None) -> tup
 def check_alpha(cfg: Any, task: str, meta: Mapping[str, Any], main: RowSpec | None) -> float | None:
     """The checkpoint model's own α when the run sweeps ``alpha`` (None without a sweep).
 
-    The sweep needs a one-target project checkpoint whose model has a confidence threshold
-    (an ``alpha`` attribute, recorded by :func:`sepcore.evaluate.tracks.load_checked` as
-    ``meta["model_alpha"]``: the binary-mask DNN); any other raises
+    The sweep needs a project checkpoint, one-target or multi-stem, whose model has a
+    confidence threshold (an ``alpha`` attribute, recorded by
+    :func:`sepcore.evaluate.tracks.load_checked` as ``meta["model_alpha"]``: the
+    binary-mask DNN); a multi-stem one's sweep scores each of its classes
+    (:func:`sepcore.evaluate.tracks.score_alphas`). Any other model (Demucs, an
+    activation model, a mask model without a threshold) raises
     :class:`sepcore.errors.ConfigError`.
     """
     if not cfg.alpha:
@@ -163,9 +166,6 @@ def check_alpha(cfg: Any, task: str, meta: Mapping[str, Any], main: RowSpec | No
     if main is not None or task != "separator":
         what = "a Demucs model" if main is not None else "an activation model"
         raise ConfigError("alpha", f"{cfg.checkpoint} is {what}: alpha applies to binary-mask models (mask_dnn)")
-    if checkpoint_stems(meta) is not None:
-        raise ConfigError("alpha", f"{cfg.checkpoint} is a multi-stem checkpoint: alpha applies to one-target "
-                          "binary-mask models (mask_dnn)")  # fmt: skip
     if meta.get("model_alpha") is None:
         name = (meta.get("model") or {}).get("name")
         raise ConfigError("alpha", f"the checkpoint's model ({name}) has no confidence threshold: alpha applies "

@@ -8,7 +8,10 @@ Four *methods* give estimates ``[instrument_est, rest_est]`` (:func:`estimates`)
 * ``model``: the checkpoint through its :class:`sepcore.separate.separator.MaskSeparator`
   (the separator interface the separate job uses). A multi-stem checkpoint (meta ``stems``) separates
   the track's mixture once into all its stems (:func:`separate_stems`); each class of its
-  ``targets`` then gets ``[stem, mix - stem]`` as its model estimate;
+  ``targets`` then gets ``[stem, mix - stem]`` as its model estimate. A binary-mask
+  model with an α sweep: its stitched masks are computed once per track
+  (:func:`soft_alpha_mask`) and give the model row (at the model's own α) and, for the
+  target or every class of a multi-stem checkpoint, one estimate per α (:func:`score_alphas`);
 * ``irm`` / ``ibm``: the ideal ratio / binary mask with the model's STFT
   (:func:`sepcore.separate.apply.oracle_masks`): upper bounds of any mask method;
 * ``mixture``: the mixture as both estimates: the lower bound.
@@ -237,9 +240,13 @@ def evaluate_separation(
     checkpoint is the row ``model`` with ``model`` None), each run once on the mixture at
     its own rate and channels and scored for the classes it has
     (:func:`sepcore.evaluate.compare.row_estimates`).
-    ``alphas``: the α sweep of a binary-mask model (one target): its probabilistic mask is
-    computed once (:func:`soft_alpha_mask`) and gives both the ``model`` row (at the
-    model's own α) and one estimate per α (:func:`score_alphas`).
+    ``alphas``: the α sweep of a binary-mask model: its probabilistic mask(s) are computed
+    once per track (:func:`soft_alpha_mask`) and give both the ``model`` row (at the
+    model's own α) and one estimate per α and class (:func:`score_alphas`). One target:
+    the first class; a multi-stem checkpoint: every class among ``stems`` (except
+    ``other``), each ``[stem, mix - stem]`` as its ``model`` row, from masks thresholded
+    at α and made to add up to the mixture as the separation does
+    (:func:`sepcore.separate.apply.mask_stems`, with ``wiener_iterations``).
     Returns ``{"track_id", "seconds", "separate_seconds", "eval_seconds", "classes":
     {class: {method: {source: {"sdr", "sir", "sar"}}}}, "skipped": {class: reason}}``
     (with a sweep also ``"alpha": {class: {alpha_key: {source: {"sdr", "sir", "sar"}}}}``)
@@ -254,8 +261,13 @@ def evaluate_separation(
                            "eval_seconds": 0.0, "classes": {}, "skipped": skipped, "signals": None}  # fmt: skip
     separated: dict[str, np.ndarray] = {}
     scored = set(stems[:-1]) if stems is not None else set()  # ``other`` is no class
+    swept = [c for c in pairs if c in scored] if alphas else []
+    multi_soft = None
     t_start = time.perf_counter()
-    if model is not None and scored & set(pairs):
+    if model is not None and swept:  # the masks once: the model rows and the sweep
+        multi_soft = soft_alpha_mask(model, mix, meta, batch_size)
+        separated = alpha_stems(multi_soft, multi_soft[3], mix.shape[1], stems, wiener_iterations)
+    elif model is not None and scored & set(pairs):
         separated = separate_stems(model, mix, meta, list(stems or ()), wiener_iterations, batch_size)
     by_class = _row_estimates(rows, track, pair, sr, list(pairs))
     out["separate_seconds"] += time.perf_counter() - t_start
@@ -273,24 +285,29 @@ def evaluate_separation(
         t1 = time.perf_counter()
         out["classes"][cls] = score_methods(instrument, rest, est, sr, spec)
         if soft is not None:
-            out["alpha"] = {cls: score_alphas(instrument, rest, soft, alphas, sr, spec)}
+            out["alpha"] = score_alphas({cls: (instrument, rest)}, soft, alphas, sr, spec)
         out["separate_seconds"] += t1 - t0
         out["eval_seconds"] += time.perf_counter() - t1
         out["seconds"] = instrument.shape[1] / sr
         if cls == classes[0]:
             out["signals"] = {"instrument": instrument, "rest": rest, "estimates": est}
+    if multi_soft is not None:
+        t1 = time.perf_counter()
+        out["alpha"] = score_alphas({c: pairs[c] for c in swept}, multi_soft, alphas, sr, spec, mix, stems,
+                                    wiener_iterations)  # fmt: skip
+        out["eval_seconds"] += time.perf_counter() - t1
     return out
 
 
 def soft_alpha_mask(model: nn.Module, mix: np.ndarray, meta: Mapping[str, Any],
                     batch_size: int = 8) -> tuple[Any, np.ndarray, np.ndarray, float]:  # fmt: skip
-    """A binary-mask model's probabilistic mask of the whole of ``mix``, computed once.
+    """A binary-mask model's probabilistic mask(s) of the whole of ``mix``, computed once.
 
     :func:`sepcore.separate.apply.soft_mask` (the one apply's chunks and stitching) with
-    the checkpoint's STFT and frames, and the model's own α. Memory: the mask and the
+    the checkpoint's STFT and frames, and the model's own α. Memory: the masks and the
     spectrogram of the whole track.
     Shape: ``(channels, samples)`` -> ``(stft, spec (channels, bins, frames) complex, mask
-    (channels or 1, bins, frames), alpha)``.
+    ([sources,] channels or 1, bins, frames), alpha)``.
     """
     from sepcore.separate.apply import binary_threshold, soft_mask
 
@@ -303,28 +320,54 @@ def soft_alpha_mask(model: nn.Module, mix: np.ndarray, meta: Mapping[str, Any],
     return stft, spec, mask, own
 
 
-def alpha_stems(soft: tuple[Any, np.ndarray, np.ndarray, float], alpha: float, length: int) -> dict[str, np.ndarray]:
-    """The stems of :func:`soft_alpha_mask`'s mask thresholded at ``alpha``: the target where
-    the mask exceeds ``alpha``, the rest its complement (they add up to the mixture).
-    Shape: -> ``{"instrument", "rest"}`` each ``(channels, length)``."""
-    from sepcore.separate.apply import apply_mask, threshold_mask
+def alpha_stems(soft: tuple[Any, np.ndarray, np.ndarray, float], alpha: float, length: int,
+                stems: Sequence[str] | None = None, wiener_iterations: int = 0) -> dict[str, np.ndarray]:  # fmt: skip
+    """The stems of :func:`soft_alpha_mask`'s mask(s) thresholded at ``alpha``, as the
+    separation makes them (:func:`sepcore.separate.apply.mask_stems`): one target
+    (``stems`` None): the target where the mask exceeds ``alpha``, the rest its
+    complement; a multi-stem model: one stem per name of ``stems`` from the sources'
+    binary masks, made to add up to the mixture (with ``wiener_iterations``, through the
+    Wiener filter).
+    Shape: -> ``{"instrument", "rest"}`` or ``{stem}``, each ``(channels, length)``."""
+    from sepcore.separate.apply import SINGLE_STEMS, mask_stems, threshold_mask
 
     stft, spec, mask, _ = soft
-    return apply_mask(stft, spec, threshold_mask(mask, alpha), length)
+    names = SINGLE_STEMS if stems is None else tuple(stems)
+    return mask_stems(stft, spec, threshold_mask(mask, alpha), length, names, wiener_iterations)
 
 
-def score_alphas(instrument: np.ndarray, rest: np.ndarray, soft: tuple[Any, np.ndarray, np.ndarray, float],
-                 alphas: Sequence[float], sample_rate: int, spec: ScoringConfig) -> dict[str, Any]:  # fmt: skip
-    """Scores of the α sweep: ``{alpha_key: {source: {"sdr", "sir", "sar"}}}``.
+def score_alphas(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]], soft: tuple[Any, np.ndarray, np.ndarray, float],
+                 alphas: Sequence[float], sample_rate: int, spec: ScoringConfig, mix: np.ndarray | None = None,
+                 stems: Sequence[str] | None = None, wiener_iterations: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Scores of the α sweep: ``{class: {alpha_key: {source: {"sdr", "sir", "sar"}}}}``.
 
-    The stems of :data:`ALPHA_GROUP` α at a time are made from the one mask and scored
-    together (:func:`sepcore.evaluate.scoring.score_methods`), so memory stays that of a
-    few estimates whatever the number of α. Shape: ``(channels, samples)`` each.
+    ``pairs``: ``{class: (instrument, rest)}``. One target (``stems`` None): one class,
+    its estimates :func:`alpha_stems`'s ``instrument`` and ``rest``. A multi-stem model:
+    every class of ``pairs`` (each one of ``stems``) gets ``[stem, mix - stem]`` at each
+    α, as its ``model`` row does. The stems of :data:`ALPHA_GROUP` α at a time are made
+    from the one mask (each α's binary masks made consistent once, for every class) and
+    scored together (:func:`sepcore.evaluate.scoring.score_methods`), so memory stays
+    that of ``ALPHA_GROUP`` separations whatever the number of α.
+    Shape: ``(channels, samples)`` each.
     """
-    out: dict[str, Any] = {}
+    if stems is not None and (mix is None or not set(pairs) <= set(stems[:-1])):
+        raise ValueError(f"a multi-stem sweep needs the mixture and classes among {list(stems[:-1])}, got "
+                         f"{list(pairs)}")  # fmt: skip
+    if stems is None and len(pairs) != 1:
+        raise ValueError(f"a one-target sweep scores one class, got {list(pairs)}")
+    if not pairs:
+        return {}
+    out: dict[str, Any] = {cls: {} for cls in pairs}
+    length = next(iter(pairs.values()))[0].shape[1]
     for k in range(0, len(alphas), ALPHA_GROUP):
-        group = {alpha_key(a): alpha_stems(soft, a, instrument.shape[1]) for a in alphas[k : k + ALPHA_GROUP]}
-        out.update(score_methods(instrument, rest, group, sample_rate, spec))
+        made = {alpha_key(a): alpha_stems(soft, a, length, stems, wiener_iterations) for a in alphas[k : k + ALPHA_GROUP]}
+        for cls, (instrument, rest) in pairs.items():
+            if stems is None:
+                group = made
+            else:
+                assert mix is not None
+                group = {key: {"instrument": m[cls], "rest": mix - m[cls]} for key, m in made.items()}
+            out[cls].update(score_methods(instrument, rest, group, sample_rate, spec))
     return out
 
 

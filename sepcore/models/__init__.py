@@ -8,8 +8,10 @@ checkpoint stores ``{"name": model_name(m), "config": model_config(m)}`` and
 Mask models map a mixture magnitude ``(batch, channels, bins, frames)`` to a mask of
 the same shape in (0, 1); the target estimate is ``mask * mix`` and the rest
 ``(1 - mask) * mix``. A mask model built with ``sources > 1`` (:func:`source_count`)
-returns ``(batch, sources, channels, bins, frames)`` masks that sum to 1 over the
-sources axis; source ``s``'s estimate is ``mask[:, s] * mix``. The activation CNN maps ``(batch, 1, bins, frames)`` features
+returns ``(batch, sources, channels, bins, frames)`` masks, one per source: a softmax
+that sums to 1 over the sources axis (hourglass, BLSTM) or one mask each (frame DNN,
+binary-mask DNN), which the one apply makes sum to 1 (:mod:`sepcore.separate.apply`);
+source ``s``'s estimate is ``mask[:, s] * mix``. The activation CNN maps ``(batch, 1, bins, frames)`` features
 to ``(batch, classes, frames)`` probabilities.
 """
 

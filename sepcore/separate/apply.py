@@ -8,7 +8,7 @@ Batch separation, evaluation and validation all go through this module (STYLE ha
   (:func:`source_count`) gives one mask per source;
 * :func:`apply_mask` turns a mask into two waveforms with the mixture phase (seed 002
   §5.1): ``instrument = ISTFT(mask * X)`` and ``rest = ISTFT((1 - mask) * X)``;
-* :func:`separate` = STFT + :func:`predict_mask` + the stems (Stems, below);
+* :func:`separate` = STFT + :func:`predict_mask` + the stems (:func:`mask_stems`; Stems, below);
   :func:`iter_separate_blocks` / :func:`separate_blocks` do the same on long signals in
   blocks with bounded memory and give the same result as :func:`separate`;
 * :func:`oracle_masks` applies the ideal ratio and binary masks through
@@ -62,12 +62,21 @@ is ``ISTFT(y_j)``. (A one-source model with ``wiener_iterations > 0`` goes the s
 way with the two masks ``mask``, ``1 - mask``.) Whatever the masks, the stems add up
 to the mixture up to the STFT round trip (float32: about ``1e-6`` of the peak).
 
-Binary masks. A one-source model with a confidence threshold (an ``alpha`` attribute,
+Binary masks. A model with a confidence threshold (an ``alpha`` attribute,
 :func:`binary_threshold`: the binary-mask DNN of seed 003, :mod:`sepcore.models.mask_dnn`)
-has its stitched mask (the probabilistic mask ``M``) thresholded before it is applied:
-the instrument's mask is ``M > alpha`` and the rest's its complement (:func:`threshold_mask`),
-so the stems add up to the mixture. Only one-source models may have a threshold.
-Separation, evaluation and validation all get it from here.
+has its stitched masks (the probabilistic masks ``M``) thresholded before they are
+applied (:func:`threshold_mask`). One source: the instrument's mask is ``M > alpha`` and
+the rest's its complement, so the stems add up to the mixture. Several sources: each
+source's mask is thresholded, ``M_k > alpha``, and the binary masks then take the path
+of every model of several sources above (:func:`mask_stems`): without the Wiener filter
+:func:`sepcore.separate.wiener.consistent_masks` shares each bin by the masks' power
+(``m_k^2``), so a bin that ``n`` sources claim goes to them in equal parts ``1 / n``,
+and a bin that no source claims (all masks 0) to all sources in equal parts ``1 /
+sources``; with the Wiener filter the estimates ``m_k * |X|`` of unclaimed bins are 0
+and :func:`sepcore.separate.wiener.mixture_consistency` then shares such a bin's
+residual equally too. Either way the stems add up to the mixture. Separation,
+evaluation (also its α sweep, which thresholds one stitched mask at several α) and
+validation all get it from here.
 
 Memory of :func:`separate` on a whole signal: the masks (float32) and, with the Wiener
 filter, the complex64 stems ``(sources, channels, bins, frames)``, about 2.5 GB for a
@@ -458,11 +467,35 @@ def _separate(
     alpha = binary_threshold(model)
     if alpha is not None:
         mask = threshold_mask(mask, alpha)
-    length = audio.shape[1]
+    return mask_stems(stft, spec, mask, audio.shape[1], names, wiener_iterations, frame_offset)
+
+
+def mask_stems(
+    stft: Stft,
+    spec: np.ndarray,
+    mask: np.ndarray,
+    length: int,
+    names: Sequence[str] = SINGLE_STEMS,
+    wiener_iterations: int = 0,
+    frame_offset: int = 0,
+) -> dict[str, np.ndarray]:
+    """The stems of stitched (maybe thresholded) masks applied to the mixture ``spec``
+    (module docstring: Stems; Binary masks): they add up to the mixture.
+
+    One source (a 3-D ``mask``): :func:`apply_mask`'s ``instrument`` and ``rest``, or with
+    ``wiener_iterations > 0`` the masks ``mask``, ``1 - mask`` through the filter. Several
+    sources: :func:`~sepcore.separate.wiener.consistent_masks`, or the Wiener filter on
+    the grid of ``frame_offset`` (the index of frame 0 in a longer signal), one stem per
+    name of ``names`` (:func:`stem_names`).
+    Shape: spec ``(channels, bins, frames)`` complex, mask ``([sources,] channels or 1,
+    bins, frames)`` -> ``{name: (channels, length)}``.
+    """
     if mask.ndim == 3:  # one source
         if wiener_iterations == 0:
             return apply_mask(stft, spec, mask, length)
         mask = np.stack([mask, 1.0 - mask])
+    if len(names) != mask.shape[0]:
+        raise ValueError(f"{mask.shape[0]} masks for {len(names)} stem names {list(names)}")
     if wiener_iterations == 0:
         masks = consistent_masks(mask)
         return {name: stft.istft(spec * masks[j], length) for j, name in enumerate(names)}
@@ -486,7 +519,7 @@ def soft_mask(
 
     :func:`separate` applies the mask (thresholded for a model with a
     :func:`binary_threshold`); the evaluation's α sweep computes the mask once here and
-    thresholds it at every α (:func:`threshold_mask`, :func:`apply_mask`).
+    thresholds it at every α (:func:`threshold_mask`, :func:`mask_stems`).
     Shape: ``(channels, samples)`` -> the :class:`~sepcore.prepare.features.Stft`, spec
     ``(channels, bins, frames)`` complex, mask ``([sources,] channels or 1, bins, frames)``.
     """
@@ -504,13 +537,11 @@ def binary_threshold(model: nn.Module) -> float | None:
     """The confidence threshold α of a binary-mask model (its ``alpha`` attribute, also seen
     on the model a :class:`~sepcore.models.checkpoint.LogMagnitude` wraps), else None.
 
-    Only one-source models may have one (raises ValueError otherwise).
+    A model of one source or of several may have one (module docstring, Binary masks).
     """
     for m in (model, getattr(model, "model", None)):
         value = getattr(m, "alpha", None)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if source_count(model) != 1:
-                raise ValueError("a binary threshold (alpha) applies to one-source models only")
             return float(value)
     return None
 
@@ -518,9 +549,11 @@ def binary_threshold(model: nn.Module) -> float | None:
 def threshold_mask(mask: np.ndarray, alpha: float) -> np.ndarray:
     """Seed 003's binary mask: 1 where the probabilistic mask exceeds ``alpha``, else 0.
 
-    The rest's mask is its complement (:func:`apply_mask`), so the stems still add up to
-    the mixture. A higher ``alpha`` never adds a bin to the target.
-    Shape: any -> the same, float32 0/1.
+    Each source's mask on its own (``M_k > alpha``). One source: the rest's mask is the
+    complement (:func:`apply_mask`); several: :func:`mask_stems` shares the bins several
+    or no sources claim (module docstring, Binary masks). Either way the stems still add
+    up to the mixture. A higher ``alpha`` never adds a bin to any source's mask.
+    Shape: any (``([sources,] channels, bins, frames)``) -> the same, float32 0/1.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
