@@ -254,9 +254,11 @@ def test_thresholded_sources_are_monotonic_in_alpha_and_their_stems_add_up_to_th
     from sepcore.separate.apply import mask_stems
     from sepcore.separate.wiener import consistent_masks
 
-    # A bin no source claims goes to all in equal parts, one that several claim to those.
-    claims = np.array([[0.0, 1.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]], dtype=np.float32)[:, None, :, None]
-    assert np.allclose(consistent_masks(claims)[:, 0, :, 0].T, [[1 / 3] * 3, [0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
+    # A bin no source claims goes to the last (other), one that several claim to those in equal parts.
+    probs = np.array([[0.2, 0.9, 0.8], [0.1, 0.7, 0.3], [0.4, 0.2, 0.1]], dtype=np.float32)[:, None, :, None]
+    claims = threshold_mask(probs, 0.5)
+    assert np.array_equal(claims[:, 0, :, 0].T, [[0, 0, 1], [1, 1, 0], [1, 0, 0]])
+    assert np.allclose(consistent_masks(claims)[:, 0, :, 0].T, [[0, 0, 1], [0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
 
     rng = np.random.default_rng(0)
     audio = rng.standard_normal((1, SR // 4)).astype(np.float32) * 0.1
@@ -265,8 +267,9 @@ def test_thresholded_sources_are_monotonic_in_alpha_and_their_stems_add_up_to_th
     assert soft.shape == (3, 1, 129, spec.shape[-1]) and soft.min() >= 0 and soft.max() <= 1
     masks = [threshold_mask(soft, a) for a in (0.0, 0.3, 0.5, 0.7, 1.0)]
     for lower, higher in zip(masks[:-1], masks[1:], strict=True):
-        assert np.all(higher <= lower)  # per source: a higher alpha never adds a bin
-    assert masks[-1].sum() == 0 and np.all(masks[0][2, :, 100:] == 1) and np.all(masks[0][:2, :, 100:] == 0)
+        assert np.all(higher[:2] <= lower[:2])  # per target: a higher alpha never adds a bin
+    assert masks[-1][:2].sum() == 0 and np.all(masks[-1][2] == 1)  # alpha 1: all is other
+    assert np.all(masks[0][2, :, 100:] == 1) and np.all(masks[0][:2, :, 100:] == 0)
     assert binary_threshold(model) == 0.5
     for alpha, wiener in ((0.5, 0), (0.45, 1)):
         model.alpha = alpha

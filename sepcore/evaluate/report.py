@@ -306,7 +306,7 @@ def _alpha_sections(doc: Mapping[str, Any]) -> list[R.Section]:
         out.append(R.Section(f"{cls}: confidence threshold α (seed 003)", [
             R.Text(f"The model's probabilistic mask M is computed once per track; at each α the target is where "
                    f"M > α and the rest its complement (a multi-stem model: each stem's M_k > α, bins claimed by "
-                   f"several stems or none shared out; the stems add up to the mixture). The model row uses "
+                   f"several stems shared, by none given to other; the stems add up to the mixture). The model row uses "
                    f"α = {sweep['model_alpha']:g}."),
             R.Image(f"alpha_{name}.png", R.figure_png(alpha_figure(by_alpha, sweep["model_alpha"], cls)),
                     title="SDR, SIR and SAR against α", caption="medians over tracks; SDR green, SIR red, SAR blue"),

@@ -45,7 +45,8 @@ and the rest its complement ``M <= alpha``, so the two stems add up to the mixtu
 (seed 003's equation (1)). With several sources each source's mask is thresholded,
 ``M_k > alpha``, and the binary masks then go the one apply's way for several sources
 (module :mod:`sepcore.separate.apply`, Binary masks): a bin several sources claim is
-shared between them, a bin none claims between all. :meth:`MaskDNN.forward` itself
+shared between them, a bin none claims goes to the last, ``other`` (the complement of
+the targets, as with one source). :meth:`MaskDNN.forward` itself
 returns ``M`` in [0, 1].
 
 Training (:meth:`MaskDNN.training_loss`, called by :func:`sepcore.train.loop.batch_loss`):

@@ -67,14 +67,15 @@ Binary masks. A model with a confidence threshold (an ``alpha`` attribute,
 has its stitched masks (the probabilistic masks ``M``) thresholded before they are
 applied (:func:`threshold_mask`). One source: the instrument's mask is ``M > alpha`` and
 the rest's its complement, so the stems add up to the mixture. Several sources: each
-source's mask is thresholded, ``M_k > alpha``, and the binary masks then take the path
-of every model of several sources above (:func:`mask_stems`): without the Wiener filter
+source's mask is thresholded, ``M_k > alpha``; a bin that no source claims goes to the
+last source, the rest of the mixture (``other``), as the complement does with one
+source; the binary masks then take the path of every model of several sources above
+(:func:`mask_stems`): without the Wiener filter
 :func:`sepcore.separate.wiener.consistent_masks` shares each bin by the masks' power
-(``m_k^2``), so a bin that ``n`` sources claim goes to them in equal parts ``1 / n``,
-and a bin that no source claims (all masks 0) to all sources in equal parts ``1 /
-sources``; with the Wiener filter the estimates ``m_k * |X|`` of unclaimed bins are 0
-and :func:`sepcore.separate.wiener.mixture_consistency` then shares such a bin's
-residual equally too. Either way the stems add up to the mixture. Separation,
+(``m_k^2``), so a bin that ``n`` sources claim goes to them in equal parts ``1 / n``;
+with the Wiener filter the estimates ``m_k * |X|`` feed the filter and
+:func:`sepcore.separate.wiener.mixture_consistency`. Either way the stems add up to the
+mixture. Separation,
 evaluation (also its α sweep, which thresholds one stitched mask at several α) and
 validation all get it from here.
 
@@ -549,15 +550,20 @@ def binary_threshold(model: nn.Module) -> float | None:
 def threshold_mask(mask: np.ndarray, alpha: float) -> np.ndarray:
     """Seed 003's binary mask: 1 where the probabilistic mask exceeds ``alpha``, else 0.
 
-    Each source's mask on its own (``M_k > alpha``). One source: the rest's mask is the
-    complement (:func:`apply_mask`); several: :func:`mask_stems` shares the bins several
-    or no sources claim (module docstring, Binary masks). Either way the stems still add
-    up to the mixture. A higher ``alpha`` never adds a bin to any source's mask.
-    Shape: any (``([sources,] channels, bins, frames)``) -> the same, float32 0/1.
+    One source (3-D): the rest's mask is the complement (:func:`apply_mask`). Several
+    sources (4-D, the last one the rest of the mixture, ``other``): each source's mask on
+    its own (``M_k > alpha``), and a bin that no source claims is the rest's (1 in the
+    last mask), as the complement is with one source; :func:`mask_stems` then shares the
+    bins several sources claim (module docstring, Binary masks). Either way the stems add
+    up to the mixture. A higher ``alpha`` never adds a bin to a target's mask.
+    Shape: ``([sources,] channels, bins, frames)`` -> the same, float32 0/1.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    return (mask > alpha).astype(np.float32)
+    out = (mask > alpha).astype(np.float32)
+    if out.ndim == 4:  # several sources: unclaimed bins are the rest's
+        out[-1][out.sum(axis=0) == 0] = 1.0
+    return out
 
 
 def _wiener_stems(masks: np.ndarray, spec: np.ndarray, iterations: int, offset: int) -> np.ndarray:
