@@ -1,6 +1,8 @@
-"""tune: Ray Tune sweeps over FFT size, filters, silence ratio, augmentation, learning rate, levels, model.
+"""tune: Ray Tune sweeps over FFT size, filters, silence ratio, augmentation, learning rate, levels, model
+and the frame DNN's start (least squares or random).
 
     sep tune -c configs/tune_cpu_small.yaml
+    sep tune -c configs/tune_frame_dnn_init.yaml     # LS vs random start, learning curves in one plot
     sep tune -c configs/tune_hourglass_gpu.yaml output=s3://bucket/tune variants=s3://bucket/variants
 
 See docs/tune.md. A trial trains through :func:`ray_jobs.trainer.build_trainer`; the plain
@@ -170,8 +172,9 @@ def run(cfg: TuneConfig) -> dict[str, Any]:
     grid = run_sweep(cfg, output, variant_uris, resume)
     states, failed = S.tune_states(grid, T.base_values(cfg.prepare, cfg.train), cfg.space.swept())
     tcfg = validate_train(cfg.train)
-    rows, curves = S.trial_rows(output, tcfg, states)
-    written = S.write_results(cfg, tcfg.validation.metric, output, rows, curves, variants, time.monotonic() - t0)
+    rows, curves, initial = S.trial_rows(output, tcfg, states)
+    written = S.write_results(cfg, tcfg.validation.metric, output, rows, curves, variants, time.monotonic() - t0,
+                              initial)  # fmt: skip
     S.check_finished(output, rows, len(grid))
     return {**S.summary(output, len(grid), rows, failed, variants, written),
             **verdict(len(failed), len(grid), cfg.max_failed_fraction, "trials")}

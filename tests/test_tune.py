@@ -148,7 +148,7 @@ def test_trial_settings_go_to_the_model_family_size_keys():
     assert hg["optim"]["lr"] == 0.01 and TRAIN["model"]["config"]["filters"] == 8
     blstm = T.train_settings(TRAIN, {"model": "blstm", "filters": 32, "levels": 2}, {"blstm": {"dropout": 0.1}})
     assert blstm["model"] == {"name": "blstm", "config": {"dropout": 0.1, "hidden": 32, "layers": 2}}
-    assert T.base_values(PREPARE, TRAIN) == {"model": "hourglass", "n_fft": 1536, "silence": None,
+    assert T.base_values(PREPARE, TRAIN) == {"model": "hourglass", "init": None, "n_fft": 1536, "silence": None,
                                              "remix_copies": 0, "gain_db": None, "filters": 8, "levels": 3,
                                              "lr": None}  # fmt: skip
     label = T.trial_label({"n_fft": 1024, "silence": None, "filters": 8, "lr": 0.002}, ["n_fft", "silence", "filters"])
@@ -336,3 +336,152 @@ def test_plots_and_report_show_the_comparison(tmp_path):
     assert R.missing_files(page) == []
     for text in ("Best configuration", "fft1024 siloff F8", "metric_by_nfft.png", "Data variants", "5 trials"):
         assert text in html
+
+
+# ---------------------------------------------------------------- the frame DNN's start (init)
+
+FRAME_DNN = {"model": {"name": "frame_dnn", "config": {"context": 1, "layers": 2}, "log_input": False},
+             "validation": {"sdr_tracks": 2, "metric": "val_loss"}}  # fmt: skip
+
+
+def test_init_sweeps_the_frame_dnn_start_and_not_the_data():
+    cfg = _cfg(train=FRAME_DNN, space={"init": ["ls", "random"]})
+    assert cfg.space.swept() == ["init"] and cfg.space.data_points() == [(None, "base", "base", "base")]
+    assert tune.param_space(cfg) == {"init": {"grid_search": ["ls", "random"]}}
+    base = T.base_values(PREPARE, FRAME_DNN)
+    assert (base["model"], base["init"]) == ("frame_dnn", "ls")  # model.init's default
+    for init in ("ls", "random"):
+        values = {**base, "init": init}
+        settings = T.train_settings(FRAME_DNN, values, {})
+        assert settings["model"]["init"] == init and tune.validate_train(settings).model.init == init
+        assert T.trial_label(values, cfg.space.swept()) == f"init={init}"
+        assert T.trial_data_key({"init": init}, values) == T.data_key(None, "base")  # one variant for both
+    assert "init" not in FRAME_DNN["model"]  # the base settings are not changed
+    assert "init" not in T.train_settings(TRAIN, {"model": "hourglass", "init": "ls"}, {})["model"]
+    sized = T.train_settings(FRAME_DNN, {"filters": 64, "levels": 4}, {})
+    assert sized["model"]["config"] == {"context": 1, "layers": 4, "width": 64}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"space": {"init": ["ls", "random"]}}, "space.init: only a frame_dnn has an init to sweep; "
+                                                "train.model.name gives hourglass"),
+        ({"train": FRAME_DNN, "space": {"init": ["ls"], "model": ["frame_dnn", "blstm"]}},
+         "space.init: only a frame_dnn has an init to sweep; space.model gives blstm"),
+        ({"train": FRAME_DNN, "space": {"init": ["warm"]}}, "space.init"),
+        ({"train": FRAME_DNN, "space": {"init": []}}, "space.init: give at least one value"),
+    ],
+)
+def test_init_is_refused_where_it_means_nothing(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _cfg(**overrides)
+
+
+def test_shipped_init_sweep_trains_the_small_frame_dnn_twice_on_the_demo_data():
+    import yaml
+
+    cfg = load_config(tune.TuneConfig, os.path.join(CONFIGS, "tune_frame_dnn_init.yaml"))
+    with open(os.path.join(CONFIGS, "prepare_demo.yaml"), encoding="utf-8") as fh:
+        prepare = yaml.safe_load(fh)
+    with open(os.path.join(CONFIGS, "train_frame_dnn_cpu_small.yaml"), encoding="utf-8") as fh:
+        small = yaml.safe_load(fh)
+    assert cfg.prepare == {k: v for k, v in prepare.items() if k != "output"}
+    assert cfg.space.swept() == ["init"] and cfg.space.init == ["ls", "random"]
+    assert {k: v for k, v in cfg.train["model"].items()} == {k: v for k, v in small["model"].items() if k != "init"}
+    assert (cfg.scheduler.name, cfg.search.algorithm, cfg.search.max_concurrent) == ("fifo", "grid", 2)
+
+
+def test_the_table_has_each_trials_ls_seconds():
+    base = T.base_values(PREPARE, FRAME_DNN)
+    rows = [T.trial_row("t0", "init=ls", "done", {**base, "init": "ls"}, _history([1.0]), "val_loss", ls_init_s=2.5),
+            T.trial_row("t1", "init=random", "done", {**base, "init": "random"}, _history([0.5]), "val_loss",
+                        ls_init_s=None)]  # fmt: skip
+    csv_bytes, parquet_bytes = T.table_bytes(rows)
+    lines = list(csv.DictReader(io.StringIO(csv_bytes.decode())))
+    assert [(r["init"], r["ls_init_s"]) for r in lines] == [("ls", "2.5"), ("random", "")]
+    table = pq.read_table(io.BytesIO(parquet_bytes)).to_pylist()
+    assert [(r["init"], r["ls_init_s"]) for r in table] == [("ls", 2.5), ("random", None)]
+
+
+class _Frames:
+    """A one-target split as a LocalSession reads it: numpy batches of byte columns."""
+
+    def __init__(self, n: int, shape: list[int], seed: int):
+        rng = np.random.default_rng(seed)
+        mix = rng.random((n, *shape), dtype=np.float32) + 0.1
+        target = mix * np.linspace(0.0, 1.0, shape[1], dtype=np.float32)[:, None]
+        self.cols = {"mix": [r.tobytes() for r in mix], "target": [r.tobytes() for r in target]}
+        self.n = n
+
+    def iter_batches(self, batch_size: int, **_: object):
+        for i in range(0, self.n, batch_size):
+            yield {k: np.array(v[i : i + batch_size], dtype=object) for k, v in self.cols.items()}
+
+
+def _frame_dnn_worker(out: str, init: dict, lr: float, epochs: int) -> dict:
+    """The worker config of a tiny frame DNN (17 bins, 8 frames) with the ``meta["init"]`` ``init``."""
+    shape = [1, 17, 8]
+    model = {"name": "frame_dnn", "config": {"n_bins": 17, "channels": 1, "context": 1, "layers": 2},
+             "log_input": False}  # fmt: skip
+    optim = {"epochs": epochs, "batch_size": 4, "lr": lr, "weight_decay": 0.0, "scheduler": "none",
+             "early_stopping_patience": 100, "max_steps_per_epoch": None, "amp": False, "loss": "mse",
+             "clip_grad_norm": None, "max_minutes": None}  # fmt: skip
+    meta = {"model": model, "task": "separator", "target": "guitar", "sample_rate": 22050, "channels": 1,
+            "feature": {"n_fft": 32, "hop": 8}, "frames": 8, "init": dict(init)}  # fmt: skip
+    return {"meta": meta, "optim": optim, "validation": {"metric": "val_loss"}, "shapes": {"mix": shape, "target": shape},
+            "dtype": "float32", "seed": 0, "threads": 1, "output": out, "val_tracks": [], "resume_from": None,
+            "keep_checkpoints": 1, "loader": None, "fold": None, "input_stats": None}  # fmt: skip
+
+
+def test_the_learning_curves_start_at_the_initial_weights_validation_loss(tmp_path):
+    from types import SimpleNamespace
+
+    from sepcore.models import checkpoint as ckpt
+    from sepcore.train import outputs as O
+    from sepcore.train import worker as W
+
+    sweep, data = storage.normalize_uri(str(tmp_path)), _Frames(16, [1, 17, 8], 0)
+    starts = {"ls": ({"method": "ls", "seconds": 1.25, "layers": []}, 0.0),  # lr 0: the weights stay put
+              "random": ({"method": "random", "layers": []}, 1e-2)}  # fmt: skip
+    histories, summaries = {}, {}
+    for init, (record, lr) in starts.items():
+        out = S.trial_output(sweep, f"t_{init}")
+        config = _frame_dnn_worker(out, record, lr, epochs=2)
+        W.train_worker(config, W.LocalSession(W.LocalRun(out, 1, "val_loss", lambda m: None),
+                                              {"train": data, "validation": data}))  # fmt: skip
+        if init == "ls":  # a resume measures nothing and keeps the run's record
+            config = {**config, "resume_from": ckpt.find_latest(storage.join(out, O.RUNS)),
+                      "optim": {**config["optim"], "epochs": 3}}  # fmt: skip
+            W.train_worker(config, W.LocalSession(W.LocalRun(out, 1, "val_loss", lambda m: None),
+                                                  {"train": data, "validation": data}))  # fmt: skip
+        summaries[init] = O.finish(out, "val_loss")
+        histories[init] = O.read_history(out)
+        values = {**T.base_values(PREPARE, FRAME_DNN), "init": init}
+        S.write_record(out, {"trial": f"t_{init}", "label": f"init={init}", "values": values, "data": "file:///none",
+                             "status": "done", "best_checkpoint": summaries[init]["best_checkpoint"]})  # fmt: skip
+    start = {init: ckpt.read_meta(summaries[init]["best_checkpoint"])["init"]["val_loss"] for init in starts}
+    # The initial validation loss is the epoch's validation of the unchanged weights (lr 0), measured once.
+    assert [h["epoch"] for h in histories["ls"]] == [0, 1, 2]
+    assert start["ls"] == pytest.approx(histories["ls"][0]["val_loss"], rel=1e-6)
+    assert summaries["ls"]["figures"]["initial_val_loss"] == round(start["ls"], 4)
+    assert start["random"] > histories["random"][-1]["val_loss"]  # trained from there
+    (loss,) = R.loss_curve_figure(histories["random"], start["random"]).axes  # a train output's loss_curve.png
+    assert _lines(loss)["validation"] == ([0, 1, 2], [start["random"], *[h["val_loss"] for h in histories["random"]]])
+    assert _lines(loss)["train"][0] == [1, 2]  # the training loss has no epoch 0
+
+    train = SimpleNamespace(validation=SimpleNamespace(metric="val_loss"), optim=SimpleNamespace(epochs=2))
+    rows, curves, initial = S.trial_rows(sweep, train, {"t_ls": ("ended", 3.0), "t_random": ("ended", 2.0)})
+    assert {r["label"]: r["ls_init_s"] for r in rows} == {"init=ls": 1.25, "init=random": None}
+    assert initial == {"init=ls": start["ls"], "init=random": start["random"]}
+    loss, training = T.learning_curves_figure(curves, "val_loss", initial).axes  # both trials in one plot
+    for init, history in histories.items():
+        assert _lines(loss)[f"init={init}"] == ([0, *range(1, len(history) + 1)],
+                                                [start[init], *[h["val_loss"] for h in history]])  # fmt: skip
+        assert _lines(training)[f"init={init}"][0] == list(range(1, len(history) + 1))
+    cfg = _cfg(train=FRAME_DNN, space={"init": ["ls", "random"]})
+    plots = {"metric_by_nfft.png": b"", "silence_effect.png": b"", "learning_curves.png": b""}
+    sections = S.report_sections(cfg, rows, [], T.best_row(rows, "val_loss"), plots, "val_loss", 1.0, True)
+    trials = next(s for s in sections if s.title == "Trials").items[0]
+    assert "init" in trials.columns and "ls_init_s" in trials.columns
+    assert "epoch 0" in next(s for s in sections if s.title == "Learning curves").items[0].caption

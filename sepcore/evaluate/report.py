@@ -159,7 +159,8 @@ def _training_section(meta: dict[str, Any]) -> R.Section | None:
         return None
     last = history[-1]
     rows = [[k, v] for k, v in last.items() if isinstance(v, (int, float))]
-    return R.Section("Training", [R.Image("loss_curve.png", R.loss_curve_png(history), title="loss curves"),
+    start = (meta.get("init") or {}).get("val_loss")  # the frame DNN's initial weights: the curve's epoch 0
+    return R.Section("Training", [R.Image("loss_curve.png", R.loss_curve_png(history, start), title="loss curves"),
                                   R.Table(f"last epoch ({len(history)} in all)", ["metric", "value"], rows,
                                           digits=4)])  # fmt: skip
 

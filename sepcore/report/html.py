@@ -435,20 +435,25 @@ def _series(history: Sequence[Mapping[str, Any]], key: str) -> list[float]:
     return [math.nan if h.get(key) is None else float(h[key]) for h in history]
 
 
-def loss_curve_figure(history: Sequence[Mapping[str, Any]]) -> Any:
+def loss_curve_figure(history: Sequence[Mapping[str, Any]], initial_val_loss: float | None = None) -> Any:
     """The train job's curves, one point per epoch of ``history`` (its ``metrics.jsonl``).
 
-    Left panel: ``train_loss`` and ``val_loss``. With ``val_sdr`` in any epoch, a right
-    panel: median validation SDR of the model (``val_sdr``) and of the mixture as the
-    estimate (``val_sdr_mixture``, the baseline a model has to beat).
+    x is the epochs trained: epoch record ``k`` (0-based) is drawn at ``k + 1``. Left panel:
+    ``train_loss`` and ``val_loss``; ``initial_val_loss`` (the checkpoint's
+    ``meta["init"]["val_loss"]``: the validation loss of the initial weights, frame DNN) starts
+    the validation line at epoch 0. With ``val_sdr`` in any epoch, a right panel: median
+    validation SDR of the model (``val_sdr``) and of the mixture as the estimate
+    (``val_sdr_mixture``, the baseline a model has to beat).
     """
-    epochs = [h["epoch"] for h in history]
+    epochs = [h["epoch"] + 1 for h in history]
+    start = [] if initial_val_loss is None or not math.isfinite(initial_val_loss) else [float(initial_val_loss)]
     has_sdr = any("val_sdr" in h for h in history)
     fig = new_figure(10 if has_sdr else 5.5, 3.8)
     axes = fig.subplots(1, 2 if has_sdr else 1, squeeze=False)
     ax = axes[0][0]
     ax.plot(epochs, [float(h["train_loss"]) for h in history], marker="o", label="train")
-    ax.plot(epochs, [float(h["val_loss"]) for h in history], marker="o", label="validation")
+    ax.plot([0] * len(start) + epochs, start + [float(h["val_loss"]) for h in history], marker="o",
+            label="validation")  # fmt: skip
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.set_title("loss")
@@ -466,6 +471,6 @@ def loss_curve_figure(history: Sequence[Mapping[str, Any]]) -> Any:
     return fig
 
 
-def loss_curve_png(history: Sequence[Mapping[str, Any]]) -> bytes:
+def loss_curve_png(history: Sequence[Mapping[str, Any]], initial_val_loss: float | None = None) -> bytes:
     """:func:`loss_curve_figure` as PNG bytes (110 dpi)."""
-    return figure_png(loss_curve_figure(history), dpi=110)
+    return figure_png(loss_curve_figure(history, initial_val_loss), dpi=110)

@@ -274,7 +274,8 @@ def trained_out(output: str, optim: Any) -> bool:
 
 
 def finish(output: str, metric: str) -> dict[str, Any]:
-    """Copy the best complete checkpoint to ``best/``, write metrics and the loss curve.
+    """Copy the best complete checkpoint to ``best/``, write metrics and the loss curve (from
+    epoch 0, the initial weights' validation loss, when the checkpoint's ``meta["init"]`` has it).
 
     Returns the summary's keys (counts, figures, ``best_checkpoint``).
     """
@@ -288,15 +289,18 @@ def finish(output: str, metric: str) -> dict[str, Any]:
     best = ckpt.publish_best(best_dir, output)
     history = by_epoch[-1][1]["history"]
     write_history(output, history)
-    storage.write_bytes(storage.join(output, CURVE_FILE), R.loss_curve_png(history))
+    init = best_meta.get("init")  # the frame DNN: how its layers started (ray_jobs.trainer.ls_initialise)
+    start = init.get("val_loss") if init else None  # the initial weights' validation loss (train_worker)
+    storage.write_bytes(storage.join(output, CURVE_FILE), R.loss_curve_png(history, start))
     figures = {k: round(v, 4) for k, v in history[-1].items() if isinstance(v, float)}
     counts = {"epochs": len(history), "checkpoints": len(complete)}
-    init = best_meta.get("init")  # the frame DNN: how its layers started (ray_jobs.trainer.ls_initialise)
     if init:
         layers = init.get("layers", [])
         counts.update(ls_layers=sum(x["init"] == "ls" for x in layers), random_layers=sum(x["init"] == "random" for x in layers))
         if "seconds" in init:
             figures["ls_init_s"] = init["seconds"]
+        if isinstance(start, float):
+            figures["initial_val_loss"] = round(start, 4)
         log.info("train: initial weights (%s): %s", init["method"],
                  ", ".join(f"layer {x['layer']} {x['in']}->{x['out']} {x['init']}" for x in layers))  # fmt: skip
     return {

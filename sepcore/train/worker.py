@@ -51,12 +51,20 @@ class Session(Protocol):
 
 
 def train_worker(config: dict[str, Any], session: Session) -> None:
-    """Train from the resume point to ``optim.epochs``, early stop or the time budget, one checkpoint per epoch."""
+    """Train from the resume point to ``optim.epochs``, early stop or the time budget, one checkpoint per epoch.
+
+    A fresh run whose ``meta`` has an ``init`` record (the frame DNN's start, set by
+    ``ray_jobs.trainer.build_trainer``) first measures the validation loss of its initial weights
+    (:func:`initial_val_loss`) into ``meta["init"]["val_loss"]``, which every checkpoint carries:
+    the curves' epoch 0. A resumed or restored run keeps the record of its checkpoint."""
     rank, world, device = session.rank, session.world, session.device
     torch.manual_seed(config["seed"] + rank)
     torch.set_num_threads(config["threads"])
     meta, opt_cfg = config["meta"], config["optim"]
-    saved, state = resume_point(session.restored() or _saved(config["resume_from"]))
+    found = session.restored() or _saved(config["resume_from"])
+    saved, state = resume_point(found)
+    if found is not None and found[0].get("init") is not None:  # a restored worker keeps the run's record
+        meta = {**meta, "init": found[0]["init"]}
     budget = Budget(opt_cfg.get("max_minutes"), state["elapsed_s"], world)
     if budget.spent():
         if rank == 0:
@@ -88,13 +96,19 @@ def train_worker(config: dict[str, Any], session: Session) -> None:
                         meta["model"].get("log_input", False), stats["rows"])  # fmt: skip
     model = session.wrap(net)
     pairs = validation_pairs(config["val_tracks"], meta) if rank == 0 else []
+    loss = opt_cfg.get("loss", "l1")
+    if saved is None and meta.get("init") is not None:  # a fresh frame DNN run: its curves start at epoch 0
+        start = initial_val_loss(task, model, batches("validation", False), loss, columns, world)
+        meta = {**meta, "init": {**meta["init"], "val_loss": start}}
+        if rank == 0:
+            log.info("train: validation loss of the initial weights (%s): %.4g", meta["init"].get("method"), start)
 
     metric = config["validation"]["metric"]
     for epoch in range(state["epoch"], opt_cfg["epochs"]):
         tr = L.run_epoch(task, model, batches("train", True), optimizer, scaler, opt_cfg["max_steps_per_epoch"],
-                         opt_cfg.get("loss", "l1"), columns, opt_cfg.get("clip_grad_norm"), budget.step_stop)  # fmt: skip
+                         loss, columns, opt_cfg.get("clip_grad_norm"), budget.step_stop)  # fmt: skip
         t_val = time.monotonic()
-        va = L.run_epoch(task, model, batches("validation", False), loss=opt_cfg.get("loss", "l1"), columns=columns)
+        va = L.run_epoch(task, model, batches("validation", False), loss=loss, columns=columns)
         metrics = {"epoch": epoch, **sum_over_workers(tr, va, world), "lr": optimizer.param_groups[0]["lr"]}
         if pairs:
             f = meta["feature"]  # separation puts the model back in training mode itself
@@ -239,6 +253,14 @@ def validation_pairs(tracks: list, meta: dict[str, Any]) -> list:
             log.warning("validation track %s left out: %s", track.track_id, exc)
             continue
     return pairs
+
+
+def initial_val_loss(task: str, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], loss: Any,
+                     columns: tuple[str, str], world: int) -> float:  # fmt: skip
+    """The validation loss of the weights before the first training step: the same batches and
+    loss as an epoch's validation, the sample-weighted mean over all workers (each one calls it)."""
+    va = L.run_epoch(task, model, batches, loss=loss, columns=columns)
+    return float(sum_over_workers({"loss": 0.0, "samples": 0, "seconds": 0.0}, va, world)["val_loss"])
 
 
 def sum_over_workers(tr: dict[str, float], va: dict[str, float], world: int) -> dict[str, Any]:

@@ -21,7 +21,10 @@ class RangeConfig(Config):
 class SpaceConfig(Config):
     """Values swept; a dimension left out keeps the value of the prepare/train settings."""
 
-    model: list[Literal["hourglass", "blstm"]] | None = Field(None, description="model families")
+    model: list[Literal["hourglass", "blstm", "frame_dnn"]] | None = Field(None, description="model families")
+    init: list[Literal["ls", "random"]] | None = Field(
+        None, description="frame_dnn's model.init: least-squares or random start, e.g. [ls, random]"
+    )
     n_fft: list[int] | None = Field(None, description="FFT sizes (hop = n_fft x hop_fraction)")
     silence: list[float | None] | None = Field(
         None, description="silence adjustment: off or a target audio ratio, e.g. [off, 0.5, 0.7, 0.9]"
@@ -32,8 +35,8 @@ class SpaceConfig(Config):
     gain_db: list[float | None] | None = Field(
         None, description="prepare augment.gain_db: off or x for gains in [-x, x] dB, e.g. [off, 6]"
     )
-    filters: list[int] | None = Field(None, description="hourglass filters F (BLSTM: hidden units)")
-    levels: list[int] | None = Field(None, description="hourglass levels S (BLSTM: layers)")
+    filters: list[int] | None = Field(None, description="hourglass filters F (BLSTM: hidden units; frame DNN: width)")
+    levels: list[int] | None = Field(None, description="hourglass levels S (BLSTM, frame DNN: layers)")
     lr: list[float] | RangeConfig | None = Field(None, description="learning rates, or {low, high, log}")
 
     @field_validator("silence", "gain_db", mode="before")
@@ -173,5 +176,9 @@ def check_tune(cfg: Any, validate_prepare: Callable[[dict[str, Any]], Any],
         tcfg = validate_train(T.train_settings(cfg.train, values, cfg.model_configs))
         if tcfg.model.name not in separators:
             raise ValueError(f"train.model.name: tune sweeps separators {separators}, not {tcfg.model.name}")
+        if cfg.space.init is not None and tcfg.model.name != T.INIT_MODEL:
+            where = "space.model" if values["model"] else "train.model.name"
+            raise ValueError(f"space.init: only a {T.INIT_MODEL} has an init to sweep; {where} gives "
+                             f"{tcfg.model.name}")  # fmt: skip
     if validate_train(cfg.train).validation.metric == "val_sdr" and cfg.prepare.get("target") == "random_mix":
         raise ValueError("train.validation.metric val_sdr needs an instrument target; use val_loss")

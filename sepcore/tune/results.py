@@ -75,16 +75,19 @@ def variant_record(uri: str, resolved: Any, prepared_now: bool) -> dict[str, Any
 
 
 def trial_rows(output: str, train: Any, tune_state: dict[str, tuple[str, float | None]]
-               ) -> tuple[list[Any], dict[str, list]]:  # fmt: skip
-    """Rows of the results table (best first) and learning curves by label, from the trials' records.
+               ) -> tuple[list[Any], dict[str, list], dict[str, float | None]]:  # fmt: skip
+    """Rows of the results table (best first), learning curves by label and, by the same label,
+    the validation loss of each trial's initial weights (epoch 0 of its curve; a frame DNN's
+    checkpoint has it, None otherwise), from the trials' records.
 
     ``tune_state``: trial id -> (Tune's state: ``ended``, ``error`` or ``unfinished``, seconds).
     A trial's status: ``done`` (every epoch, or stopped by early-stopping patience),
     ``stopped`` (ended early by the scheduler), ``error``, or ``unfinished``. A trial the
-    scheduler ended gets its ``best/`` here.
+    scheduler ended gets its ``best/`` here. A frame DNN's row has ``ls_init_s``, the seconds
+    of its least-squares pass (``meta["init"]["seconds"]``; None for a random start).
     """
     metric = train.validation.metric
-    rows, curves = [], {}
+    rows, curves, initial = [], {}, {}
     for marker in sorted(storage.list_files(storage.join(output, "trials"), suffix="/" + TRIAL_FILE)):
         record = json.loads(storage.read_text(marker))
         out = storage.parent(marker)
@@ -93,6 +96,7 @@ def trial_rows(output: str, train: Any, tune_state: dict[str, tuple[str, float |
         if record["status"] != "done" and ckpt.find_latest(storage.join(out, O.RUNS)) is not None:
             best = O.finish(out, metric)["best_checkpoint"]  # ended by the scheduler: best/ now
         history = O.read_history(out)
+        init = _init(best)
         status = _status(record["status"], state, history, train.optim.epochs)
         if status == "done" and record["status"] != "done":  # ended by the scheduler at its last epoch
             write_record(out, {**record, "status": "done", "best_checkpoint": best})
@@ -100,10 +104,12 @@ def trial_rows(output: str, train: Any, tune_state: dict[str, tuple[str, float |
             record["trial"], record["label"], status, record["values"], history, metric,
             hop=_hop(record["data"]), weights=_weights(best), data=record["data"], checkpoint=best,
             seconds=round(float(seconds), 1) if isinstance(seconds, (int, float)) else None,
+            ls_init_s=init.get("seconds"),
         ))  # fmt: skip
         label = record["label"]
-        curves[label if label not in curves else f"{label} ({record['trial']})"] = history
-    return T.sort_rows(rows, metric), curves
+        label = label if label not in curves else f"{label} ({record['trial']})"
+        curves[label], initial[label] = history, init.get("val_loss")
+    return T.sort_rows(rows, metric), curves, initial
 
 
 def _status(marker: str, state: str, history: list[dict[str, Any]], epochs: int) -> str:
@@ -121,6 +127,11 @@ def _hop(data: str) -> int | None:
         return None
 
 
+def _init(best: str | None) -> dict[str, Any]:
+    """The ``meta["init"]`` record of a trial's best checkpoint (a frame DNN's start), else {}."""
+    return (ckpt.read_meta(best).get("init") or {}) if best else {}
+
+
 def _weights(best: str | None) -> int | None:
     if not best:
         return None
@@ -130,8 +141,10 @@ def _weights(best: str | None) -> int | None:
 
 
 def write_results(cfg: Any, metric: str, output: str, rows: list, curves: dict, variants: list[dict],
-                  seconds: float) -> dict[str, Any]:  # fmt: skip
-    """Table, best checkpoint and config, plots and report; returns the summary's figures."""
+                  seconds: float, initial: dict[str, float | None] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Table, best checkpoint and config, plots and report; returns the summary's figures.
+
+    ``curves`` and ``initial``: as :func:`trial_rows` returns them."""
     csv_bytes, parquet_bytes = T.table_bytes(rows)
     storage.write_bytes(storage.join(output, "results.csv"), csv_bytes)
     storage.write_bytes(storage.join(output, "results.parquet"), parquet_bytes)
@@ -142,9 +155,10 @@ def write_results(cfg: Any, metric: str, output: str, rows: list, curves: dict, 
         runnable = {**record["train"], "data": best["data"], "output": storage.join(output, "best_train")}
         storage.write_text(storage.join(output, "best_train.yaml"), yaml.safe_dump(runnable, sort_keys=False))
     plots = dict(zip(PLOTS, (T.metric_by_nfft_png(rows, metric), T.silence_effect_png(rows, metric),
-                             T.learning_curves_png(curves, metric)), strict=True))  # fmt: skip
-    page = R.write_report(output, report_sections(cfg, rows, variants, best, plots, metric, seconds),
-                          title="sep tune: sweep report")  # fmt: skip
+                             T.learning_curves_png(curves, metric, initial)), strict=True))  # fmt: skip
+    sections = report_sections(cfg, rows, variants, best, plots, metric, seconds,
+                               any(v is not None for v in (initial or {}).values()))  # fmt: skip
+    page = R.write_report(output, sections, title="sep tune: sweep report")
     counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("done", "stopped", "error", "unfinished")}
     figures: dict[str, Any] = {"metric": metric, **{f"trials_{k}": v for k, v in counts.items()}}
     if best is not None:
@@ -161,10 +175,13 @@ def _cell(row: dict[str, Any], key: str) -> Any:
 
 
 def report_sections(cfg: Any, rows: list, variants: list[dict], best: Any, plots: dict[str, bytes],
-                    metric: str, seconds: float) -> list[R.Section]:  # fmt: skip
+                    metric: str, seconds: float, from_start: bool = False) -> list[R.Section]:  # fmt: skip
+    """The report's sections; ``from_start``: the learning curves start at epoch 0 (the initial
+    weights' validation loss). A frame DNN's ``ls_init_s`` is shown where a trial has it."""
     swept = cfg.space.swept()
+    ls_timed = any(r.get("ls_init_s") is not None for r in rows)
     shown = [*swept, "epochs", "best_epoch", "best_val_sdr", "final_val_sdr", "val_sdr_mixture",
-             "best_val_loss", "weights", "status"]  # fmt: skip
+             "best_val_loss", "weights", *(["ls_init_s"] if ls_timed else []), "status"]  # fmt: skip
     summary = (
         f"{len(rows)} trials over {', '.join(swept) or 'no dimension'} "
         f"({cfg.search.algorithm} search, {cfg.scheduler.name} scheduler), metric {metric} "
@@ -174,20 +191,24 @@ def report_sections(cfg: Any, rows: list, variants: list[dict], best: Any, plots
     items: list[Any] = [R.Text(summary)]
     if best is not None:
         keys = ("trial", "label", *T.DIMENSIONS, "hop", "epochs", "best_epoch", f"best_{metric}", "weights",
-                "checkpoint")  # fmt: skip
+                *(["ls_init_s"] if ls_timed else []), "checkpoint")  # fmt: skip
         items.append(R.Table("Best configuration", ["key", "value"], [[k, _cell(best, k)] for k in keys], digits=4))
     sections = [R.Section("Summary", items)]
     sections.append(R.Section("Trials", [R.Table(
         "Every trial, best first", ["trial", *shown], [[r["trial"], *[_cell(r, k) for k in shown]] for r in rows],
         note="SDR in dB: median over the validation tracks (the mixture row: the mixture used as the estimate). "
-             "stopped: ended early by the scheduler; epochs counts the epochs run.")]))  # fmt: skip
+             "stopped: ended early by the scheduler; epochs counts the epochs run"
+             + ("; ls_init_s: seconds of the frame DNN's least-squares start (a dash: random start)." if ls_timed
+                else "."))]))  # fmt: skip
     sections.append(R.Section("Comparison", [
         R.Image("metric_by_nfft.png", plots["metric_by_nfft.png"], title="Metric versus FFT size",
                 caption="dots: trials; lines: mean per filter count over the other values"),
         R.Image("silence_effect.png", plots["silence_effect.png"], title="Effect of the silence ratio",
                 caption="dots: trials; lines: mean per FFT size over the other values"),
     ]))  # fmt: skip
-    sections.append(R.Section("Learning curves", [R.Image("learning_curves.png", plots["learning_curves.png"])]))
+    caption = "epoch 0: the validation loss of the initial weights, before the first step" if from_start else ""
+    sections.append(R.Section("Learning curves", [R.Image("learning_curves.png", plots["learning_curves.png"],
+                                                          caption=caption)]))  # fmt: skip
     sections.append(R.Section("Data variants", [R.Table(
         "Prepared once, reused by every trial and later sweeps",
         ["variant", "n_fft", "hop", "silence", "remix copies", "gain dB", "train rows", "validation rows",

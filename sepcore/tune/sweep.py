@@ -1,7 +1,8 @@
 """Plain helpers of the tune job (no Ray): data variants, trial settings, results, plots.
 
 ``ray_jobs.tune`` sweeps FFT size, filter count, silence ratio, augmentation (remix copies,
-gain range), learning rate, levels and model family over the trainer of ``ray_jobs.trainer``. What it needs that does not
+gain range), learning rate, levels, model family and the frame DNN's start (``init``: least
+squares or random) over the trainer of ``ray_jobs.trainer``. What it needs that does not
 touch Ray lives here and is unit-tested on its own:
 
 * **Data variants.** ``n_fft``, the silence ratio and the augmentation (``remix_copies``,
@@ -12,7 +13,8 @@ touch Ray lives here and is unit-tested on its own:
 * **Trial settings.** :func:`train_settings` puts a trial's values into the train
   job's settings. ``filters`` and ``levels`` mean the model family's size keys
   (:data:`SIZE_KEYS`): the hourglass's ``filters``/``levels``, the BLSTM's
-  ``hidden``/``layers``.
+  ``hidden``/``layers``, the frame DNN's ``width``/``layers``. ``init`` sets the frame
+  DNN's ``model.init`` (it does not change the data).
 * **Results.** :func:`trial_row` summarises one trial's history (the per-epoch
   metrics train records) into a row; :func:`table_bytes` writes rows as CSV and
   Parquet; :func:`best_row` picks the winner.
@@ -41,8 +43,9 @@ from sepcore.report import html as R
 from sepcore.train.selection import best_of, metric_mode
 
 #: Swept values, in table order. ``silence`` is None (off) or a target audio ratio;
-#: ``remix_copies`` and ``gain_db`` set prepare's ``augment`` section.
-DIMENSIONS = ("model", "n_fft", "silence", "remix_copies", "gain_db", "filters", "levels", "lr")
+#: ``remix_copies`` and ``gain_db`` set prepare's ``augment`` section; ``init`` (``ls`` or
+#: ``random``) the frame DNN's ``model.init`` (None for the other families).
+DIMENSIONS = ("model", "init", "n_fft", "silence", "remix_copies", "gain_db", "filters", "levels", "lr")
 
 #: Dimensions that change the prepared data (one variant per distinct combination).
 DATA_DIMENSIONS = ("n_fft", "silence", "remix_copies", "gain_db")
@@ -51,7 +54,11 @@ DATA_DIMENSIONS = ("n_fft", "silence", "remix_copies", "gain_db")
 SIZE_KEYS: dict[str, dict[str, str]] = {
     "hourglass": {"filters": "filters", "levels": "levels"},
     "blstm": {"filters": "hidden", "levels": "layers"},
+    "frame_dnn": {"filters": "width", "levels": "layers"},
 }
+
+#: The model family whose start ``init`` sweeps.
+INIT_MODEL = "frame_dnn"
 
 #: Prepare settings that do not change the data (left out of the variant key).
 NOT_DATA = ("output", "num_cpus", "actors", "max_failed_fraction")
@@ -60,7 +67,7 @@ NOT_DATA = ("output", "num_cpus", "actors", "max_failed_fraction")
 COLUMNS = (
     "trial", "label", "status", *DIMENSIONS, "hop", "weights", "epochs", "best_epoch",
     "final_val_sdr", "best_val_sdr", "val_sdr_mixture", "final_val_loss", "best_val_loss",
-    "final_train_loss", "seconds", "data", "checkpoint",
+    "final_train_loss", "ls_init_s", "seconds", "data", "checkpoint",
 )  # fmt: skip
 
 
@@ -179,6 +186,7 @@ def base_values(prepare: Mapping[str, Any], train: Mapping[str, Any]) -> dict[st
     gain = _get(prepare, "augment.gain_db")
     return {
         "model": model,
+        "init": _get(train, "model.init", "ls") if model == INIT_MODEL else None,
         "n_fft": _get(prepare, "features.n_fft"),
         "silence": sil.get("target_ratio") if sil.get("enabled") else None,
         "remix_copies": _get(prepare, "augment.remix_copies", 0),
@@ -193,7 +201,9 @@ def train_settings(train: Mapping[str, Any], values: Mapping[str, Any],
                    model_configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:  # fmt: skip
     """The train job's settings (without ``data``/``output``) for one trial's ``values``.
 
-    A model family other than ``train.model.name`` starts from ``model_configs[family]``.
+    A model family other than ``train.model.name`` starts from ``model_configs[family]``;
+    ``init`` sets ``model.init`` of a frame DNN (the other families have none: see
+    :func:`sepcore.tune.config.check_tune`).
     """
     tree = copy.deepcopy(dict(train))
     base_model = _get(tree, "model.name", "hourglass")
@@ -212,11 +222,13 @@ def train_settings(train: Mapping[str, Any], values: Mapping[str, Any],
     set_dotted(tree, "model.config", config)
     if values.get("lr") is not None:
         set_dotted(tree, "optim.lr", float(values["lr"]))
+    if family == INIT_MODEL and values.get("init") is not None:
+        set_dotted(tree, "model.init", str(values["init"]))
     return tree
 
 
 def trial_label(values: Mapping[str, Any], swept: Sequence[str]) -> str:
-    """A short readable name of a trial from the swept values, e.g. ``fft1536 F16 sil0.9``."""
+    """A short readable name of a trial from the swept values, e.g. ``fft1536 F16 sil0.9``, ``init=ls``."""
     parts = []
     for dim in DIMENSIONS:
         if dim not in swept:
@@ -236,6 +248,8 @@ def trial_label(values: Mapping[str, Any], swept: Sequence[str]) -> str:
             parts.append(f"S{v}")
         elif dim == "lr":
             parts.append(f"lr{v:g}" if isinstance(v, (int, float)) else f"lr{v}")
+        elif dim == "init":
+            parts.append(f"init={v}")
         else:
             parts.append(str(v))
     return " ".join(parts) or "base"
@@ -302,6 +316,7 @@ def trial_row(trial: str, label: str, status: str, values: Mapping[str, Any],
     ``history`` is the list of epoch records that train writes (``epoch``,
     ``train_loss``, ``val_loss``, ``val_sdr``, ``val_sdr_mixture``, ...). ``best_epoch``
     is the epoch of the best ``metric``; ``extra`` fills ``hop``, ``weights``,
+    ``ls_init_s`` (the frame DNN's least-squares pass, seconds; None for a random start),
     ``seconds``, ``data``, ``checkpoint``.
     """
     last = history[-1] if history else {}
@@ -361,7 +376,7 @@ def table_bytes(rows: Sequence[Mapping[str, Any]]) -> tuple[bytes, bytes]:
                 cells.append("" if v is None else v)
         writer.writerow(cells)
     types = {
-        "trial": pa.string(), "label": pa.string(), "status": pa.string(), "model": pa.string(),
+        "trial": pa.string(), "label": pa.string(), "status": pa.string(), "model": pa.string(), "init": pa.string(),
         "n_fft": pa.int64(), "silence": pa.float64(), "filters": pa.int64(), "levels": pa.int64(),
         "remix_copies": pa.int64(), "gain_db": pa.string(), "lr": pa.float64(), "hop": pa.int64(),
         "weights": pa.int64(), "epochs": pa.int64(), "best_epoch": pa.int64(), "data": pa.string(), "checkpoint": pa.string(),
@@ -445,17 +460,20 @@ def silence_effect_png(rows: Sequence[Mapping[str, Any]], metric: str) -> bytes:
     return R.figure_png(silence_effect_figure(rows, metric))
 
 
-def learning_curves_figure(curves: Mapping[str, Sequence[Mapping[str, Any]]], metric: str) -> Any:
-    """Per epoch (1-based) of every trial (``label -> history``), one line each: ``metric``
-    in the left panel and the validation loss in the right one (the training loss when
-    ``metric`` is the validation loss). Missing and non-finite values are left out."""
+def learning_curves_figure(curves: Mapping[str, Sequence[Mapping[str, Any]]], metric: str,
+                           initial: Mapping[str, float | None] | None = None) -> Any:  # fmt: skip
+    """Per epoch trained (epoch record ``k`` at ``k + 1``) of every trial (``label -> history``),
+    one line each: ``metric`` in the left panel and the validation loss in the right one (the
+    training loss when ``metric`` is the validation loss). ``initial`` (``label -> `` the
+    validation loss of the trial's initial weights, its checkpoint's ``meta["init"]["val_loss"]``)
+    starts a validation-loss line at epoch 0. Missing and non-finite values are left out."""
     panels = [metric] + (["val_loss"] if metric != "val_loss" else ["train_loss"])
     fig = R.new_figure(12, 4.4)
     axes = fig.subplots(1, 2)
     cmap = R.colormap("tab20")
     for k, (label, history) in enumerate(curves.items()):
         for ax, key in zip(axes, panels, strict=True):
-            pts = [(h["epoch"] + 1, v) for h in history if (v := _finite(h.get(key))) is not None]
+            pts = curve_points(history, key, (initial or {}).get(label) if key == "val_loss" else None)
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", color=cmap(k % 20), label=label)
     for ax, key in zip(axes, panels, strict=True):
@@ -470,6 +488,15 @@ def learning_curves_figure(curves: Mapping[str, Sequence[Mapping[str, Any]]], me
     return fig
 
 
-def learning_curves_png(curves: Mapping[str, Sequence[Mapping[str, Any]]], metric: str) -> bytes:
+def curve_points(history: Sequence[Mapping[str, Any]], key: str, start: float | None = None
+                 ) -> list[tuple[int, float]]:  # fmt: skip
+    """(epochs trained, value) of ``key`` per epoch record, finite values only; ``start`` (a finite
+    value: the initial weights') comes first at epoch 0."""
+    first = [(0, s)] if (s := _finite(start)) is not None else []
+    return first + [(int(h["epoch"]) + 1, v) for h in history if (v := _finite(h.get(key))) is not None]
+
+
+def learning_curves_png(curves: Mapping[str, Sequence[Mapping[str, Any]]], metric: str,
+                        initial: Mapping[str, float | None] | None = None) -> bytes:  # fmt: skip
     """:func:`learning_curves_figure` as PNG bytes."""
-    return R.figure_png(learning_curves_figure(curves, metric))
+    return R.figure_png(learning_curves_figure(curves, metric, initial))
