@@ -92,7 +92,8 @@ def _separation(track: Any, job: dict[str, Any], example: bool) -> dict[str, Any
     torch.set_num_threads(job["threads"])
     model = None if job["main_is_row"] else _model(job["checkpoint_dir"], job["threads"])
     res = T.evaluate_separation(track, job["meta"], job["scoring"], model, job["classes"], job["batch_size"],
-                                job["stems"], job["wiener_iterations"], _rows(job), job["alpha"])  # fmt: skip
+                                job["stems"], job["wiener_iterations"], _rows(job), job["alpha"],
+                                job["baselines"])  # fmt: skip
     signals = res.pop("signals")
     if example and signals is not None:
         res["example"] = ER.write_example(job["output"], track.track_id, signals, job["sr"], job["classes"][0],
@@ -183,7 +184,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     results = _gather(tasks, done)
     sequence = None if separator else _run_sequence(results, tracks, job_ref, tasks)
     nodes = sorted({r.pop(NODE_KEY) for r in results if NODE_KEY in r})  # this run's tasks only
-    head = J.run_head(cfg, task, checkpoint_dir, target, meta, len(tracks), wiener, rows)
+    head = J.run_head(cfg, task, checkpoint_dir, target, meta, len(tracks), wiener, rows, job["baselines"])
     doc = D.metrics_document(head, cfg.described(), classes, results, sequence, listing_errors, time.monotonic() - t0)
     metrics_uri = storage.join(job["output"], METRICS_FILE)
     D.validate_metrics(doc, metrics_uri)

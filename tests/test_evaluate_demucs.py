@@ -223,7 +223,8 @@ def test_the_job_scores_demucs_beside_a_checkpoint_and_as_the_checkpoint(tmp_pat
     for cls in ("guitar", "bass"):
         assert sep[cls]["methods"] == ["model", "htdemucs_tiny", "irm", "ibm", "mixture"]
     for cls in ("drums", "piano", OTHER_6):
-        assert sep[cls]["methods"] == ["htdemucs_tiny", "irm", "ibm", "mixture"]
+        hpss = ["hpss"] if cls == "drums" else []  # the drums baseline, on by default
+        assert sep[cls]["methods"] == ["htdemucs_tiny", *hpss, "irm", "ibm", "mixture"]
         med = sep[cls]["median"]["htdemucs_tiny"]["instrument"]
         assert med["count"] == 2 and math.isfinite(med["sdr"]), (cls, med)
     summary = json.loads((out / "summary.json").read_text())
@@ -245,8 +246,9 @@ def test_the_job_scores_demucs_beside_a_checkpoint_and_as_the_checkpoint(tmp_pat
     ((main),) = doc4["separators"]
     assert main["name"] == "model" and main["kind"] == "demucs" and main["sample_rate"] == FILE_SR
     assert set(doc4["separation"]) == {"drums", "bass", OTHER_4}
-    for sec in doc4["separation"].values():
-        assert sec["methods"] == ["model", "irm", "ibm", "mixture"]
+    assert doc4["baselines"]["hpss"]["n_fft"] == 1024 and doc4["baselines"]["hpss"]["hop"] == 256
+    for cls, sec in doc4["separation"].items():
+        assert sec["methods"] == ["model", *(["hpss"] if cls == "drums" else []), "irm", "ibm", "mixture"]
         assert math.isfinite(sec["median"]["model"]["instrument"]["sdr"])
     assert "Demucs model: stems drums, bass, other, vocals" in (out4 / R.REPORT_FILE).read_text()
     # The rate of a project checkpoint is its own.

@@ -180,7 +180,9 @@ def test_the_job_scores_every_class_of_a_multi_stem_checkpoint(tmp_path):
             assert all(isinstance(med[method]["instrument"][k], float) for k in ("sdr", "sir"))
         ratio = med["model"]["instrument"]["sdr"] / med["irm"]["instrument"]["sdr"]
         assert sep[cls]["sdr_ratio"] == pytest.approx(ratio, abs=1e-3)
-    assert sep["drums"]["methods"] == ["irm", "ibm", "mixture"] and sep["drums"]["sdr_ratio"] is None
+    assert sep["drums"]["methods"] == ["hpss", "irm", "ibm", "mixture"] and sep["drums"]["sdr_ratio"] is None
+    assert doc["baselines"] == {"hpss": {"classes": ["drums"], "margin": 1.0, "kernel_size": 31, "n_fft": 256,
+                                         "hop": 128}}  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "ok" and "bass/model/instrument" in summary["figures"]
     html = (out / R.REPORT_FILE).read_text()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
@@ -25,18 +25,26 @@ from sepcore.separate.config import DemucsOptions
 Mode = Literal["full", "windowed"]
 #: Methods of a separation evaluation, in table order.
 METHODS = ("model", "irm", "ibm", "mixture")
+#: Names of the baseline rows (separators without training), each scored for some classes
+#: only: ``hpss`` for drums (:mod:`sepcore.separate.hpss`).
+Baseline = Literal["hpss"]
+#: The baseline rows, in table order: after the compared rows, before ``irm``.
+BASELINES: tuple[str, ...] = get_args(Baseline)
+#: Names of the built-in rows: a compared separator (``compare``) takes none of them.
+BUILT_IN = (*METHODS, *BASELINES)
 #: Sources of a separation evaluation: the class and everything else.
 SOURCES = ("instrument", "rest")
-#: Names of the rows of compared separators (``compare``); none of :data:`METHODS`.
+#: Names of the rows of compared separators (``compare``); none of :data:`BUILT_IN`.
 ROW_NAME = r"^[A-Za-z][A-Za-z0-9_.-]*$"
 
 
 def method_order(names: Iterable[str]) -> list[str]:
     """Methods in table order: ``model``, the compared separators (in the order given),
-    then ``irm``, ``ibm``, ``mixture``."""
+    the baselines (``hpss``), then ``irm``, ``ibm``, ``mixture``."""
     seen = list(dict.fromkeys(names))
-    rows = [m for m in seen if m not in METHODS]
-    return [m for m in METHODS[:1] if m in seen] + rows + [m for m in METHODS[1:] if m in seen]
+    rows = [m for m in seen if m not in BUILT_IN]
+    return ([m for m in METHODS[:1] if m in seen] + rows + [m for m in BASELINES if m in seen]
+            + [m for m in METHODS[1:] if m in seen])  # fmt: skip
 
 
 def alpha_values(spec: Mapping[str, Any]) -> list[float]:
@@ -103,6 +111,22 @@ class ActivationEvalConfig(Config):
     batch_size: int = Field(32, ge=1, description="windows per model call")
 
 
+class HpssConfig(Config):
+    """The ``hpss`` baseline row (:func:`sepcore.separate.hpss.hpss_drums`)."""
+
+    margin: float = Field(
+        1.0, ge=1.0, description="a bin goes to the percussive part only where it is margin times "
+        "stronger there than in the harmonic part (1: plain soft masks; more: a residual goes to the rest)")
+    kernel_size: int = Field(31, ge=3, description="median filter length, in frames (harmonic) and bins (percussive); odd")
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {value}")
+        return value
+
+
 class EvaluateKeys(Config):
     """The evaluate job's own keys (``output`` and ``num_cpus`` come from the job config)."""
 
@@ -135,6 +159,10 @@ class EvaluateKeys(Config):
     alpha: list[float] | None = Field(
         None, description="binary-mask checkpoints (mask_dnn): confidence thresholds scored in one pass (the "
         "network runs once per track), a list or {start, stop, step} (stop included); null: none")
+    baselines: list[Baseline] = Field(
+        default_factory=lambda: list(get_args(Baseline)), description="baseline rows, scored when their class is: hpss "
+        "(median-filtering HPSS, the percussive part as drums) when drums is; []: none")
+    hpss: HpssConfig = Field(default_factory=lambda: HpssConfig.model_validate({}), description="the hpss row")
     cpus_per_task: float = Field(1.0, gt=0, description="CPUs reserved per track task")
     threads: int = Field(1, ge=1, description="torch threads per task")
     report: ReportConfig = Field(default_factory=lambda: ReportConfig.model_validate({}))
@@ -161,12 +189,17 @@ class EvaluateKeys(Config):
             raise ValueError(f"alpha values must be in [0, 1], got {bad}")
         return sorted({round(a, 6) for a in value})
 
+    @field_validator("baselines")
+    @classmethod
+    def _unique(cls, value: list[Baseline]) -> list[Baseline]:
+        return list(dict.fromkeys(value))
+
     @field_validator("compare")
     @classmethod
     def _row_names(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
-            if name in METHODS:
-                raise ValueError(f"'{name}' is the name of a built-in row ({', '.join(METHODS)}); rename it")
+            if name in BUILT_IN:
+                raise ValueError(f"'{name}' is the name of a built-in row ({', '.join(BUILT_IN)}); rename it")
             if not re.match(ROW_NAME, name):
                 raise ValueError(f"'{name}': a row name is letters, digits, '_', '.', '-' (a letter first)")
         return value

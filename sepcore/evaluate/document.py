@@ -15,7 +15,10 @@ import numpy as np
 
 from sepcore.errors import SepError
 from sepcore.evaluate import bss as metrics
-from sepcore.evaluate.config import METHODS, SOURCES, Mode, alpha_key, method_order
+from sepcore.evaluate.config import BUILT_IN, SOURCES, Mode, alpha_key, method_order
+from sepcore.evaluate.config import (
+    METHODS as METHODS,  # re-exported: the demo's report reads it here
+)
 
 #: Format tag of metrics.json.
 FORMAT = "sep-evaluate/1"
@@ -85,10 +88,30 @@ _ALPHA = {
 }  # fmt: skip
 
 
+_BASELINES = {
+    "type": "object",
+    "description": "separators: the baseline rows scored, by row name (no key when none is)",
+    "properties": {"hpss": {
+        "type": "object", "required": ["classes", "margin", "kernel_size", "n_fft", "hop"],
+        "description": "librosa's median-filtering HPSS of the mixture: the percussive part as the drums, the "
+                       "mixture minus it (harmonic part and residual) as the rest",
+        "properties": {
+            "classes": {"type": "array", "items": {"type": "string"}, "description": "classes it is scored for "
+                        "(drums)"},
+            "margin": {"type": "number", "description": "HPSS margin (1: the harmonic and percussive masks add "
+                       "up to one; more: a residual, which goes to the rest)"},
+            "kernel_size": {"type": "integer", "description": "median filter length in frames and in bins"},
+            "n_fft": {"type": "integer", "description": "its STFT: the checkpoint's (the oracle rows')"},
+            "hop": {"type": "integer", "description": "its STFT hop"},
+        }}},
+}  # fmt: skip
+
+
 def metrics_schema(rows: Sequence[str] = ()) -> dict[str, Any]:
     """The JSON Schema of a metrics.json whose compared separators are named ``rows``
-    (:data:`METRICS_SCHEMA`: none): the methods are :data:`METHODS` and those names."""
-    methods = {"enum": [*METHODS, *rows]}
+    (:data:`METRICS_SCHEMA`: none): the methods are the built-in rows
+    (:data:`sepcore.evaluate.config.BUILT_IN`) and those names."""
+    methods = {"enum": [*method_order(BUILT_IN), *rows]}
     method_map = {"type": "object", "propertyNames": methods}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -125,6 +148,7 @@ def metrics_schema(rows: Sequence[str] = ()) -> dict[str, Any]:
                          "scored (1: estimates of stereo separators are downmixed)"},
             "separators": {"type": "array", "items": _SEPARATOR,
                            "description": "separators: every separator scored, model first, then compare's"},
+            "baselines": _BASELINES,
             "evaluation": {
                 "type": "object",
                 "required": ["mode", "backend", "segment_seconds", "window_seconds", "hop_seconds"],
@@ -168,7 +192,8 @@ def metrics_schema(rows: Sequence[str] = ()) -> dict[str, Any]:
                     "required": ["methods", "median", "tracks"],
                     "properties": {
                         "methods": {"type": "array", "items": methods, "description": "rows scored, in table "
-                                    "order: model, the compared separators (separators[].name), irm, ibm, mixture"},
+                                    "order: model, the compared separators (separators[].name), hpss, irm, ibm, "
+                                    "mixture"},
                         "sdr_ratio": {**_NUM, "description": "median instrument SDR of model / of irm; null "
                                       "without a model row or when the irm median is not positive"},
                         "median": {
@@ -313,14 +338,14 @@ def _row_names(doc: Any) -> list[str]:
     if not isinstance(entries, list):
         return []
     return [e["name"] for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)
-            and e["name"] not in METHODS]  # fmt: skip
+            and e["name"] not in BUILT_IN]  # fmt: skip
 
 
 def validate_metrics(doc: Any, name: str = "metrics.json") -> None:
     """Raise :class:`EvaluationError` naming ``name`` and every place ``doc`` breaks the schema.
 
-    The methods allowed are :data:`METHODS` and the names of the compared separators the
-    document declares (``separators``, but ``model``).
+    The methods allowed are the built-in rows (:data:`sepcore.evaluate.config.BUILT_IN`) and
+    the names of the compared separators the document declares (``separators``, but ``model``).
     """
     problems = _errors(doc, metrics_schema(_row_names(doc)), "$")
     if problems:
@@ -448,6 +473,7 @@ def metrics_document(head: Mapping[str, Any], evaluation: Mapping[str, Any], cla
     (:meth:`sepcore.evaluate.config.ScoringConfig.described`); ``classes``: the classes
     scored (separators: the target first) or of the activations; ``results``: per-track
     results and failures (``{"track_id", "error"}``); ``sequence``: the sequence test.
+    A ``head`` with ``baselines`` (:func:`sepcore.evaluate.job.run_head`) passes it on.
     A binary-mask model's ``head`` adds ``model_alpha`` and ``alpha`` (the sweep: a
     non-empty one adds the ``alpha`` entry, :func:`alpha_section`).
     """
@@ -465,7 +491,8 @@ def metrics_document(head: Mapping[str, Any], evaluation: Mapping[str, Any], cla
         "split": head["split"], "target": head["target"] if separator else None,
         **{k: head[k] for k in ("stems", "wiener_iterations") if separator and head.get(k) is not None},
         "sample_rate": int(head["sample_rate"]),
-        **{k: head[k] for k in ("channels", "separators", "model_alpha") if separator and head.get(k) is not None},
+        **{k: head[k] for k in ("channels", "separators", "model_alpha", "baselines")
+           if separator and head.get(k) is not None},
         "feature": head.get("feature"), "frames": head.get("frames"),
         "evaluation": dict(evaluation),
         "tracks_evaluated": len(ok),

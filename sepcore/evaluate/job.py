@@ -71,6 +71,17 @@ def wiener_iterations(meta: Mapping[str, Any], given: int | None) -> int | None:
     return int(given if given is not None else meta.get("wiener_iterations") or 0)
 
 
+def baseline_settings(cfg: Any, task: str, classes: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The baseline rows a separator run scores, ``{name: settings}``: ``hpss`` (``margin``,
+    ``kernel_size``) when ``baselines`` has it and :data:`sepcore.separate.hpss.HPSS_CLASS`
+    (drums) is among ``classes``; ``{}`` otherwise (an activation model, ``baselines: []``)."""
+    from sepcore.separate.hpss import HPSS_CLASS
+
+    if task != "separator" or "hpss" not in cfg.baselines or HPSS_CLASS not in classes:
+        return {}
+    return {"hpss": cfg.hpss.model_dump()}
+
+
 def task_settings(cfg: Any, task: str, meta: dict[str, Any], checkpoint_dir: str, classes: list[str],
                   wiener: int | None = None, rows: Sequence[RowSpec] = ()) -> dict:  # fmt: skip
     """What every task needs; ``fingerprint``: what a track's result depends on.
@@ -78,7 +89,9 @@ def task_settings(cfg: Any, task: str, meta: dict[str, Any], checkpoint_dir: str
     ``wiener``: the Wiener iterations of a multi-stem checkpoint (:func:`wiener_iterations`);
     ``alpha``: the α sweep (:func:`check_alpha`), in the fingerprint when set;
     ``rows``: the separators scored as rows (:func:`plan_rows`), whose weights digests,
-    rates and Demucs options join the fingerprint (a run without rows keeps the one it had).
+    rates and Demucs options join the fingerprint (a run without rows keeps the one it had);
+    ``baselines``: the baseline rows scored (:func:`baseline_settings`), in the fingerprint
+    when there are any (a run without drums, or with ``baselines: []``, keeps the one it had).
     With a Demucs checkpoint ``meta`` is the evaluation's (:func:`sepcore.evaluate.compare.evaluation_meta`),
     and the rate, channels and oracle STFT are part of the fingerprint.
     """
@@ -91,6 +104,9 @@ def task_settings(cfg: Any, task: str, meta: dict[str, Any], checkpoint_dir: str
         settings["wiener_iterations"] = wiener
     if cfg.alpha:
         settings["alpha"] = list(cfg.alpha)
+    baselines = baseline_settings(cfg, task, classes)
+    if baselines:
+        settings["baselines"] = baselines
     if rows:
         settings["rows"] = [r.fingerprint() for r in rows]
         settings["layout"] = [meta["sample_rate"], meta.get("channels", 1), meta.get("feature")]
@@ -99,7 +115,8 @@ def task_settings(cfg: Any, task: str, meta: dict[str, Any], checkpoint_dir: str
             "fingerprint": batch.settings_fingerprint(settings), "done": storage.join(output, DONE_FOLDER),
             "batch_size": cfg.batch_size, "threads": cfg.threads, "output": output, "rows": list(rows),
             "main_is_row": any(r.name == "model" for r in rows), "alpha": list(cfg.alpha or []),
-            "report": cfg.report.model_dump(), "activation": cfg.activation.model_dump()}  # fmt: skip
+            "report": cfg.report.model_dump(), "activation": cfg.activation.model_dump(),
+            "baselines": baselines}  # fmt: skip
 
 
 def plan_rows(cfg: Any) -> tuple[RowSpec | None, list[RowSpec]]:
@@ -209,7 +226,8 @@ def sequence_result(chosen: Sequence[tuple[str, Any, int]], seq: Mapping[str, An
 
 
 def run_head(cfg: Any, task: str, checkpoint_dir: str, target: str | None, meta: Mapping[str, Any],
-             tracks_selected: int, wiener: int | None = None, rows: Sequence[RowSpec] = ()) -> dict[str, Any]:  # fmt: skip
+             tracks_selected: int, wiener: int | None = None, rows: Sequence[RowSpec] = (),
+             baselines: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
     """The head of metrics.json: what was evaluated, on what.
 
     A binary-mask checkpoint adds its own threshold ``model_alpha`` and the α sweep
@@ -219,7 +237,9 @@ def run_head(cfg: Any, task: str, checkpoint_dir: str, target: str | None, meta:
     ``channels`` (with ``sample_rate``: where the scores are computed) and ``separators``:
     every separator scored, the checkpoint's model first (``model``), then ``rows``
     (:meth:`sepcore.evaluate.compare.RowSpec.described`). A Demucs checkpoint's ``stems``
-    are its sources.
+    are its sources. ``baselines`` (:func:`baseline_settings`), when any: ``{name: {"classes",
+    **settings, "n_fft", "hop"}}``, the baseline rows with the classes they are scored for
+    and the STFT they use (the checkpoint's).
     """
     head = {"task": task, "checkpoint": checkpoint_dir, "data": storage.normalize_uri(cfg.data), "split": cfg.split,
             "target": target, "sample_rate": meta["sample_rate"], "feature": meta.get("feature"),
@@ -238,6 +258,12 @@ def run_head(cfg: Any, task: str, checkpoint_dir: str, target: str | None, meta:
             head["stems"] = list(main.meta["stems"])
         head["channels"] = int(meta.get("channels", 1))
         head["separators"] = [main.described()] + [r.described() for r in rows if r is not main]
+    if task == "separator" and baselines:
+        from sepcore.separate.hpss import HPSS_CLASS
+
+        f = meta.get("feature") or {}
+        head["baselines"] = {name: {"classes": [HPSS_CLASS], **settings, "n_fft": int(f["n_fft"]),
+                                    "hop": int(f["hop"])} for name, settings in baselines.items()}  # fmt: skip
     return head
 
 

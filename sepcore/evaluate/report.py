@@ -22,6 +22,9 @@ from sepcore.evaluate.tracks import loudest_span, safe_name
 from sepcore.io import storage
 from sepcore.report import html as R
 
+#: What the ``hpss`` row is, added to a median table's note where it is scored.
+HPSS_NOTE = ("; hpss: median-filtering harmonic-percussive separation of the mixture with the evaluation's "
+             "STFT, its percussive part as the drums (a baseline without training)")
 #: File names of the sequence test's figures, in the report's order.
 SEQUENCE_IMAGES = ("sequence_activations.png", "noise_matrix.png", "leakage_matrix.png")
 
@@ -108,8 +111,9 @@ def _median_tables(separation: dict[str, Any], doc: Mapping[str, Any] | None = N
                 f"{cls}: median over tracks (dB)",
                 ["", "SDR", "SIR", "SAR", "tracks"],
                 rows,
-                note=rows_note + "; irm / ibm: oracle ideal ratio / binary masks "
-                "with the evaluation's STFT (upper bounds); mixture: the mixture as the estimate (lower bound).",
+                note=rows_note + (HPSS_NOTE if "hpss" in sec["methods"] else "") + "; irm / ibm: oracle ideal "
+                "ratio / binary masks with the evaluation's STFT (upper bounds); mixture: the mixture as the "
+                "estimate (lower bound).",
             )
         )
     return tables

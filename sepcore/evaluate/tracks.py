@@ -3,7 +3,7 @@
 Separation (seed 002 §6). For a track and a class, the reference is the pair
 ``[instrument, rest]`` made exactly as for training (:func:`sepcore.prepare.pairs.make_pair`:
 the class's stems summed, all other usable stems summed, ``mix = instrument + rest``).
-Four *methods* give estimates ``[instrument_est, rest_est]`` (:func:`estimates`):
+The *methods* give estimates ``[instrument_est, rest_est]`` (:func:`estimates`):
 
 * ``model``: the checkpoint through its :class:`sepcore.separate.separator.MaskSeparator`
   (the separator interface the separate job uses). A multi-stem checkpoint (meta ``stems``) separates
@@ -12,6 +12,9 @@ Four *methods* give estimates ``[instrument_est, rest_est]`` (:func:`estimates`)
   model with an α sweep: its stitched masks are computed once per track
   (:func:`soft_alpha_mask`) and give the model row (at the model's own α) and, for the
   target or every class of a multi-stem checkpoint, one estimate per α (:func:`score_alphas`);
+* ``hpss`` (a baseline, for ``drums`` only, unless ``baselines`` is empty): librosa's
+  median-filtering HPSS of the mixture with the model's STFT, the percussive part as the
+  drums and the mixture minus it as the rest (:func:`sepcore.separate.hpss.hpss_drums`);
 * ``irm`` / ``ibm``: the ideal ratio / binary mask with the model's STFT
   (:func:`sepcore.separate.apply.oracle_masks`): upper bounds of any mask method;
 * ``mixture``: the mixture as both estimates: the lower bound.
@@ -38,10 +41,11 @@ from sepcore.evaluate.activations import (
     noise_matrix,
     predict_activations,
 )
-from sepcore.evaluate.config import ScoringConfig, alpha_key
-from sepcore.evaluate.document import METHODS, EvaluationError
+from sepcore.evaluate.config import BUILT_IN, ScoringConfig, alpha_key, method_order
+from sepcore.evaluate.document import EvaluationError
 from sepcore.evaluate.scoring import score_methods
 from sepcore.separate.apply import oracle_masks
+from sepcore.separate.hpss import HPSS_CLASS, hpss_drums
 from sepcore.separate.separator import MaskSeparator
 from sepcore.units import Seconds, seconds_to_samples
 
@@ -68,6 +72,7 @@ def estimates(
     block_s: Seconds = 60.0,
     model_estimate: Mapping[str, np.ndarray] | None = None,
     rows: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    hpss: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Estimates of every method for the pair ``instrument + rest`` (module docstring).
 
@@ -77,6 +82,9 @@ def estimates(
     ``rows``: estimates made before by other separators, ``{row name: {"instrument",
     "rest"}}`` (:func:`sepcore.evaluate.compare.row_estimates`; a Demucs checkpoint's is
     named ``model``), placed after ``model`` and before the oracle rows.
+    ``hpss``: the ``hpss`` row's settings (``margin``, ``kernel_size``): the mixture's
+    percussive part as the instrument (:func:`sepcore.separate.hpss.hpss_drums`, with
+    ``n_fft``, ``hop`` and ``sample_rate``), after the rows; None: no ``hpss`` row.
     Shape: ``(channels, samples)`` each -> ``{method: {"instrument", "rest"}}`` each
     ``(channels, samples)``.
     """
@@ -96,12 +104,14 @@ def estimates(
                 raise ValueError(f"model estimate '{key}' {value.shape} does not fit the pair {instrument.shape}")
         out["model"] = {"instrument": model_estimate["instrument"], "rest": model_estimate["rest"]}
     for name, est in (rows or {}).items():
-        if name in out or name in METHODS[1:]:
+        if name in out or name in BUILT_IN[1:]:
             raise ValueError(f"row '{name}' clashes with a built-in method")
         for key, value in est.items():
             if value.shape != instrument.shape:
                 raise ValueError(f"row '{name}' estimate '{key}' {value.shape} does not fit the pair {instrument.shape}")
         out[name] = {"instrument": est["instrument"], "rest": est["rest"]}
+    if hpss is not None:
+        out["hpss"] = hpss_drums(mix, sample_rate, n_fft, hop, float(hpss["margin"]), int(hpss["kernel_size"]))
     out.update(oracle_masks(instrument, rest, n_fft, hop))
     out["mixture"] = {"instrument": mix, "rest": mix}
     return out
@@ -227,6 +237,7 @@ def evaluate_separation(
     wiener_iterations: int = 0,
     rows: Sequence[tuple[Any, Any]] = (),
     alphas: Sequence[float] = (),
+    baselines: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """One track's separation scores for ``classes``.
 
@@ -247,6 +258,9 @@ def evaluate_separation(
     ``other``), each ``[stem, mix - stem]`` as its ``model`` row, from masks thresholded
     at α and made to add up to the mixture as the separation does
     (:func:`sepcore.separate.apply.mask_stems`, with ``wiener_iterations``).
+    ``baselines``: ``{name: settings}`` of the baseline rows (:data:`sepcore.evaluate.config.BASELINES`):
+    ``hpss`` (``margin``, ``kernel_size``) is scored for ``drums`` (:data:`sepcore.separate.hpss.HPSS_CLASS`)
+    when it is among ``classes``, at the checkpoint's STFT and rate.
     Returns ``{"track_id", "seconds", "separate_seconds", "eval_seconds", "classes":
     {class: {method: {source: {"sdr", "sir", "sar"}}}}, "skipped": {class: reason}}``
     (with a sweep also ``"alpha": {class: {alpha_key: {source: {"sdr", "sir", "sar"}}}}``)
@@ -281,7 +295,8 @@ def evaluate_separation(
             soft = soft_alpha_mask(use_model, instrument + rest, meta, batch_size)
             given, use_model = alpha_stems(soft, soft[3], instrument.shape[1]), None
         est = estimates(instrument, rest, int(f["n_fft"]), int(f["hop"]), use_model, sr, int(meta["frames"]),
-                        batch_size, model_estimate=given, rows=by_class.get(cls))  # fmt: skip
+                        batch_size, model_estimate=given, rows=by_class.get(cls),
+                        hpss=(baselines or {}).get("hpss") if cls == HPSS_CLASS else None)  # fmt: skip
         t1 = time.perf_counter()
         out["classes"][cls] = score_methods(instrument, rest, est, sr, spec)
         if soft is not None:
@@ -508,7 +523,7 @@ def describe(res: Mapping[str, Any]) -> str:
         return "mean |error| " + ", ".join(f"{c} {v:.3f}" for c, v in mae.items() if active[c])
     parts = []
     for cls, scores in res["classes"].items():
-        sdr = {m: scores[m]["instrument"]["sdr"] for m in METHODS if m in scores}
+        sdr = {m: scores[m]["instrument"]["sdr"] for m in method_order(m for m in scores if m in BUILT_IN)}
         parts.append(f"{cls} SDR " + ", ".join(f"{m} {v:.2f}" for m, v in sdr.items()))
     return "; ".join(parts) or "skipped (" + "; ".join(res["skipped"].values()) + ")"
 
