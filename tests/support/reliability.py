@@ -19,7 +19,9 @@ import json
 import math
 import os
 import struct
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import soundfile as sf
@@ -349,3 +351,24 @@ def stem_files(output: str) -> dict[str, bytes]:
             path = os.path.join(folder, name)
             out[os.path.relpath(path, root)] = open(path, "rb").read()
     return out
+
+
+_T = TypeVar("_T")
+
+
+def settled(read: Callable[[], _T], quiet_s: float = 2.0, timeout_s: float = 60.0) -> _T:
+    """``read()`` once it has stopped changing for ``quiet_s`` seconds.
+
+    A SIGKILLed driver's Ray workers are reaped asynchronously by the cluster, so a
+    task already running may still write its output for a moment after the kill; the
+    state a rerun starts from is the one left once they are gone.
+    """
+    deadline = time.monotonic() + timeout_s
+    last, since = read(), time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        assert time.monotonic() < deadline, f"still changing after {timeout_s} s"
+        time.sleep(0.1)
+        now = read()
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
