@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -22,6 +22,7 @@ from sepcore.errors import SepError
 from sepcore.io import storage
 from sepcore.train import outputs as O
 from sepcore.train.config import (
+    GanConfig,
     LoaderConfig,
     ModelConfig,
     OptimConfig,
@@ -48,6 +49,19 @@ class TrainConfig(JobConfig):
     loader: LoaderConfig = Field(default_factory=LoaderConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     scaling: ScalingConf = Field(default_factory=ScalingConf)
+    styles: list[str] | None = Field(
+        None, description="train on the tracks of these styles only (metadata.yaml's style; Slakh-layout "
+        "data): a per-style model (null: every track)"
+    )
+    stage: Literal[1, 2] = Field(
+        1, description="unet_gan: 1 trains the generator with the supervised loss, 2 adversarially against a "
+        "critic (gan section), starting from init_from"
+    )
+    init_from: str | None = Field(
+        None, description="start the weights from this checkpoint or training output (the same model and "
+        "sizes; its optimiser state is not taken); unet_gan stage 2: stage 1's output"
+    )
+    gan: GanConfig = Field(default_factory=lambda: GanConfig.model_validate({}))
     keep_checkpoints: int = Field(3, ge=1, description="best checkpoints kept")
     max_failures: int = Field(1, ge=0, description="worker failures recovered automatically")
     seed: int = Field(0)
@@ -61,12 +75,19 @@ class TrainConfig(JobConfig):
 
         if self.validation.metric == "val_sdr" and TASK_OF_MODEL[self.model.name] != "separator":
             raise ValueError("validation.metric val_sdr is for separators; use val_loss")
-        if self.model.name in ("frame_dnn", "mask_dnn") and self.model.log_input:
+        if self.model.name in ("frame_dnn", "mask_dnn", "unet_gan") and self.model.log_input:
             raise ValueError(f"{self.model.name} takes linear magnitudes (it scales its input itself): "
                              "set model.log_input: false")
         if TASK_OF_MODEL[self.model.name] != "separator" and (self.targets or self.loader.active
                                                              or self.loader.snippets_per_song):  # fmt: skip
             raise ValueError("targets and loader are for separators (hourglass, blstm, frame_dnn, mask_dnn)")
+        if self.stage == 2 and self.model.name != "unet_gan":
+            raise ValueError(f"stage 2 (adversarial) is for unet_gan, not {self.model.name}")
+        if self.stage == 2 and not self.init_from:
+            raise ValueError("stage 2 starts from stage 1's weights: set init_from=<stage-1 output>")
+        if self.init_from and storage.normalize_uri(self.init_from) == storage.normalize_uri(self.output):
+            raise ValueError("init_from is this run's own output: give the new stage an output of its own "
+                             "(output=...)")
         if self.targets is not None and (not self.targets or len(set(self.targets)) != len(self.targets)):
             raise ValueError(f"targets must be distinct classes, got {self.targets}")
         return self

@@ -123,6 +123,30 @@ def ls_initialise(cfg: Any, config: dict[str, Any], manifest: dict[str, Any],
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, record
 
 
+def initial_weights(uri: str, meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The weights of the checkpoint (or training output's best) at ``uri`` to start a run from
+    (``init_from``; unet_gan's stage 2 from stage 1), and their record for ``meta["init"]``.
+
+    The checkpoint must hold the same model with the same sizes, on data of the same feature;
+    anything else is a :class:`ConfigError` naming the difference. Its optimiser state is not taken.
+    """
+    from sepcore.models.checkpoint import CheckpointError
+
+    try:
+        folder = ckpt.resolve(uri)
+        found, state = ckpt.load_state(folder)
+    except CheckpointError as exc:
+        raise ConfigError("init_from", str(exc)) from exc
+    for key in ("model", "feature", "sample_rate", "channels"):
+        if found.get(key) != meta.get(key):
+            raise ConfigError("init_from", f"{folder} holds another {key} ({found.get(key)}) than this run's "
+                              f"({meta.get(key)})")  # fmt: skip
+    log.info("train: weights start from %s (epoch %d, stage %s)", folder, found.get("epoch", -1), found.get("stage", 1))
+    record = {"method": "init_from", "from": folder, "epoch": found.get("epoch"), "stage": found.get("stage"),
+              "metrics": found.get("metrics", {})}  # fmt: skip
+    return state["state_dict"], record
+
+
 def fits_in_memory(manifest: dict[str, Any], others: int = 0) -> bool:
     """Whether the splits of ``manifest`` (after ``others`` bytes held already) fit :data:`MATERIALIZE_SHARE`."""
     import ray
@@ -221,7 +245,12 @@ def build_trainer(cfg: Any, read_cpus: float = 1.0, datasets: dict[str, Any] | N
     from ray.train.torch import TorchTrainer
 
     manifest = O.read_manifest(cfg.data)
+    if getattr(cfg, "styles", None):  # a per-style model: the tracks of those styles only
+        manifest = O.keep_styles(manifest, cfg.styles)
     config = O.worker_config(cfg, manifest)
+    if config.get("gan") and config["meta"].get("stems"):
+        raise ConfigError("stage", "stage 2 trains a one-target generator (the drums): this data has several "
+                          "stems; prepare it with target: drums")  # fmt: skip
     datasets = datasets or build_datasets(cfg, manifest, read_cpus)
     if cfg.model.name == "frame_dnn":  # how the weights start: least squares (seed 000) or at random
         if config["resume_from"] is not None:  # a resumed run keeps its weights and its record of their start
@@ -230,6 +259,11 @@ def build_trainer(cfg: Any, read_cpus: float = 1.0, datasets: dict[str, Any] | N
             config["initial_state"], config["meta"]["init"] = ls_initialise(cfg, config, manifest, read_cpus)
         else:
             config["meta"]["init"] = {"method": "random", "layers": layer_report(ckpt.build(config["meta"]["model"]), [])}
+    if getattr(cfg, "init_from", None):
+        if config["resume_from"] is not None:  # a resumed run keeps its weights and its record of their start
+            config["meta"]["init"] = ckpt.read_meta(config["resume_from"]).get("init")
+        else:
+            config["initial_state"], config["meta"]["init"] = initial_weights(cfg.init_from, config["meta"])
     s, metric, output = cfg.scaling, cfg.validation.metric, config["output"]
     if in_trial and s.num_workers == 1:
         return InProcessTrainer(config, datasets, LocalRun(output, cfg.keep_checkpoints, metric, _tune_report),

@@ -1,4 +1,5 @@
-"""Models by name: the hourglass and BLSTM mask separators and the activation CNN.
+"""Models by name: the mask separators (hourglass, BLSTM, frame DNN, mask DNN, the drums U-Net
+``unet_gan``) and the activation CNN.
 
 Pure PyTorch: no I/O, no argument parsing. Every model keeps its constructor
 arguments in ``model.config`` (plain ints, floats, strings, lists, None), so a
@@ -29,6 +30,7 @@ from sepcore.models.frame_dnn import FrameDNN
 from sepcore.models.hourglass import Hourglass
 from sepcore.models.losses import activation_bce, mask_loss, masked_l1
 from sepcore.models.mask_dnn import MaskDNN
+from sepcore.models.unet_gan import UNetGenerator
 
 M = TypeVar("M", bound=type[nn.Module])
 
@@ -53,6 +55,7 @@ register_model("activation_cnn")(ActivationCNN)
 register_model("blstm")(BLSTM)
 register_model("frame_dnn")(FrameDNN)
 register_model("mask_dnn")(MaskDNN)
+register_model("unet_gan")(UNetGenerator)
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
@@ -105,6 +108,7 @@ SMOKE_CONFIGS: dict[str, dict[str, Any]] = {
     "blstm": dict(n_bins=33, channels=1, hidden=16, layers=2, max_bin=24),
     "frame_dnn": dict(n_bins=33, channels=1, context=2, max_bin=24, layers=2, width=16),
     "mask_dnn": dict(n_bins=33, channels=1, window=4, hidden=16, layers=2),
+    "unet_gan": dict(channels=1, filters=[4, 8, 8], kernel=3),
 }
 
 #: Input shape of one smoke batch per model, matching :data:`SMOKE_CONFIGS`.
@@ -114,6 +118,7 @@ SMOKE_INPUT_SHAPES: dict[str, tuple[int, ...]] = {
     "blstm": (2, 1, 33, 16),
     "frame_dnn": (2, 1, 33, 16),
     "mask_dnn": (2, 1, 33, 16),
+    "unet_gan": (2, 1, 33, 16),
 }
 
 __all__ = [

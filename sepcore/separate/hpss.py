@@ -22,6 +22,7 @@ import math
 
 import librosa
 import numpy as np
+import torch
 
 from sepcore.prepare.features import Stft
 
@@ -99,3 +100,45 @@ def hpss_drums(
     stft, _, _, percussive = _spectra(audio, sample_rate, n_fft, hop, margin, kernel_size, harmonic=False)
     drums = stft.istft(percussive, audio.shape[1])
     return {"instrument": drums, "rest": (audio - drums).astype(np.float32)}
+
+
+def _reflect(x: torch.Tensor, half: int, dim: int) -> torch.Tensor:
+    """``x`` padded by ``half`` entries on both ends of ``dim`` as scipy's ``mode="reflect"``
+    (``d c b a | a b c d | d c b a``, repeated when ``half`` exceeds the axis)."""
+    n = x.shape[dim]
+    idx = torch.arange(-half, n + half, device=x.device) % (2 * n)
+    idx = torch.where(idx >= n, 2 * n - 1 - idx, idx)
+    return x.index_select(dim, idx)
+
+
+def _median(x: torch.Tensor, kernel_size: int, dim: int) -> torch.Tensor:
+    """A running median of ``kernel_size`` (odd) entries along ``dim``, same size, reflected ends."""
+    padded = _reflect(x, kernel_size // 2, dim)
+    return padded.unfold(dim, kernel_size, 1).median(dim=-1).values
+
+
+def _softmask(x: torch.Tensor, ref: torch.Tensor, split_zeros: bool, power: float = 2.0) -> torch.Tensor:
+    """librosa's ``util.softmask``: ``x^p / (x^p + ref^p)``, scaled by their maximum first; where
+    both are (near) zero, 0.5 with ``split_zeros``, else 0."""
+    z = torch.maximum(x, ref)
+    bad = z < torch.finfo(x.dtype).tiny
+    z = torch.where(bad, torch.ones_like(z), z)
+    m, r = (x / z) ** power, (ref / z) ** power
+    fill = torch.full_like(m, 0.5 if split_zeros else 0.0)
+    return torch.where(bad, fill, m / torch.where(bad, torch.ones_like(m), m + r))
+
+
+def percussive_magnitude(mag: torch.Tensor, margin: float = 1.0, kernel_size: int = 31) -> torch.Tensor:
+    """The percussive part of a magnitude spectrogram, in torch: what ``librosa.decompose.hpss``
+    returns as its percussive part for the same magnitude (median filters of ``kernel_size``
+    frames and bins, scipy's reflected ends, power-2 soft mask with ``margin``), differentiable
+    and on the magnitude's device. The U-Net's HPSS input channel (:mod:`sepcore.models.unet_gan`).
+
+    Shape: ``(..., bins, frames)`` -> the same; ``mag`` non-negative float.
+    """
+    check_hpss(margin, kernel_size)
+    if mag.ndim < 2:
+        raise ValueError(f"HPSS takes a spectrogram (..., bins, frames), got shape {tuple(mag.shape)}")
+    harmonic = _median(mag, kernel_size, mag.ndim - 1)  # along time: steady partials
+    percussive = _median(mag, kernel_size, mag.ndim - 2)  # along frequency: broadband onsets
+    return mag * _softmask(percussive, harmonic * margin, split_zeros=margin == 1)

@@ -15,7 +15,8 @@ RESUMABLE_CHANGES = ("optim.epochs", "optim.early_stopping_patience", "optim.max
 
 
 class ModelConfig(Config):
-    name: Literal["hourglass", "blstm", "activation_cnn", "frame_dnn", "mask_dnn"] = Field("hourglass", description="registered model")
+    name: Literal["hourglass", "blstm", "activation_cnn", "frame_dnn", "mask_dnn", "unet_gan"] = Field(
+        "hourglass", description="registered model")
     config: dict[str, Any] = Field(
         default_factory=dict,
         description="constructor arguments; sizes of the data (bins, channels, classes, frames) are filled in",
@@ -63,6 +64,35 @@ class OptimConfig(Config):
         None, gt=0, description="wall-time budget of the training loop: the epoch in progress ends early, "
         "is validated and saved, and training stops (null: no limit)"
     )
+
+
+class CriticConfig(Config):
+    """The adversarial stage's critic (:class:`sepcore.models.unet_gan.Critic`)."""
+
+    filters: list[int] = Field([16, 32, 64, 64], min_length=4, max_length=4,
+                               description="output channels of its four stride-2 convs")  # fmt: skip
+    kernel: int = Field(5, ge=1, description="their kernel size (odd)")
+    dense: int = Field(32, ge=1, description="units of the dense layer before the linear output (seed 004: 32)")
+    conditional: bool = Field(False, description="the critic also sees the mixture (seed 004: drums only)")
+
+    @model_validator(mode="after")
+    def _check(self) -> CriticConfig:
+        if self.kernel % 2 == 0 or min(self.filters) < 1:
+            raise ValueError(f"critic: kernel must be odd and filters >= 1, got {self.kernel}, {self.filters}")
+        return self
+
+
+class GanConfig(Config):
+    """Stage 2 of unet_gan: WGAN-GP against a critic, the supervised loss kept as a term
+    (see sepcore/train/gan.py). Stage 1 ignores it."""
+
+    critic: CriticConfig = Field(default_factory=lambda: CriticConfig.model_validate({}))
+    critic_steps: int = Field(5, ge=1, description="critic steps per generator step (WGAN-GP, DSSGAN: 5)")
+    gp_weight: float = Field(10.0, ge=0, description="gradient penalty weight (WGAN-GP, DSSGAN: 10)")
+    supervised_weight: float = Field(1.0, ge=0, description="weight of the supervised loss (optim.loss)")
+    adversarial_weight: float = Field(0.001, ge=0, description="weight of the generator's adversarial loss")
+    critic_lr: float = Field(1e-4, gt=0, description="the critic's Adam learning rate")
+    betas: tuple[float, float] = Field((0.5, 0.9), description="the critic's Adam betas (WGAN-GP: 0.5, 0.9)")
 
 
 class LoaderConfig(Config):

@@ -27,7 +27,7 @@ from torch import nn
 from sepcore.models.losses import MaskLoss, activation_bce, mask_loss
 
 TASK_OF_MODEL = {"hourglass": "separator", "blstm": "separator", "activation_cnn": "activation",
-                 "frame_dnn": "separator", "mask_dnn": "separator"}  # fmt: skip
+                 "frame_dnn": "separator", "mask_dnn": "separator", "unet_gan": "separator"}  # fmt: skip
 def build_for_training(model_meta: dict[str, Any], optim: dict[str, Any],
                        place: Callable[[nn.Module], nn.Module], saved: dict[str, Any] | None = None,
                        scaler_device: str | None = None) -> tuple[nn.Module, Any, Any, Any]:  # fmt: skip
@@ -115,8 +115,12 @@ def batch_loss(task: str, model: nn.Module, batch: dict[str, torch.Tensor], loss
 def run_epoch(task: str, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
               optimizer: torch.optim.Optimizer | None = None, scaler: Any = None,
               max_steps: int | None = None, loss: MaskLoss = "l1", columns: tuple[str, str] | None = None,
-              clip_grad_norm: float | None = None, stop: Callable[[], bool] | None = None) -> dict[str, float]:  # fmt: skip
+              clip_grad_norm: float | None = None, stop: Callable[[], bool] | None = None,
+              step: Callable[[dict[str, torch.Tensor], tuple[str, str]], torch.Tensor] | None = None) -> dict[str, float]:  # fmt: skip
     """One pass over ``batches``; trains when ``optimizer`` is given, else evaluates.
+
+    ``step(batch, columns)``: a training step of its own that returns the batch's loss
+    (the adversarial stage, :class:`sepcore.train.gan.GanStep`) in place of the one here.
 
     ``clip_grad_norm``: clip the gradients' global norm before each step. ``stop()`` is asked
     after every training step; True ends the epoch there (the time budget).
@@ -129,6 +133,8 @@ def run_epoch(task: str, model: nn.Module, batches: Iterable[dict[str, torch.Ten
         if optimizer is None:
             with torch.inference_mode():
                 value = batch_loss(task, model, batch, loss, columns)
+        elif step is not None:
+            value = step(batch, columns or columns_for(task))
         else:
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast("cuda", enabled=scaler is not None):

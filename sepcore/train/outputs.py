@@ -138,6 +138,8 @@ def model_meta(cfg: Any, manifest: dict[str, Any]) -> dict[str, Any]:
     kwargs = dict(cfg.model.config)
     if cfg.model.name == "hourglass":
         kwargs.setdefault("in_channels", channels)
+    elif cfg.model.name == "unet_gan":
+        kwargs["channels"] = channels
     elif task == "separator":  # blstm, frame_dnn
         kwargs.update(n_bins=bins, channels=channels)
     else:
@@ -173,6 +175,7 @@ def inference_meta(cfg: Any, manifest: dict[str, Any]) -> dict[str, Any]:
         "frames": manifest["frames"],
         "data": storage.normalize_uri(cfg.data),
         "settings": run_settings(cfg),
+        **({"stage": getattr(cfg, "stage", 1)} if cfg.model.name == "unet_gan" else {}),
     }
 
 
@@ -217,6 +220,25 @@ def validation_tracks(manifest: dict[str, Any], count: int) -> list:
     return [t for t in list_sources(sources) if t.track_id in wanted]
 
 
+def keep_styles(manifest: dict[str, Any], styles: list[str]) -> dict[str, Any]:
+    """``manifest`` with only the shards and split entries of tracks in ``styles`` (the ``style``
+    of each track's ``metadata.yaml`` in the prepared sources, Slakh layout only): a per-style
+    model from data prepared once for all styles."""
+    from sepcore.data.sources import list_sources
+
+    sources = [{k: v for k, v in s.items() if v is not None} for s in manifest["config"]["sources"]]
+    if any(s.get("kind") != "slakh" for s in sources):
+        raise ConfigError("styles", "training on some styles needs data prepared from Slakh-layout sources "
+                          "(metadata.yaml's style)")  # fmt: skip
+    kept = {t.track_id for t in list_sources([{**s, "styles": list(styles)} for s in sources])}
+    shards = [sh for sh in manifest["shards"] if sh.get("track_id") in kept]
+    if not any(sh["split"] == "train" for sh in shards):
+        raise ConfigError("styles", f"no training track of {', '.join(styles)} in this data")
+    splits = {k: [t for t in v if t in kept] for k, v in manifest["splits"].items()}
+    log.info("train: styles %s: %d of %d shards", ", ".join(styles), len(shards), len(manifest["shards"]))
+    return {**manifest, "shards": shards, "splits": splits}
+
+
 def worker_config(cfg: Any, manifest: dict[str, Any]) -> dict[str, Any]:
     """What every worker's loop needs (:func:`sepcore.train.worker.train_worker`); checks a resume.
 
@@ -241,6 +263,7 @@ def worker_config(cfg: Any, manifest: dict[str, Any]) -> dict[str, Any]:
         "threads": s.threads or max(1, round(s.cpus_per_worker)), "output": output,
         "val_tracks": validation_tracks(manifest, cfg.validation.sdr_tracks) if meta["task"] == "separator" else [],
         "resume_from": latest, "keep_checkpoints": cfg.keep_checkpoints,
+        "gan": cfg.gan.model_dump() if getattr(cfg, "stage", 1) == 2 else None,
     }  # fmt: skip
 
 
@@ -289,20 +312,23 @@ def finish(output: str, metric: str) -> dict[str, Any]:
     best = ckpt.publish_best(best_dir, output)
     history = by_epoch[-1][1]["history"]
     write_history(output, history)
-    init = best_meta.get("init")  # the frame DNN: how its layers started (ray_jobs.trainer.ls_initialise)
+    init = best_meta.get("init")  # how the weights started: frame DNN (ls_initialise) or init_from
     start = init.get("val_loss") if init else None  # the initial weights' validation loss (train_worker)
     storage.write_bytes(storage.join(output, CURVE_FILE), R.loss_curve_png(history, start))
     figures = {k: round(v, 4) for k, v in history[-1].items() if isinstance(v, float)}
     counts = {"epochs": len(history), "checkpoints": len(complete)}
     if init:
-        layers = init.get("layers", [])
-        counts.update(ls_layers=sum(x["init"] == "ls" for x in layers), random_layers=sum(x["init"] == "random" for x in layers))
+        layers = init.get("layers")
+        if layers is not None:  # the frame DNN's layer-wise start
+            counts.update(ls_layers=sum(x["init"] == "ls" for x in layers), random_layers=sum(x["init"] == "random" for x in layers))
+            log.info("train: initial weights (%s): %s", init["method"],
+                     ", ".join(f"layer {x['layer']} {x['in']}->{x['out']} {x['init']}" for x in layers))  # fmt: skip
+        else:  # init_from: another run's weights
+            log.info("train: initial weights from %s", init.get("from"))
         if "seconds" in init:
             figures["ls_init_s"] = init["seconds"]
         if isinstance(start, float):
             figures["initial_val_loss"] = round(start, 4)
-        log.info("train: initial weights (%s): %s", init["method"],
-                 ", ".join(f"layer {x['layer']} {x['in']}->{x['out']} {x['init']}" for x in layers))  # fmt: skip
     return {
         "counts": counts,
         "figures": {**figures, "best_epoch": best_meta["epoch"], f"best_{metric}": best_meta["metrics"].get(metric)},

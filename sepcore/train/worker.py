@@ -103,13 +103,15 @@ def train_worker(config: dict[str, Any], session: Session) -> None:
         if rank == 0:
             log.info("train: validation loss of the initial weights (%s): %.4g", meta["init"].get("method"), start)
 
+    gan = adversarial_step(config, model, optimizer, saved, world, loss)
     metric = config["validation"]["metric"]
     for epoch in range(state["epoch"], opt_cfg["epochs"]):
         tr = L.run_epoch(task, model, batches("train", True), optimizer, scaler, opt_cfg["max_steps_per_epoch"],
-                         loss, columns, opt_cfg.get("clip_grad_norm"), budget.step_stop)  # fmt: skip
+                         loss, columns, opt_cfg.get("clip_grad_norm"), budget.step_stop, gan)  # fmt: skip
         t_val = time.monotonic()
         va = L.run_epoch(task, model, batches("validation", False), loss=loss, columns=columns)
-        metrics = {"epoch": epoch, **sum_over_workers(tr, va, world), "lr": optimizer.param_groups[0]["lr"]}
+        metrics = {"epoch": epoch, **sum_over_workers(tr, va, world), "lr": optimizer.param_groups[0]["lr"],
+                   **(gan.figures() if gan is not None else {})}  # fmt: skip
         if pairs:
             f = meta["feature"]  # separation puts the model back in training mode itself
             metrics.update(L.separation_sdr(net, pairs, meta["sample_rate"], f["n_fft"], f["hop"], meta["frames"],
@@ -126,14 +128,29 @@ def train_worker(config: dict[str, Any], session: Session) -> None:
             write_history(config["output"], state["history"])
             full = {**meta, "metrics": metrics, "history": state["history"],
                     "progress": {"best": state["best"], "stale": state["stale"], "elapsed_s": metrics["elapsed_s"]}}  # fmt: skip
-            save = functools.partial(_save, net=net, meta=full, epoch=epoch,
-                                     trained=L.training_state(optimizer, scheduler, scaler))  # fmt: skip
+            trained = {**L.training_state(optimizer, scheduler, scaler), **(gan.state_dict() if gan is not None else {})}
+            save = functools.partial(_save, net=net, meta=full, epoch=epoch, trained=trained)
         session.report(metrics, save)
         if rank == 0:
             why = " (time budget)" if out_of_time else " (early stop)" if stop else ""
             log.info("train epoch %d/%d: %s%s", epoch + 1, opt_cfg["epochs"], epoch_line(metrics), why)
         if stop:
             break
+
+
+def adversarial_step(config: dict[str, Any], model: nn.Module, optimizer: Any, saved: dict[str, Any] | None,
+                     world: int, loss: Any) -> Any:  # fmt: skip
+    """The stage-2 step of unet_gan (:class:`sepcore.train.gan.GanStep`) when the run is adversarial
+    (``config["gan"]``), its critic restored from ``saved`` (a resumed run's checkpoint); else None."""
+    if not config.get("gan"):
+        return None
+    from sepcore.train.gan import GanStep
+
+    device = next(model.parameters()).device
+    gan = GanStep(model, optimizer, config["gan"], config["meta"]["channels"], device, world, loss)
+    if saved is not None:
+        gan.load_state_dict(saved.get("optimizer") or {})
+    return gan
 
 
 class Budget:
