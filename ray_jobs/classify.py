@@ -2,6 +2,7 @@
 
     sep classify -c configs/classify_demo.yaml
     sep classify -c configs/classify_demo.yaml activation_checkpoint=out/demo/train_activation
+    sep classify -c configs/classify_style_band.yaml     # labels: style, one multi-class model
 
 See docs/classify.md. Feature actors on Ray Data (:class:`SnippetActor`), Ray Train's
 ``LightGBMTrainer`` (:func:`train_loop`), a predictor actor; the rest is :mod:`sepcore.classify`.
@@ -26,9 +27,10 @@ from sepcore.classify import config as C
 from sepcore.classify import job as J
 from sepcore.classify import lgbm
 from sepcore.classify import report as CR
-from sepcore.classify.classifier import BatchScorer
+from sepcore.classify.classifier import BatchScorer, StyleScorer
 from sepcore.classify.snippets import split_tracks
-from sepcore.classify.track import snippet_folder, write_track
+from sepcore.classify.style import check_styles, track_style
+from sepcore.classify.track import snippet_folder, write_style_track, write_track
 from sepcore.data.sources import SourceTrack
 from sepcore.errors import SepError
 from sepcore.io import storage
@@ -65,7 +67,10 @@ class SnippetActor:
 
     def _track(self, track: SourceTrack) -> dict[str, Any]:
         with self.watchdog.running(track.track_id):
-            record = write_track(track, self.spec, self.ledger.folder, self.cnn, self.pool)
+            if self.spec.labels.style:
+                record = write_style_track(track, self.spec, self.ledger.folder, str(track_style(track)))
+            else:
+                record = write_track(track, self.spec, self.ledger.folder, self.cnn, self.pool)
         self.ledger.put(track.track_id, record)
         return record
 
@@ -105,14 +110,16 @@ def train_loop(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     names, classes = config["features"], config["classes"]
 
+    stack, fit = (lgbm.stack_style_rows, lgbm.fit_styles) if config["style"] else (lgbm.stack_rows, lgbm.fit_classes)
+
     def shard(name: str) -> tuple[np.ndarray, np.ndarray]:
         batches = ray.train.get_dataset_shard(name).iter_batches(batch_size=4096, batch_format="numpy")
-        return lgbm.stack_rows(batches, names, classes)
+        return stack(batches, names, classes)
 
     (x, y), (xv, yv) = shard("train"), shard("validation")  # the whole validation split on every worker
     network = get_network_params() if world > 1 else None
     with lgbm.lgb_network(**network) if network else contextlib.nullcontext({}) as parallel:
-        info = lgbm.fit_classes(x, y, xv, yv, {**config["params"], **parallel}, config, rank, world)
+        info = fit(x, y, xv, yv, {**config["params"], **parallel}, config, rank, world)
     metrics = {"classes": len(info["classes"])}
     with tempfile.TemporaryDirectory() as folder:
         if rank == 0:
@@ -121,8 +128,8 @@ def train_loop(config: dict[str, Any]) -> None:
 
 
 def _train(cfg: ClassifyConfig, datasets: dict[str, Any], names: list[str], classes: list[str],
-           output: str) -> tuple[dict[str, str], dict[str, Any]]:  # fmt: skip
-    """LightGBMTrainer over ``classes``; returns (model text per class, training info)."""
+           output: str, models: list[str] | None = None) -> tuple[dict[str, str], dict[str, Any]]:  # fmt: skip
+    """LightGBMTrainer over ``classes``; returns (model text per class, or per ``models``, training info)."""
     import ray.train
     from ray.train.lightgbm import LightGBMTrainer
 
@@ -139,7 +146,7 @@ def _train(cfg: ClassifyConfig, datasets: dict[str, Any], names: list[str], clas
     if result.checkpoint is None:
         raise SepError(f"{output}: LightGBM training reported no models")
     with result.checkpoint.as_directory() as folder:
-        return lgbm.load_models(folder, classes)
+        return lgbm.load_models(folder, models or classes)
 
 
 # ---------------------------------------------------------------- driver
@@ -150,19 +157,37 @@ def run(cfg: ClassifyConfig) -> dict[str, Any]:
     cnn_dir = ckpt.resolve(cfg.activation_checkpoint) if cfg.activation_checkpoint else None
     folder = snippet_folder(output, spec, cnn_dir, cfg.activation_pool)
     tracks, splits, listing_errors = split_tracks(cfg.data, cfg.split.model_dump(), cfg.seed)
+    styles, left_out = _styles(cfg, tracks) if cfg.labels.style else ([], {})
+    tracks = [t for t in tracks if t.track_id not in left_out]
     pending = Ledger(folder).pending([t.track_id for t in tracks])
     log.info("classify: %d tracks, %d done before, %d to featurize -> %s", len(tracks),
              len(tracks) - len(pending), len(pending), folder)  # fmt: skip
     todo = [t for t in tracks if t.track_id in set(pending)]
     failed = _featurize(cfg, spec, todo, folder, cnn_dir, len(tracks) - len(pending)) + listing_errors
-    records = {t: m for t, m in Ledger(folder).records().items() if t in splits}
+    records = {t: m for t, m in Ledger(folder).records().items() if t in splits and t not in left_out}
     counts, skipped = J.track_counts(records, len(tracks), len(pending), failed)
+    skipped.update(left_out)
+    counts["skipped"] = len(skipped)
     judged = batch.verdict(len(failed), len(tracks), cfg.max_failed_fraction, "tracks")
     if judged:
         return {"counts": counts, "failed": failed, "skipped": skipped, **judged}
     usable = J.usable_by_split(records, splits)
-    result = train_and_report(cfg, spec, output, usable, cnn_dir)
+    if cfg.labels.style:
+        result = train_and_report_styles(cfg, spec, output, usable, styles, left_out)
+    else:
+        result = train_and_report(cfg, spec, output, usable, cnn_dir)
     return J.run_summary(counts, result, usable, failed, skipped, folder)
+
+
+def _styles(cfg: ClassifyConfig, tracks: list[SourceTrack]) -> tuple[list[str], dict[str, str]]:
+    """Style mode: the model's styles and the tracks left out (no ``style`` in metadata.yaml), with a warning."""
+    found = {t.track_id: track_style(t) for t in tracks}
+    left_out = {t: "no style in metadata.yaml" for t, s in found.items() if s is None}
+    if left_out:
+        log.warning("classify: %d track(s) without a style in metadata.yaml left out: %s", len(left_out),
+                    ", ".join(sorted(left_out)))  # fmt: skip
+    styles = check_styles({t: s for t, s in found.items() if s is not None}, cfg.classes)
+    return styles, left_out
 
 
 def train_and_report(cfg: ClassifyConfig, spec: C.SnippetSpec, output: str,
@@ -170,8 +195,8 @@ def train_and_report(cfg: ClassifyConfig, spec: C.SnippetSpec, output: str,
     """Train on the snippet files of each split, score validation and test, write every output."""
     import ray
 
-    sizes = CR.split_sizes(usable, cfg.classes)
-    trainable, untrained = CR.trainable_classes(sizes, cfg.classes, output)
+    sizes = CR.split_sizes(usable, cfg.presence_classes)
+    trainable, untrained = CR.trainable_classes(sizes, cfg.presence_classes, output)
     names = spec.feature_names()
     datasets = {s: common.parquet_dataset([m["shard"] for m in usable[s]]) for s in ("train", "validation")}
     texts, info = _train(cfg, datasets, names, trainable, output)
@@ -181,6 +206,22 @@ def train_and_report(cfg: ClassifyConfig, spec: C.SnippetSpec, output: str,
         compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1).to_pandas()  # fmt: skip
     cnn = {"checkpoint": cnn_dir, "pool": cfg.activation_pool} if cnn_dir else None
     return CR.finish(output, spec, usable, trainable, untrained, texts, info, scored, cnn, cfg.data)
+
+
+def train_and_report_styles(cfg: ClassifyConfig, spec: C.SnippetSpec, output: str, usable: dict[str, list[dict[str, Any]]],
+                            styles: list[str], left_out: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+    """Style mode: one multi-class model on the train split's snippets, every split scored, every output."""
+    import ray
+
+    CR.check_style_sizes(CR.style_split_sizes(usable, styles), output)
+    names = spec.feature_names()
+    datasets = {s: common.parquet_dataset([m["shard"] for m in usable[s]]) for s in ("train", "validation")}
+    texts, info = _train(cfg, datasets, names, styles, output, [lgbm.STYLE_MODEL])
+    shards = [m["shard"] for s in CR.SPLITS for m in usable[s]]
+    scored = common.parquet_dataset(shards).map_batches(
+        StyleScorer, fn_constructor_args=(texts[lgbm.STYLE_MODEL], names, styles), batch_size=2048,
+        batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1).to_pandas()  # fmt: skip
+    return CR.finish_style(output, spec, usable, styles, texts[lgbm.STYLE_MODEL], info, scored, cfg.data, left_out)
 
 
 JOB = Job("classify", ClassifyConfig, run, "Train the LightGBM instrument-presence classifier on 1-s snippets.")

@@ -1,6 +1,7 @@
 """The saved snippet classifier (one LightGBM booster per class) and prediction on a new song.
 
-A classifier folder holds ``<class>.txt`` per booster plus ``classifier.json`` (written
+A classifier folder holds ``<class>.txt`` per booster (style mode: one multi-class
+``style.txt``, the classes being the sorted styles) plus ``classifier.json`` (written
 last: the folder's commit marker), with the :class:`~sepcore.classify.config.SnippetSpec`
 in its flat form.
 """
@@ -16,7 +17,7 @@ import numpy as np
 
 from sepcore.classify.config import SnippetSpec
 from sepcore.classify.features import snippet_features
-from sepcore.classify.lgbm import load_booster
+from sepcore.classify.lgbm import STYLE_MODEL, load_booster
 from sepcore.classify.snippets import ClassifyError, window_starts
 from sepcore.io import storage
 from sepcore.io.audio import Audio, resample, to_channels
@@ -36,11 +37,23 @@ class Classifier:
     feature_names: list[str]
     info: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def style(self) -> bool:
+        """Style mode: one multi-class booster (:data:`~sepcore.classify.lgbm.STYLE_MODEL`) over sorted styles."""
+        return self.spec.labels.style
+
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """Probability that each class plays. Shape ``(rows, features)`` -> ``(rows, classes)``."""
+        """Probability that each class plays (presence) or of each style (style mode, rows sum to 1).
+
+        Shape ``(rows, features)`` -> ``(rows, classes)``.
+        """
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != len(self.feature_names):
             raise ValueError(f"expected features (rows, {len(self.feature_names)}), got shape {x.shape}")
+        if self.style:
+            if not len(x):
+                return np.zeros((0, len(self.classes)), dtype=np.float64)
+            return np.asarray(self.boosters[STYLE_MODEL].predict(x), dtype=np.float64).reshape(len(x), len(self.classes))
         out = np.full((len(x), len(self.classes)), np.nan, dtype=np.float64)
         for i, c in enumerate(self.classes):
             if c in self.boosters and len(x):
@@ -77,8 +90,11 @@ class Classifier:
             if hashlib.sha256(text.encode()).hexdigest() != entry["sha256"]:
                 raise ClassifyError(model_uri, f"does not match {CLASSIFIER_FILE} (partial write?)")
             boosters[c] = load_booster(text, model_uri)
-        return cls(spec, list(meta["classes"]), boosters, dict(meta["thresholds"]),
-                   list(meta["feature_names"]), dict(meta.get("info", {})))  # fmt: skip
+        model = cls(spec, list(meta["classes"]), boosters, dict(meta["thresholds"]),
+                    list(meta["feature_names"]), dict(meta.get("info", {})))  # fmt: skip
+        if model.style and (STYLE_MODEL not in boosters or boosters[STYLE_MODEL].num_model_per_iteration() != len(model.classes)):
+            raise ClassifyError(uri, f"style model does not have one output per class {model.classes}")
+        return model
 
 
 @dataclass
@@ -123,6 +139,9 @@ def predict(model_dir: str | Classifier, audio: np.ndarray | Audio, sample_rate:
     mono = to_channels(resample(sig, spec.sample_rate), 1).samples
     starts = window_starts(mono.shape[-1], spec.window, spec.hop_samples, pad_last=True)
     probs = model.predict_proba(snippet_features(mono, spec.sample_rate, starts, spec))
+    if model.style:  # one style per window: the most probable
+        labels = np.eye(len(model.classes), dtype=bool)[probs.argmax(axis=1)] if len(probs) else probs.astype(bool)
+        return SnippetPrediction(list(model.classes), starts / spec.sample_rate, spec.snippets.window_s, probs, labels)
     thr = np.array([model.thresholds.get(c, 0.5) for c in model.classes])
     return SnippetPrediction(list(model.classes), starts / spec.sample_rate, spec.snippets.window_s, probs, probs >= thr)
 
@@ -141,4 +160,23 @@ class BatchScorer:
         x = np.stack([batch[n] for n in self.names], axis=1).astype(np.float32)
         out = {k: v for k, v in batch.items() if k in ("track_id", "start_s") or k.startswith(("label_", "cnn_"))}
         out.update({f"score_{c}": b.predict(x) for c, b in self.boosters.items()})
+        return out
+
+
+class StyleScorer:
+    """Style mode's :class:`BatchScorer`: the multi-class booster (loaded once) over batches.
+
+    Keeps ``track_id``, ``start_s`` and ``style``; adds ``score_<style>`` per style of ``styles`` (sorted,
+    the booster's class order).
+    """
+
+    def __init__(self, text: str, names: list[str], styles: list[str]):
+        self.booster = load_booster(text, f"{STYLE_MODEL}.txt")
+        self.names, self.styles = names, styles
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = np.stack([batch[n] for n in self.names], axis=1).astype(np.float32)
+        p = np.asarray(self.booster.predict(x)).reshape(len(x), len(self.styles))
+        out = {k: batch[k] for k in ("track_id", "start_s", "style")}
+        out.update({f"score_{s}": p[:, i] for i, s in enumerate(self.styles)})
         return out

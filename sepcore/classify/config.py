@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -36,11 +36,38 @@ class SnippetConfig(Config):
     hop_s: float = Field(1.0, gt=0, description="seconds between snippet starts")
 
 
+#: The two label kinds: instrument presence per snippet (binary, one model per class) or the
+#: track's ``style`` from its metadata.yaml on every snippet (one multi-class model).
+LABEL_KINDS = ("presence", "style")
+
+
 class LabelConfig(Config):
+    """How snippets are labelled. ``labels: style`` (a bare kind) is read as ``{kind: style}``."""
+
+    kind: Literal["presence", "style"] = Field(
+        "presence", description="presence: which classes play (from the stems); style: the track's style (metadata.yaml)"
+    )
     threshold_db: float = Field(
         -20.0, le=0, description="a class plays when its stems' RMS in the snippet is at least this many dB re the mix's"
     )
     floor_dbfs: float = Field(-60.0, le=0, description="... and above this absolute level")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_kind(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            if data not in LABEL_KINDS:
+                raise ValueError(f"labels must be one of {LABEL_KINDS} or a mapping, got '{data}'")
+            return {"kind": data}
+        return data
+
+    @property
+    def style(self) -> bool:
+        return self.kind == "style"
+
+    def flat(self) -> dict[str, Any]:
+        """The keys ``classifier.json`` stores; ``kind`` only for style (presence files stay as they were)."""
+        return self.model_dump(exclude=set() if self.style else {"kind"})
 
 
 class FeatureConfig(Config):
@@ -157,7 +184,7 @@ class SnippetSpec(Config):
     def flat(self) -> dict[str, Any]:
         """The flat form ``classifier.json`` stores (rate, snippets, labels, then features)."""
         f = self.features.model_dump()
-        return {"sample_rate": f.pop("sample_rate"), **self.snippets.model_dump(), **self.labels.model_dump(), **f}
+        return {"sample_rate": f.pop("sample_rate"), **self.snippets.model_dump(), **self.labels.flat(), **f}
 
     def digest(self) -> str:
         """Short hash of the spec: names the folder of snippets made with it."""
@@ -165,13 +192,16 @@ class SnippetSpec(Config):
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def check_classes(value: list[str]) -> list[str]:
-    """``value`` when it is a non-empty subset of :data:`sepcore.data.classes.CLASSES` without repeats."""
+def check_classes(value: list[str], style: bool = False) -> list[str]:
+    """``value`` when it is a non-empty subset of :data:`sepcore.data.classes.CLASSES` without
+    repeats; with ``style``, any non-empty list of style names without repeats (returned sorted)."""
     from sepcore.data.classes import CLASSES
 
-    unknown = sorted(set(value) - set(CLASSES))
-    if unknown or not value:
+    if style:
+        if not value or not all(isinstance(v, str) and v for v in value):
+            raise ValueError(f"classes (styles) must be a non-empty list of names, got {value}")
+    elif sorted(set(value) - set(CLASSES)) or not value:
         raise ValueError(f"classes must be a non-empty subset of {CLASSES}, got {value}")
     if len(set(value)) != len(value):
         raise ValueError(f"classes given twice: {value}")
-    return value
+    return sorted(value) if style else value

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from sepcore.classify import config as C
 from sepcore.classify.report import SPLITS
@@ -21,10 +21,13 @@ from sepcore.prepare.config import SplitConfig
 class ClassifyKeys(Config):
     """The classify job's keys (``output`` and ``num_cpus`` come from the job config)."""
 
-    data: str = Field(description="URI of a Slakh-layout dataset (stems give the labels)")
-    classes: list[str] = Field(list(DEFAULT_CLASSES), description="classes to detect (seed 000's five)")
+    data: str = Field(description="URI of a Slakh-layout dataset (stems give the labels; metadata.yaml the style)")
     snippets: C.SnippetConfig = Field(default_factory=lambda: C.SnippetConfig.model_validate({}))
     labels: C.LabelConfig = Field(default_factory=lambda: C.LabelConfig.model_validate({}))
+    classes: list[str] | None = Field(
+        None, description="presence: classes to detect (null = seed 000's five); style: the styles "
+        "(null = those of the data's tracks; given: a track of another style is an error)",
+    )
     features: C.FeatureConfig = Field(default_factory=lambda: C.FeatureConfig.model_validate({}))
     split: SplitConfig = Field(default_factory=lambda: SplitConfig.model_validate({}))
     seed: int = Field(0, description="split assignment and LightGBM")
@@ -41,23 +44,42 @@ class ClassifyKeys(Config):
 
     @field_validator("classes")
     @classmethod
-    def _classes(cls, value: list[str]) -> list[str]:
-        return C.check_classes(value)
+    def _classes(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        labels = info.data.get("labels")
+        style = labels is not None and labels.style
+        if value is None:
+            return None if style else list(DEFAULT_CLASSES)
+        return C.check_classes(value, style)
 
     @model_validator(mode="after")
     def _check(self) -> ClassifyKeys:
         if abs(self.split.train + self.split.validation + self.split.test - 1) > 1e-6:
             raise ValueError("split fractions must sum to 1")
         C.check_sections(self.snippets, self.features)  # bad feature parameters fail here, before Ray starts
+        if self.labels.style and self.activation_checkpoint:
+            raise ValueError("activation_checkpoint compares instrument presence: set it to null with labels: style")
         return self
 
     def spec(self) -> C.SnippetSpec:
         return C.SnippetSpec(snippets=self.snippets, labels=self.labels, features=self.features)
 
+    @property
+    def presence_classes(self) -> list[str]:
+        """The classes of presence mode (the validator fills the default in)."""
+        return list(self.classes or DEFAULT_CLASSES)
+
     def loop_config(self, names: list[str], classes: list[str]) -> dict[str, Any]:
-        """The config of every LightGBMTrainer worker's loop (``ray_jobs.classify.train_loop``)."""
+        """The config of every LightGBMTrainer worker's loop (``ray_jobs.classify.train_loop``).
+
+        Style mode: ``classes`` are the styles (sorted), trained as one multi-class model
+        (:func:`sepcore.classify.lgbm.fit_styles`); ``lightgbm.params`` still win, but ``num_class``.
+        """
         threads = max(1, round(self.scaling.cpus_per_worker))
-        return {"features": names, "classes": classes, "params": self.lightgbm.lgb_params(self.seed, threads),
+        params = self.lightgbm.lgb_params(self.seed, threads)
+        if self.labels.style:
+            params = {**params, "objective": "multiclass", "metric": "multi_logloss", **self.lightgbm.params,
+                      "num_class": len(classes)}  # fmt: skip
+        return {"features": names, "classes": classes, "params": params, "style": self.labels.style,
                 "rounds": self.lightgbm.num_boost_round, "early_stopping": self.lightgbm.early_stopping_rounds}  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""LightGBM for the snippet classifier: parameters, one binary booster, the data-parallel network."""
+"""LightGBM for the snippet classifier: parameters, binary and multi-class boosters, the data-parallel network."""
 
 from __future__ import annotations
 
@@ -42,6 +42,42 @@ def train_binary(x: np.ndarray, y: np.ndarray, params: Mapping[str, Any], rounds
         if early_stopping:
             callbacks.append(lgb.early_stopping(early_stopping, verbose=False))
     booster = lgb.train(dict(params), train_set, num_boost_round=rounds, valid_sets=valid, callbacks=callbacks)
+    if booster.best_iteration and booster.best_iteration < booster.current_iteration():
+        booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
+    return booster
+
+
+def train_multiclass(x: np.ndarray, y: np.ndarray, params: Mapping[str, Any], num_class: int, rounds: int = 300,
+                     x_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
+                     early_stopping: int | None = 30, feature_names: Sequence[str] | None = None,
+                     check: bool = True) -> Any:  # fmt: skip
+    """One LightGBM multi-class booster (objective ``multiclass``, ``num_class`` classes); early
+    stopping on the validation multi-class log loss when a validation set is given.
+
+    Shape: ``x`` ``(rows, features)``, ``y`` ``(rows,)`` class indices in ``[0, num_class)``.
+    With ``check`` raises ValueError unless ``y`` holds at least two classes. Returns a
+    ``lightgbm.Booster`` cut to its best iteration (``predict`` gives ``(rows, num_class)``).
+    """
+    import lightgbm as lgb
+
+    y = np.asarray(y).astype(np.int64)
+    if len(y) and (y.min() < 0 or y.max() >= num_class):
+        raise ValueError(f"class indices must lie in [0, {num_class}), got {y.min()}..{y.max()}")
+    if check and len(np.unique(y)) < 2:
+        raise ValueError(f"training labels hold {len(np.unique(y))} class(es): nothing to learn")
+    params = {**params, "objective": "multiclass", "num_class": num_class}
+    params.setdefault("metric", "multi_logloss")
+    if params["metric"] == "binary_logloss":  # the presence default
+        params["metric"] = "multi_logloss"
+    names: list[str] | Literal["auto"] = list(feature_names) if feature_names is not None else "auto"
+    train_set = lgb.Dataset(x, label=y, feature_name=names, free_raw_data=True)
+    callbacks: list[Callable[..., Any]] = []
+    valid = []
+    if x_val is not None and y_val is not None and len(y_val):
+        valid = [lgb.Dataset(x_val, label=np.asarray(y_val, np.int64), reference=train_set)]
+        if early_stopping:
+            callbacks.append(lgb.early_stopping(early_stopping, verbose=False))
+    booster = lgb.train(params, train_set, num_boost_round=rounds, valid_sets=valid, callbacks=callbacks)
     if booster.best_iteration and booster.best_iteration < booster.current_iteration():
         booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
     return booster
@@ -95,6 +131,47 @@ def stack_rows(batches: Iterable[Mapping[str, np.ndarray]], features: Sequence[s
         return np.zeros((0, len(features)), np.float32), np.zeros((0, len(classes)), np.uint8)
     order = sorted(range(len(keys)), key=keys.__getitem__)
     return np.concatenate(xs)[order], np.concatenate(ys)[order]
+
+
+def stack_style_rows(batches: Iterable[Mapping[str, np.ndarray]], features: Sequence[str],
+                     styles: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Features and style indices (into ``styles``) of style-mode snippet batches, in (track, start) order.
+
+    Shape: -> ``(rows, features)`` float32, ``(rows,)`` int64. Raises ValueError naming a
+    style that is not among ``styles``.
+    """
+    index = {s: i for i, s in enumerate(styles)}
+    xs, ys, keys = [], [], []
+    for b in batches:
+        xs.append(np.stack([b[n] for n in features], axis=1).astype(np.float32))
+        unknown = sorted(set(b["style"].tolist()) - set(index))
+        if unknown:
+            raise ValueError(f"snippets of style(s) {unknown} outside the classes {list(styles)}")
+        ys.append(np.array([index[s] for s in b["style"].tolist()], dtype=np.int64))
+        keys += list(zip(b["track_id"].tolist(), b["start_s"].tolist(), strict=True))
+    if not xs:
+        return np.zeros((0, len(features)), np.float32), np.zeros(0, np.int64)
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    return np.concatenate(xs)[order], np.concatenate(ys)[order]
+
+
+#: The name of the one booster of style mode (``style.txt`` beside ``classifier.json``).
+STYLE_MODEL = "style"
+
+
+def fit_styles(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, params: Mapping[str, Any],
+               config: Mapping[str, Any], rank: int = 0, world: int = 1) -> dict[str, Any]:  # fmt: skip
+    """Style mode: one multi-class booster over ``config["classes"]`` (:func:`train_multiclass`).
+
+    Returns what :func:`fit_classes` returns, with the one model under :data:`STYLE_MODEL`.
+    """
+    t0 = time.monotonic()
+    booster = train_multiclass(x, y, params, len(config["classes"]), config["rounds"], xv, yv,
+                               config["early_stopping"], config["features"], check=world == 1)  # fmt: skip
+    facts = {"iterations": booster.current_iteration(), "seconds": round(time.monotonic() - t0, 2)}
+    log.info("classify: worker %d trained the style model (%d iterations)", rank, facts["iterations"])
+    return {"texts": {STYLE_MODEL: booster.model_to_string()}, "classes": {STYLE_MODEL: facts},
+            "workers": world, "train_rows_rank0": len(x)}  # fmt: skip
 
 
 def fit_classes(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, params: Mapping[str, Any],

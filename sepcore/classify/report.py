@@ -4,6 +4,11 @@
 activation CNN when one is compared), the positives and snippets, the thresholds, the
 tracks of each split and the training facts. ``roc.png`` and ``importance.png`` lie
 beside it; ``report.html`` shows them with the table of AUCs.
+
+Style mode (``labels: style``, :mod:`sepcore.classify.style`): ``metrics.json`` holds per
+split the snippet- and song-level accuracy (songs by the vote of their snippets) and both
+confusion matrices (rows the true style, columns the predicted one); ``confusion.png``
+draws them and ``report.html`` shows them as tables too.
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from sepcore.classify import style as ST
 from sepcore.classify.classifier import Classifier
 from sepcore.classify.config import SnippetSpec
-from sepcore.classify.lgbm import load_booster
+from sepcore.classify.lgbm import STYLE_MODEL, load_booster
 from sepcore.classify.roc import roc_auc, roc_curve, youden_threshold
 from sepcore.classify.snippets import SEED000_AUC
 from sepcore.errors import SepError
@@ -26,6 +32,7 @@ MODEL_DIR = "model"
 METRICS = "metrics.json"
 ROC_PNG = "roc.png"
 IMPORTANCE_PNG = "importance.png"
+CONFUSION_PNG = "confusion.png"
 REPORT = "report.html"
 SPLITS = ("train", "validation", "test")
 
@@ -218,3 +225,95 @@ def trainable_classes(sizes: dict[str, dict[str, Any]], classes: list[str],
     if not trainable:
         raise SepError(f"{output}: no class has both labels in the training snippets")
     return trainable, {c: "all training snippets have one label" for c in classes if c not in trainable}
+
+
+# ---------------------------------------------------------------- style mode
+
+
+def style_split_sizes(usable: dict[str, list[dict[str, Any]]], styles: list[str]) -> dict[str, dict[str, Any]]:
+    """Snippets, and songs per style, of each split, from the done-markers."""
+    return {s: {"snippets": sum(m["snippets"] for m in ms),
+                "songs": {st: sum(m["style"] == st for m in ms) for st in styles}}
+            for s, ms in usable.items()}  # fmt: skip
+
+
+def check_style_sizes(sizes: dict[str, dict[str, Any]], output: str) -> None:
+    """Raise :class:`SepError` when the train or validation split has no snippets."""
+    for s in ("train", "validation"):
+        if not sizes[s]["snippets"]:
+            raise SepError(f"{output}: the {s} split has no snippets (too few tracks, or all failed)")
+
+
+def _share(m: np.ndarray) -> np.ndarray:
+    """Rows of a confusion matrix as percentages of their sum (NaN for an empty row)."""
+    rows = m.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(rows > 0, 100.0 * m / np.maximum(rows, 1), np.nan)
+
+
+def confusion_figure(results: dict[str, dict[str, Any]], styles: list[str]) -> Any:
+    """Confusion matrices, rows as percent of the true style: one row of panels for snippets,
+    one for songs, a column per split of ``results`` (:func:`sepcore.classify.style.song_results`)."""
+    splits = list(results)
+    size = 1.2 + 0.45 * len(styles)
+    fig = R.new_figure(size * len(splits), 2 * size)
+    axes = fig.subplots(2, len(splits), squeeze=False)
+    for col, split in enumerate(splits):
+        for row, level in enumerate(("snippet", "song")):
+            m = np.asarray(results[split][f"{level}_confusion"])
+            ax = axes[row][col]
+            ax.imshow(np.ma.masked_invalid(_share(m)), vmin=0, vmax=100, cmap="Blues")
+            for (i, j), v in np.ndenumerate(m):
+                if v:
+                    ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
+            ax.set_xticks(range(len(styles)), styles, rotation=60, ha="right", fontsize=7)
+            ax.set_yticks(range(len(styles)), styles, fontsize=7)
+            acc = results[split][f"{level}_accuracy"]
+            ax.set_title(f"{split} {level}s, accuracy {acc if acc is None else f'{acc:.2f}'}", fontsize=9)
+            ax.set(xlabel="predicted", ylabel="true")
+    fig.tight_layout()
+    return fig
+
+
+def style_report_sections(metrics: dict[str, Any], confusion: bytes, importance: bytes) -> list[R.Section]:
+    """The style report: accuracy per split, the confusion tables and plots."""
+    styles, res = metrics["classes"], metrics["results"]
+    rows = [[s, r["snippet_accuracy"], r["song_accuracy"], r["snippets"], r["songs"]] for s, r in res.items()]
+    items: list[Any] = [R.Table("accuracy per split", ["split", "snippets", "songs (vote)", "snippets", "songs"], rows, digits=3),
+                        R.Text("A song's style is the class with the largest summed probability over its snippets (ties: "
+                               "the first in sorted order). Confusion tables: rows the true style, columns the predicted one.")]  # fmt: skip
+    for split, r in res.items():
+        for level in ("snippet", "song"):
+            table = [[st, *row] for st, row in zip(styles, r[f"{level}_confusion"], strict=True)]
+            items.append(R.Table(f"{split}: {level}s, true (rows) by predicted (columns)", ["true", *styles], table))
+    items += [R.Image(CONFUSION_PNG, confusion, title="confusion matrices (share of the true style)"),
+              R.Image(IMPORTANCE_PNG, importance, title="feature importance")]  # fmt: skip
+    return [R.Section("Style of 1-second snippets and songs: accuracy", items)]
+
+
+def finish_style(output: str, spec: SnippetSpec, usable: dict[str, list[dict[str, Any]]], styles: list[str],
+                 text: str, info: dict[str, Any], scored: Any, data: str,
+                 left_out: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+    """Style mode's :func:`finish`: from the scored snippets of every split (``scored``: a pandas
+    frame of :class:`sepcore.classify.classifier.StyleScorer` rows), the model folder,
+    metrics.json, confusion.png, importance.png and the report. ``left_out``: tracks without a style.
+    """
+    truth = {m["track_id"]: m["style"] for ms in usable.values() for m in ms}
+    which = scored["track_id"].map({m["track_id"]: s for s in SPLITS for m in usable[s]})
+    results = {s: ST.song_results(scored[which == s], styles, truth) for s in SPLITS if usable[s]}
+    model_dir = storage.join(output, MODEL_DIR)
+    booster = load_booster(text, f"{STYLE_MODEL}.txt")
+    Classifier(spec, styles, {STYLE_MODEL: booster}, {}, spec.feature_names(), {"training": info, "data": data}).save(model_dir)
+    sizes = style_split_sizes(usable, styles)
+    metrics = {"task": "style", "classes": styles, "results": results,
+               "snippets": {s: v["snippets"] for s, v in sizes.items()}, "songs": {s: v["songs"] for s, v in sizes.items()},
+               "tracks": {s: [m["track_id"] for m in ms] for s, ms in usable.items()}, "tracks_without_style": left_out,
+               "training": info, "model": model_dir}  # fmt: skip
+    storage.write_text(storage.join(output, METRICS), json.dumps(metrics, indent=1))
+    pngs = R.figure_png(confusion_figure(results, styles), dpi=110), importance_png({STYLE_MODEL: text}, spec)
+    storage.write_bytes(storage.join(output, CONFUSION_PNG), pngs[0])
+    storage.write_bytes(storage.join(output, IMPORTANCE_PNG), pngs[1])
+    R.write_report(output, style_report_sections(metrics, *pngs), title="classify: style accuracy", filename=REPORT)
+    figures = {f"{level}_accuracy_{s}": r[f"{level}_accuracy"] for s, r in results.items() for level in ("snippet", "song")}
+    return {"figures": figures, "model": model_dir, "metrics": storage.join(output, METRICS),
+            "counts": {f"snippets_{s}": v["snippets"] for s, v in sizes.items()}}  # fmt: skip

@@ -42,12 +42,7 @@ class TrackSnippets:
         return cols
 
     def to_parquet(self, feature_names: Sequence[str]) -> bytes:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        buf = io.BytesIO()
-        pq.write_table(pa.table(self.columns(feature_names)), buf, compression="snappy")
-        return buf.getvalue()
+        return _parquet(self.columns(feature_names))
 
 
 def load_mix_and_classes(track: Any, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
@@ -111,6 +106,46 @@ def write_track(track: Any, spec: SnippetSpec, folder: str, cnn: tuple[Any, dict
     record["shard"] = storage.join(folder, shard_name(track.track_id) + ".parquet")
     storage.write_bytes(record["shard"], snippets.to_parquet(spec.feature_names()))
     return record
+
+
+def write_style_track(track: Any, spec: SnippetSpec, folder: str, style: str) -> dict[str, Any]:
+    """Style mode: one track's snippet file (features of its mix, the ``style`` column) and done-record.
+
+    The mix file is read whole (the sum of the stems when there is none) and featurized by
+    :func:`sepcore.classify.style.song_features`, as the router featurizes a song. The record:
+    ``track_id``, ``status``, ``reason``, ``snippets``, ``seconds``, ``style`` and ``shard``.
+    """
+    from sepcore.classify.style import mono_mix, song_features
+
+    if track.mix_uri is not None:
+        mix = mono_mix(read_audio(track.mix_uri), None, spec)
+    elif track.stems:
+        from sepcore.data.sources import load_track_stems
+
+        mix = load_track_stems(track, spec.sample_rate, 1)[0].sum(axis=0)
+    else:
+        raise ClassifyError(track.uri, "track has neither a mix nor stems")
+    record = {"track_id": track.track_id, "status": "ok", "reason": "", "snippets": 0,
+              "seconds": round(mix.shape[-1] / spec.sample_rate, 3), "style": style}  # fmt: skip
+    if mix.shape[-1] < spec.window:  # the job trains on whole windows only
+        return {**record, "status": "skipped", "reason": f"shorter than one snippet ({spec.snippets.window_s} s)"}
+    starts_s, feats = song_features(mix, spec)
+    n = record["snippets"] = len(starts_s)
+    cols: dict[str, Any] = {"track_id": [track.track_id] * n, "start_s": starts_s.astype(np.float64)}
+    cols.update({name: feats[:, i] for i, name in enumerate(spec.feature_names())})
+    cols["style"] = [style] * n
+    record["shard"] = storage.join(folder, shard_name(track.track_id) + ".parquet")
+    storage.write_bytes(record["shard"], _parquet(cols))
+    return record
+
+
+def _parquet(cols: dict[str, Any]) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.table(cols), buf, compression="snappy")
+    return buf.getvalue()
 
 
 def snippet_folder(output: str, spec: SnippetSpec, cnn_dir: str | None, pool: str) -> str:
