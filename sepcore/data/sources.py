@@ -35,6 +35,7 @@ returns stems ``(stems, channels, samples)``.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ from sepcore.errors import AudioError, MetadataError, SepError
 from sepcore.io import storage
 from sepcore.io.audio import Audio, resample, to_channels
 from sepcore.io.stemfile import STEM_NAMES, decode_any, read_stem_streams
+
+log = logging.getLogger("sep.sources")
 
 #: Manual QA flags of seed 002 (section 4.3.1).
 FLAGS = ("missing", "bleed", "bad_quality", "inaudible", "mislabeled", "detailed", "checked")
@@ -100,10 +103,16 @@ def slakh_tracks(
     splits: Sequence[str] | None = None,
     name: str = "slakh",
     errors: list[MetadataError] | None = None,
+    styles: Sequence[str] | None = None,
 ) -> list[SourceTrack]:
-    """The tracks of a Slakh-layout dataset; ``errors`` as in :func:`slakh.list_tracks`."""
+    """The tracks of a Slakh-layout dataset; ``errors`` as in :func:`slakh.list_tracks`.
+
+    ``styles``: keep only the tracks whose ``metadata.yaml`` ``style`` is one of them
+    (None: every track; :func:`style_filter`).
+    """
+    listed = slakh.list_tracks(uri, splits=splits, errors=errors)
     out = []
-    for t in slakh.list_tracks(uri, splits=splits, errors=errors):
+    for t in style_filter(listed, styles, uri):
         stems = tuple(
             SourceStem(
                 stem_id=s.stem_id,
@@ -134,6 +143,31 @@ def slakh_tracks(
             SourceTrack(f"{name}:{t.track_id}", "slakh", t.uri, t.split, stems, t.mix_uri, extra)
         )
     return out
+
+
+def _style(track: slakh.TrackRecord) -> str | None:
+    """A Slakh-layout track's ``style`` (its ``metadata.yaml`` key), None when it has none."""
+    style = track.extra.get("style")
+    return None if style in (None, "") else str(style)
+
+
+def style_filter(tracks: Sequence[slakh.TrackRecord], styles: Sequence[str] | None,
+                 uri: str) -> list[slakh.TrackRecord]:  # fmt: skip
+    """The ``tracks`` whose style (its ``metadata.yaml`` ``style``) is among ``styles``; all when None.
+
+    A listed style that no track of ``uri`` has is logged as a warning naming it (a
+    misspelt style would otherwise leave its tracks out in silence).
+    """
+    if styles is None:
+        return list(tracks)
+    wanted = set(styles)
+    seen = {_style(t) for t in tracks}
+    absent = [s for s in styles if s not in seen]
+    if absent:
+        have = sorted(s for s in seen if s is not None)
+        log.warning("sources: no track of %s has the style(s) %s (styles there: %s)", uri, ", ".join(absent),
+                    ", ".join(have) or "none")  # fmt: skip
+    return [t for t in tracks if _style(t) in wanted]
 
 
 # ---------------------------------------------------------------- curated stem folders
@@ -301,7 +335,7 @@ def stemfile_tracks(
 
 
 def _slakh_spec(spec: Mapping[str, Any], errors: list[MetadataError] | None) -> list[SourceTrack]:
-    return slakh_tracks(spec["uri"], spec.get("splits"), spec.get("name") or "slakh", errors)
+    return slakh_tracks(spec["uri"], spec.get("splits"), spec.get("name") or "slakh", errors, spec.get("styles"))
 
 
 def _stems_spec(spec: Mapping[str, Any], errors: list[MetadataError] | None) -> list[SourceTrack]:
@@ -318,7 +352,7 @@ _Lister = Callable[[Mapping[str, Any], list[MetadataError] | None], list[SourceT
 
 #: Source kinds by name, and the keys each accepts besides ``kind`` and ``uri``.
 SOURCE_KINDS: dict[str, tuple[_Lister, tuple[str, ...]]] = {
-    "slakh": (_slakh_spec, ("splits", "name")),
+    "slakh": (_slakh_spec, ("splits", "name", "styles")),
     "stems": (_stems_spec, ("split", "name")),
     "stemfile": (_stemfile_spec, ("split", "name")),
 }
@@ -339,6 +373,10 @@ def _check_spec(i: int, spec: Mapping[str, Any]) -> _Lister:
         )
     if "split" in spec and spec["split"] not in SPLITS:
         raise ValueError(f"sources[{i}] ({kind}): split must be one of {SPLITS}")
+    styles = spec.get("styles")
+    if styles is not None and (isinstance(styles, str) or not styles or not all(isinstance(s, str) for s in styles)):
+        raise ValueError(f"sources[{i}] ({kind}): styles is a non-empty list of style names (or null: all), "
+                         f"got {styles!r}")  # fmt: skip
     return lister
 
 
@@ -348,7 +386,8 @@ def list_sources(
     """The tracks of every source in ``specs`` (a job config's ``sources:`` list), in order.
 
     Each spec: ``{kind: slakh|stems|stemfile, uri: ..., name: ...}`` plus ``splits``
-    (slakh: keep only these) or ``split`` (stems/stemfile: assign this split). An
+    (slakh: keep only these) or ``split`` (stems/stemfile: assign this split), and for
+    slakh ``styles`` (keep only the tracks of these ``style`` s, :func:`style_filter`). An
     unknown kind or key raises ``ValueError``; so does a track id given twice (two
     sources of one kind need different ``name``\\ s). Malformed tracks raise
     :class:`MetadataError`, or go to ``errors`` when it is given.

@@ -56,6 +56,18 @@ class SourceConfig(Config):
     name: str | None = Field(None, description="prefix of track ids (default: the kind)")
     splits: list[str] | None = Field(None, description="slakh only: splits to read")
     split: str | None = Field(None, description="stems/stemfile only: split of every track")
+    styles: list[str] | None = Field(
+        None, description="slakh only: keep only the tracks whose metadata.yaml style is listed (null: all)")
+
+    @model_validator(mode="after")
+    def _styles(self) -> SourceConfig:
+        if self.styles is None:
+            return self
+        if self.kind != "slakh":
+            raise ValueError(f"styles: applies to slakh sources (their metadata.yaml style), not {self.kind}")
+        if not self.styles:
+            raise ValueError("styles: give at least one style (or null for every track)")
+        return self
 
 
 class SplitConfig(Config):
