@@ -49,6 +49,7 @@ class EvaluateConfig(C.EvaluateKeys, JobConfig, C.ScoringConfig):
 
 _MODELS: dict[str, Any] = {}
 _SEPARATORS: dict[tuple[str, str], Any] = {}
+_ROUTERS: dict[tuple[str, tuple[str, ...]], Any] = {}
 
 
 def _model(checkpoint_dir: str, threads: int) -> Any:
@@ -61,15 +62,31 @@ def _model(checkpoint_dir: str, threads: int) -> Any:
     return _MODELS[checkpoint_dir]
 
 
+def _separator(row: Any, batch_size: int) -> Any:
+    """A row's separator, loaded once per worker process (kept by reference and settings: a
+    rerun with other options or weights loads anew)."""
+    key = (row.ref, json.dumps([row.fingerprint(), batch_size], sort_keys=True, default=str))
+    if key not in _SEPARATORS:
+        _SEPARATORS[key] = EC.build_separator(row, batch_size)
+    return _SEPARATORS[key]
+
+
 def _rows(job: dict[str, Any]) -> list[tuple[Any, Any]]:
-    """``(row, separator)`` of the job's rows, each separator loaded once per worker process
-    (kept by reference and settings: a rerun with other options or weights loads anew)."""
+    """``(row, separator)`` of the job's rows, each separator loaded once per worker process."""
+    return [(row, _separator(row, job["batch_size"])) for row in job["rows"]]
+
+
+def _routes(job: dict[str, Any]) -> list[tuple[Any, Any]]:
+    """``(spec, router)`` of the job's routed rows, each router loaded once per worker process
+    (kept by URI and styles); their group models load when a track first goes to them."""
+    from sepcore.classify.router import load_router
+
     out = []
-    for row in job["rows"]:
-        key = (row.ref, json.dumps([row.fingerprint(), job["batch_size"]], sort_keys=True, default=str))
-        if key not in _SEPARATORS:
-            _SEPARATORS[key] = EC.build_separator(row, job["batch_size"])
-        out.append((row, _SEPARATORS[key]))
+    for spec in job["routes"]:
+        key = (spec.router, spec.styles)
+        if key not in _ROUTERS:
+            _ROUTERS[key] = load_router(spec.router)
+        out.append((spec, _ROUTERS[key]))
     return out
 
 
@@ -93,7 +110,7 @@ def _separation(track: Any, job: dict[str, Any], example: bool) -> dict[str, Any
     model = None if job["main_is_row"] else _model(job["checkpoint_dir"], job["threads"])
     res = T.evaluate_separation(track, job["meta"], job["scoring"], model, job["classes"], job["batch_size"],
                                 job["stems"], job["wiener_iterations"], _rows(job), job["alpha"],
-                                job["baselines"])  # fmt: skip
+                                job["baselines"], _routes(job), lambda row: _separator(row, job["batch_size"]))  # fmt: skip
     signals = res.pop("signals")
     if example and signals is not None:
         res["example"] = ER.write_example(job["output"], track.track_id, signals, job["sr"], job["classes"][0],
@@ -163,16 +180,17 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     separator = task == "separator"
     if compare and not separator:
         raise ConfigError("compare", f"{checkpoint_dir} is an activation model: nothing to compare with")
+    routes = J.plan_routed(cfg, task)  # loads each router and group model once; raises ConfigError
     rows = ([main_row] if main_row else []) + compare
     modelled, wiener = J.main_classes(cfg, meta, main_row) if separator else ([], None)  # raises ConfigError
     J.check_alpha(cfg, task, meta, main_row)  # raises ConfigError
-    modelled += J.compared_classes(compare, cfg.target, modelled)
+    modelled += J.compared_classes(compare, cfg.target, modelled, routes)
     manifest = training_manifest(meta)
     tracks, listing_errors = select_tracks(cfg.data, cfg.split, manifest, cfg.split_fractions, cfg.seed, cfg.tracks)
     log.info("evaluate: %s checkpoint %s on %d %s tracks", task, checkpoint_dir, len(tracks), cfg.split)
     target = cfg.target or meta.get("target")
     classes = J.run_classes(separator, modelled, cfg.classes)
-    job = J.task_settings(cfg, task, meta, checkpoint_dir, classes, wiener, rows)
+    job = J.task_settings(cfg, task, meta, checkpoint_dir, classes, wiener, rows, routes)
     ledger = Ledger(job["done"], job["fingerprint"])
     done = {t: r for t, r in ledger.records().items() if t in {x.track_id for x in tracks}}
     job_ref = ray.put(job)
@@ -184,7 +202,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     results = _gather(tasks, done)
     sequence = None if separator else _run_sequence(results, tracks, job_ref, tasks)
     nodes = sorted({r.pop(NODE_KEY) for r in results if NODE_KEY in r})  # this run's tasks only
-    head = J.run_head(cfg, task, checkpoint_dir, target, meta, len(tracks), wiener, rows, job["baselines"])
+    head = J.run_head(cfg, task, checkpoint_dir, target, meta, len(tracks), wiener, rows, job["baselines"], routes)
     doc = D.metrics_document(head, cfg.described(), classes, results, sequence, listing_errors, time.monotonic() - t0)
     metrics_uri = storage.join(job["output"], METRICS_FILE)
     D.validate_metrics(doc, metrics_uri)

@@ -118,10 +118,10 @@ def stem_classes(kind: str, meta: Mapping[str, Any]) -> dict[str, str]:
     return {s: s for s in stems[:-1] if s in CLASSES}
 
 
-def describe_row(name: str, ref: str, demucs: Mapping[str, Any]) -> RowSpec:
+def describe_row(name: str, ref: str, demucs: Mapping[str, Any], key: str | None = None) -> RowSpec:
     """The row of a reference: a Demucs model (loaded once to hash its weights and check
     the ``demucs`` options against it) or a checkpoint folder (its model loaded once, so that
-    a bad one fails early).
+    a bad one fails early). ``key``: the config key errors name (default ``compare.<name>``).
 
     Raises :class:`~sepcore.models.checkpoint.CheckpointError` naming the reference, and
     :class:`~sepcore.errors.ConfigError` for a ``demucs.segment`` the model does not take.
@@ -138,7 +138,7 @@ def describe_row(name: str, ref: str, demucs: Mapping[str, Any]) -> RowSpec:
     folder = ckpt.resolve(ref)
     meta = load_checkpoint_meta(folder)
     if meta.get("task", "separator") != "separator" or "n_fft" not in (meta.get("feature") or {}):
-        raise ConfigError(f"compare.{name}", f"{folder} is not a separator checkpoint (task {meta.get('task')!r})")
+        raise ConfigError(key or f"compare.{name}", f"{folder} is not a separator checkpoint (task {meta.get('task')!r})")
     return RowSpec(name, folder, "mask", meta, stem_classes("mask", meta))
 
 

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, get_args
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from sepcore.config import Config
 from sepcore.data.classes import CLASSES
@@ -127,6 +127,43 @@ class HpssConfig(Config):
         return value
 
 
+class RoutedConfig(Config):
+    """A routed row (``routed: {<row name>: ...}``): each track goes to one group's model,
+    chosen by a style classifier's vote over the track's mixture (:mod:`sepcore.evaluate.routed`)."""
+
+    router: str = Field(description="URI of a `sep classify` output trained with labels: style")
+    groups: dict[str, list[str]] = Field(description="{group: [styles]}: every style of the router in one group")
+    models: dict[str, str] = Field(
+        description="{group: checkpoint}: the separator of each group (checkpoint folder, training output or Demucs model)")
+
+    @model_validator(mode="after")
+    def _check(self) -> RoutedConfig:
+        missing = [g for g in self.groups if g not in self.models]
+        if missing:
+            raise ValueError(f"models: no model for the group(s) {missing}; give one checkpoint per group")
+        extra = [g for g in self.models if g not in self.groups]
+        if extra:
+            raise ValueError(f"models: {extra} are no group (groups: {list(self.groups)})")
+        empty = [g for g, styles in self.groups.items() if not styles]
+        if empty:
+            raise ValueError(f"groups: the group(s) {empty} hold no style")
+        owner: dict[str, str] = {}
+        for group, styles in self.groups.items():
+            for style in styles:
+                if style in owner:
+                    raise ValueError(f"groups: style '{style}' is in both '{owner[style]}' and '{group}'")
+                owner[style] = group
+        return self
+
+
+def check_row_name(name: str, key: str) -> None:
+    """ValueError when ``name`` (a row of ``key``: compare, routed) is a built-in row's or no row name."""
+    if name in BUILT_IN:
+        raise ValueError(f"{key}: '{name}' is the name of a built-in row ({', '.join(BUILT_IN)}); rename it")
+    if not re.match(ROW_NAME, name):
+        raise ValueError(f"{key}: '{name}': a row name is letters, digits, '_', '.', '-' (a letter first)")
+
+
 class EvaluateKeys(Config):
     """The evaluate job's own keys (``output`` and ``num_cpus`` come from the job config)."""
 
@@ -137,6 +174,9 @@ class EvaluateKeys(Config):
     compare: dict[str, str] = Field(
         default_factory=dict, description="more separators scored beside the checkpoint, {row name: "
         "reference} (Demucs models or checkpoint folders); each is a row after model")
+    routed: dict[str, RoutedConfig] = Field(
+        default_factory=dict, description="routed rows, {row name: {router, groups, models}}: each track is "
+        "separated by the model of the group holding the style the router votes for; each is a row after compare's")
     demucs: DemucsOptions = Field(
         default_factory=lambda: DemucsOptions.model_validate({}), description="how Demucs models are applied")
     sample_rate: int | None = Field(
@@ -194,18 +234,18 @@ class EvaluateKeys(Config):
     def _unique(cls, value: list[Baseline]) -> list[Baseline]:
         return list(dict.fromkeys(value))
 
-    @field_validator("compare")
+    @field_validator("compare", "routed")
     @classmethod
-    def _row_names(cls, value: dict[str, str]) -> dict[str, str]:
+    def _row_names(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         for name in value:
-            if name in BUILT_IN:
-                raise ValueError(f"'{name}' is the name of a built-in row ({', '.join(BUILT_IN)}); rename it")
-            if not re.match(ROW_NAME, name):
-                raise ValueError(f"'{name}': a row name is letters, digits, '_', '.', '-' (a letter first)")
+            check_row_name(name, str(info.field_name))
         return value
 
     @model_validator(mode="after")
     def _check(self) -> EvaluateKeys:
+        clash = sorted(set(self.routed) & set(self.compare))
+        if clash:
+            raise ValueError(f"routed: {clash} also name compare rows; give each row its own name")
         for name in ([self.target] if self.target else []) + self.classes:
             if name not in CLASSES:
                 raise ValueError(f"unknown class '{name}'; known: {CLASSES}")

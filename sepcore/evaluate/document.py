@@ -107,9 +107,34 @@ _BASELINES = {
 }  # fmt: skip
 
 
+_CHOICE = {"type": "object", "required": ["group", "style"], "properties": {
+    "group": {"type": "string", "description": "the group the router chose (its model separated the track)"},
+    "style": {"type": "string", "description": "the style the router voted for"}}}
+_ROUTED = {
+    "type": "object",
+    "description": "separators: the routed rows, by row name (no key when none): each track is separated by the "
+                   "model of the group holding the style a style classifier votes for over the track's mixture",
+    "additionalProperties": {
+        "type": "object", "required": ["router", "styles", "groups", "classes", "models", "songs"],
+        "properties": {
+            "router": {"type": "string", "description": "the sep classify output (labels: style) that routes"},
+            "router_sha256": {"type": ["string", "null"], "description": "digest of its classifier file"},
+            "styles": {"type": "array", "items": {"type": "string"}, "description": "the router's styles"},
+            "groups": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                       "description": "group -> the styles it takes"},
+            "classes": {"type": "array", "items": {"type": "string"}, "description": "classes the row is scored "
+                        "for: those every group's model has"},
+            "models": {"type": "object", "additionalProperties": _SEPARATOR, "description": "group -> its "
+                       "separator (as under separators; name: the routed row)"},
+            "songs": {"type": "object", "additionalProperties": {"type": "integer"}, "description": "group -> "
+                      "tracks evaluated that went to it"},
+        }},
+}  # fmt: skip
+
+
 def metrics_schema(rows: Sequence[str] = ()) -> dict[str, Any]:
-    """The JSON Schema of a metrics.json whose compared separators are named ``rows``
-    (:data:`METRICS_SCHEMA`: none): the methods are the built-in rows
+    """The JSON Schema of a metrics.json whose compared separators and routed rows are named
+    ``rows`` (:data:`METRICS_SCHEMA`: none): the methods are the built-in rows
     (:data:`sepcore.evaluate.config.BUILT_IN`) and those names."""
     methods = {"enum": [*method_order(BUILT_IN), *rows]}
     method_map = {"type": "object", "propertyNames": methods}
@@ -149,6 +174,7 @@ def metrics_schema(rows: Sequence[str] = ()) -> dict[str, Any]:
             "separators": {"type": "array", "items": _SEPARATOR,
                            "description": "separators: every separator scored, model first, then compare's"},
             "baselines": _BASELINES,
+            "routed": _ROUTED,
             "evaluation": {
                 "type": "object",
                 "required": ["mode", "backend", "segment_seconds", "window_seconds", "hop_seconds"],
@@ -213,6 +239,8 @@ def metrics_schema(rows: Sequence[str] = ()) -> dict[str, Any]:
                                     "track_id": {"type": "string"},
                                     "seconds": {"type": "number"},
                                     "scores": {**method_map, "additionalProperties": _PER_SOURCE},
+                                    "routed": {"type": "object", "additionalProperties": _CHOICE,
+                                               "description": "routed rows: row -> the router's choice"},
                                 },
                             },
                         },
@@ -333,19 +361,21 @@ def _errors(value: Any, schema: Mapping[str, Any], path: str) -> list[str]:
 
 
 def _row_names(doc: Any) -> list[str]:
-    """Names of the compared separators a document declares (none when it is malformed)."""
-    entries = doc.get("separators") if isinstance(doc, dict) else None
-    if not isinstance(entries, list):
+    """Names of the compared separators and routed rows a document declares (none when it is malformed)."""
+    if not isinstance(doc, dict):
         return []
-    return [e["name"] for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)
-            and e["name"] not in BUILT_IN]  # fmt: skip
+    entries, routed = doc.get("separators"), doc.get("routed")
+    names = [e["name"] for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)
+             and e["name"] not in BUILT_IN] if isinstance(entries, list) else []  # fmt: skip
+    return names + [n for n in routed if n not in BUILT_IN] if isinstance(routed, dict) else names
 
 
 def validate_metrics(doc: Any, name: str = "metrics.json") -> None:
     """Raise :class:`EvaluationError` naming ``name`` and every place ``doc`` breaks the schema.
 
     The methods allowed are the built-in rows (:data:`sepcore.evaluate.config.BUILT_IN`) and
-    the names of the compared separators the document declares (``separators``, but ``model``).
+    the names of the compared separators (``separators``, but ``model``) and routed rows
+    (``routed``) the document declares.
     """
     problems = _errors(doc, metrics_schema(_row_names(doc)), "$")
     if problems:
@@ -397,7 +427,8 @@ def _separation_section(results: list[dict[str, Any]], classes: list[str]) -> di
 
     out = {}
     for cls in classes:
-        tracks = [{"track_id": r["track_id"], "seconds": round(r["seconds"], 3), "scores": r["classes"][cls]}
+        tracks = [{"track_id": r["track_id"], "seconds": round(r["seconds"], 3), "scores": r["classes"][cls],
+                   **({"routed": r["routed"]} if r.get("routed") else {})}
                   for r in results if cls in r.get("classes", {})]  # fmt: skip
         if tracks:
             methods = method_order(m for t in tracks for m in t["scores"])
@@ -475,8 +506,12 @@ def metrics_document(head: Mapping[str, Any], evaluation: Mapping[str, Any], cla
     results and failures (``{"track_id", "error"}``); ``sequence``: the sequence test.
     A ``head`` with ``baselines`` (:func:`sepcore.evaluate.job.run_head`) passes it on.
     A binary-mask model's ``head`` adds ``model_alpha`` and ``alpha`` (the sweep: a
-    non-empty one adds the ``alpha`` entry, :func:`alpha_section`).
+    non-empty one adds the ``alpha`` entry, :func:`alpha_section`). A ``head`` with
+    ``routed`` passes it on, each row with ``songs``: the tracks evaluated sent to each group
+    (:func:`sepcore.evaluate.routed.song_counts`).
     """
+    from sepcore.evaluate.routed import song_counts
+
     task = head["task"]
     ok = [r for r in results if "error" not in r and (task == "activation" or r["classes"])]
     failed = [{"item": r["track_id"], "error": r["error"]} for r in results if "error" in r]
@@ -505,6 +540,8 @@ def metrics_document(head: Mapping[str, Any], evaluation: Mapping[str, Any], cla
         "separation": _separation_section(ok, classes) if separator else None,
         "activation": _activation_section(results, classes, sequence) if not separator else None,
     }  # fmt: skip
+    if separator and head.get("routed"):
+        doc["routed"] = {name: {**spec, "songs": song_counts(ok, spec, name)} for name, spec in head["routed"].items()}
     if separator and head.get("alpha"):
         doc["alpha"] = alpha_section(ok, head["alpha"], head["model_alpha"])
     return {**to_json(doc), "tracks_selected": int(head["tracks_selected"])}

@@ -15,6 +15,7 @@ from sepcore.errors import ConfigError
 from sepcore.evaluate import document as D
 from sepcore.evaluate import tracks as T
 from sepcore.evaluate.compare import RowSpec, describe_row, stem_classes
+from sepcore.evaluate.routed import RouteSpec
 from sepcore.io import storage
 from sepcore.units import seconds_to_samples
 
@@ -83,7 +84,7 @@ def baseline_settings(cfg: Any, task: str, classes: Sequence[str]) -> dict[str, 
 
 
 def task_settings(cfg: Any, task: str, meta: dict[str, Any], checkpoint_dir: str, classes: list[str],
-                  wiener: int | None = None, rows: Sequence[RowSpec] = ()) -> dict:  # fmt: skip
+                  wiener: int | None = None, rows: Sequence[RowSpec] = (), routes: Sequence[RouteSpec] = ()) -> dict:  # fmt: skip
     """What every task needs; ``fingerprint``: what a track's result depends on.
 
     ``wiener``: the Wiener iterations of a multi-stem checkpoint (:func:`wiener_iterations`);
@@ -91,7 +92,9 @@ def task_settings(cfg: Any, task: str, meta: dict[str, Any], checkpoint_dir: str
     ``rows``: the separators scored as rows (:func:`plan_rows`), whose weights digests,
     rates and Demucs options join the fingerprint (a run without rows keeps the one it had);
     ``baselines``: the baseline rows scored (:func:`baseline_settings`), in the fingerprint
-    when there are any (a run without drums, or with ``baselines: []``, keeps the one it had).
+    when there are any (a run without drums, or with ``baselines: []``, keeps the one it had);
+    ``routes``: the routed rows (:func:`sepcore.evaluate.routed.plan_routes`), whose routers,
+    groups and group models' identities join the fingerprint (a run without them keeps the one it had).
     With a Demucs checkpoint ``meta`` is the evaluation's (:func:`sepcore.evaluate.compare.evaluation_meta`),
     and the rate, channels and oracle STFT are part of the fingerprint.
     """
@@ -109,6 +112,9 @@ def task_settings(cfg: Any, task: str, meta: dict[str, Any], checkpoint_dir: str
         settings["baselines"] = baselines
     if rows:
         settings["rows"] = [r.fingerprint() for r in rows]
+    if routes:
+        settings["routed"] = [r.fingerprint() for r in routes]
+    if rows or routes:
         settings["layout"] = [meta["sample_rate"], meta.get("channels", 1), meta.get("feature")]
     return {"task": task, "checkpoint_dir": checkpoint_dir, "meta": meta, "sr": int(meta["sample_rate"]),
             "classes": classes, "scoring": cfg, "stems": stems, "wiener_iterations": wiener or 0,
@@ -116,7 +122,7 @@ def task_settings(cfg: Any, task: str, meta: dict[str, Any], checkpoint_dir: str
             "batch_size": cfg.batch_size, "threads": cfg.threads, "output": output, "rows": list(rows),
             "main_is_row": any(r.name == "model" for r in rows), "alpha": list(cfg.alpha or []),
             "report": cfg.report.model_dump(), "activation": cfg.activation.model_dump(),
-            "baselines": baselines}  # fmt: skip
+            "baselines": baselines, "routes": list(routes)}  # fmt: skip
 
 
 def plan_rows(cfg: Any) -> tuple[RowSpec | None, list[RowSpec]]:
@@ -190,12 +196,26 @@ def check_alpha(cfg: Any, task: str, meta: Mapping[str, Any], main: RowSpec | No
     return float(meta["model_alpha"])
 
 
-def compared_classes(compare: Sequence[RowSpec], target: str | None, modelled: Sequence[str]) -> list[str]:
-    """The classes the compared separators add after ``modelled`` (in their order); none
-    with ``target`` (their rows then appear for that class and ``classes`` only)."""
+def compared_classes(compare: Sequence[RowSpec], target: str | None, modelled: Sequence[str],
+                     routes: Sequence[RouteSpec] = ()) -> list[str]:  # fmt: skip
+    """The classes the compared separators, then the routed rows, add after ``modelled`` (in
+    their order); none with ``target`` (their rows then appear for that class and ``classes`` only)."""
     if target is not None:
         return []
-    return list(dict.fromkeys(k for r in compare for k in r.classes if k not in modelled))
+    keys = [k for r in compare for k in r.classes] + [k for r in routes for k in r.classes]
+    return list(dict.fromkeys(k for k in keys if k not in modelled))
+
+
+def plan_routed(cfg: Any, task: str) -> list[RouteSpec]:
+    """The routed rows (:func:`sepcore.evaluate.routed.plan_routes`: each router and group model
+    loaded once, so a bad one fails the job at once); ConfigError for an activation model."""
+    from sepcore.evaluate.routed import plan_routes
+
+    if not cfg.routed:
+        return []
+    if task != "separator":
+        raise ConfigError("routed", f"{cfg.checkpoint} is an activation model: routed rows need a separator")
+    return plan_routes(cfg.routed, cfg.demucs.model_dump())
 
 
 def shown_tracks(cfg: Any, tracks: Sequence[Any], separator: bool, target: str | None) -> set[str]:
@@ -227,7 +247,8 @@ def sequence_result(chosen: Sequence[tuple[str, Any, int]], seq: Mapping[str, An
 
 def run_head(cfg: Any, task: str, checkpoint_dir: str, target: str | None, meta: Mapping[str, Any],
              tracks_selected: int, wiener: int | None = None, rows: Sequence[RowSpec] = (),
-             baselines: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
+             baselines: Mapping[str, Mapping[str, Any]] | None = None,
+             routes: Sequence[RouteSpec] = ()) -> dict[str, Any]:  # fmt: skip
     """The head of metrics.json: what was evaluated, on what.
 
     A binary-mask checkpoint adds its own threshold ``model_alpha`` and the α sweep
@@ -239,7 +260,9 @@ def run_head(cfg: Any, task: str, checkpoint_dir: str, target: str | None, meta:
     (:meth:`sepcore.evaluate.compare.RowSpec.described`). A Demucs checkpoint's ``stems``
     are its sources. ``baselines`` (:func:`baseline_settings`), when any: ``{name: {"classes",
     **settings, "n_fft", "hop"}}``, the baseline rows with the classes they are scored for
-    and the STFT they use (the checkpoint's).
+    and the STFT they use (the checkpoint's). ``routes``, when any: ``routed``, ``{row:
+    RouteSpec.described()}`` (:mod:`sepcore.evaluate.routed`; the metrics document adds the
+    songs sent to each group).
     """
     head = {"task": task, "checkpoint": checkpoint_dir, "data": storage.normalize_uri(cfg.data), "split": cfg.split,
             "target": target, "sample_rate": meta["sample_rate"], "feature": meta.get("feature"),
@@ -264,6 +287,8 @@ def run_head(cfg: Any, task: str, checkpoint_dir: str, target: str | None, meta:
         f = meta.get("feature") or {}
         head["baselines"] = {name: {"classes": [HPSS_CLASS], **settings, "n_fft": int(f["n_fft"]),
                                     "hop": int(f["hop"])} for name, settings in baselines.items()}  # fmt: skip
+    if task == "separator" and routes:
+        head["routed"] = {r.name: r.described() for r in routes}
     return head
 
 

@@ -93,7 +93,22 @@ def _rows_note(doc: Mapping[str, Any]) -> str:
         if sep["kind"] == "demucs" or sep["name"] != "model":
             what = "Demucs model" if sep["kind"] == "demucs" else "checkpoint"
             parts[sep["name"]] = f"{sep['name']}: the {what} {sep['checkpoint']}"
+    for name in doc.get("routed") or {}:
+        parts[name] = f"{name}: routed, each track separated by its group's model (section Routed rows)"
     return "; ".join(parts.values())
+
+
+def routed_tables(doc: Mapping[str, Any]) -> list[R.Table]:
+    """One table per routed row: each group's styles, model and the songs sent to it."""
+    tables = []
+    for name, spec in (doc.get("routed") or {}).items():
+        rows = [[group, ", ".join(styles), spec["models"][group]["checkpoint"], spec["songs"].get(group, 0)]
+                for group, styles in spec["groups"].items()]  # fmt: skip
+        tables.append(R.Table(f"{name}: songs per group", ["group", "styles", "model", "songs"], rows,
+                              note=f"the router {spec['router']} votes over each track's snippets for a style; the "
+                              "group holding it separates the track. Scored for "
+                              f"{', '.join(spec['classes'])}."))  # fmt: skip
+    return tables
 
 
 def _median_tables(separation: dict[str, Any], doc: Mapping[str, Any] | None = None) -> list[R.Table]:
@@ -336,6 +351,7 @@ def build_report(doc: dict[str, Any], results: list[dict[str, Any]], sequence: d
             title = "Classes of the multi-stem model" if doc.get("stems") else "Classes and separators"
             sections.append(R.Section(title, [_class_table(sep)]))
         sections += [R.Section("Median scores (seed 002's tables)", _median_tables(sep, doc)),
+                     *([R.Section("Routed rows", routed_tables(doc))] if doc.get("routed") else []),
                      *(_alpha_sections(doc) if doc.get("alpha") else []),
                      R.Section("Distributions", _box_plots(sep)),
                      R.Section("Per track", _track_tables(sep))]  # fmt: skip

@@ -12,6 +12,10 @@ The *methods* give estimates ``[instrument_est, rest_est]`` (:func:`estimates`):
   model with an α sweep: its stitched masks are computed once per track
   (:func:`soft_alpha_mask`) and give the model row (at the model's own α) and, for the
   target or every class of a multi-stem checkpoint, one estimate per α (:func:`score_alphas`);
+* compared and routed rows (``compare``, ``routed``): other separators, each run on the
+  track's mixture at its own rate and channels (:mod:`sepcore.evaluate.compare`); a routed
+  row's separator is the model of the group a style router picks for the track
+  (:mod:`sepcore.evaluate.routed`);
 * ``hpss`` (a baseline, for ``drums`` only, unless ``baselines`` is empty): librosa's
   median-filtering HPSS of the mixture with the model's STFT, the percussive part as the
   drums and the mixture minus it as the rest (:func:`sepcore.separate.hpss.hpss_drums`);
@@ -27,7 +31,7 @@ class's loudest solo stretch in turn (:mod:`sepcore.evaluate.activations`).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -238,6 +242,8 @@ def evaluate_separation(
     rows: Sequence[tuple[Any, Any]] = (),
     alphas: Sequence[float] = (),
     baselines: Mapping[str, Mapping[str, Any]] | None = None,
+    routes: Sequence[tuple[Any, Any]] = (),
+    separator: Callable[[Any], Any] | None = None,
 ) -> dict[str, Any]:
     """One track's separation scores for ``classes``.
 
@@ -261,9 +267,14 @@ def evaluate_separation(
     ``baselines``: ``{name: settings}`` of the baseline rows (:data:`sepcore.evaluate.config.BASELINES`):
     ``hpss`` (``margin``, ``kernel_size``) is scored for ``drums`` (:data:`sepcore.separate.hpss.HPSS_CLASS`)
     when it is among ``classes``, at the checkpoint's STFT and rate.
+    ``routes``: routed rows as ``(spec, router)`` (:mod:`sepcore.evaluate.routed`): the router
+    picks a group from the track's mixture and that group's separator (``separator(row)``,
+    default :func:`sepcore.evaluate.compare.build_separator`) makes the row's estimate, as a
+    compare row's; placed after the compare rows.
     Returns ``{"track_id", "seconds", "separate_seconds", "eval_seconds", "classes":
     {class: {method: {source: {"sdr", "sir", "sar"}}}}, "skipped": {class: reason}}``
-    (with a sweep also ``"alpha": {class: {alpha_key: {source: {"sdr", "sir", "sar"}}}}``)
+    (with a sweep also ``"alpha": {class: {alpha_key: {source: {"sdr", "sir", "sar"}}}}``;
+    with routed rows ``"routed": {row: {"group", "style"}}``, the choice of each)
     and, under ``"signals"``, the pair and estimates of the first class (for examples).
     """
     import time
@@ -283,7 +294,9 @@ def evaluate_separation(
         separated = alpha_stems(multi_soft, multi_soft[3], mix.shape[1], stems, wiener_iterations)
     elif model is not None and scored & set(pairs):
         separated = separate_stems(model, mix, meta, list(stems or ()), wiener_iterations, batch_size)
-    by_class = _row_estimates(rows, track, pair, sr, list(pairs))
+    by_class, chosen = _row_estimates(rows, track, pair, sr, list(pairs), routes, separator)
+    if chosen:
+        out["routed"] = chosen
     out["separate_seconds"] += time.perf_counter() - t_start
     for cls, (instrument, rest) in pairs.items():
         t0 = time.perf_counter()
@@ -386,23 +399,33 @@ def score_alphas(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]], soft: tuple
     return out
 
 
-def _row_estimates(rows: Sequence[tuple[Any, Any]], track: Any, pair: Any, sample_rate: int,
-                   keys: Sequence[str]) -> dict[str, dict[str, dict[str, np.ndarray]]]:  # fmt: skip
-    """``{class: {row name: estimate}}`` of every row that has one of ``keys`` (module
-    :mod:`sepcore.evaluate.compare`); each row's mixture made once per rate and channels."""
-    from sepcore.evaluate.compare import mixture_at, row_estimates
+def _row_estimates(rows: Sequence[tuple[Any, Any]], track: Any, pair: Any, sample_rate: int, keys: Sequence[str],
+                   routes: Sequence[tuple[Any, Any]] = (), separator: Callable[[Any], Any] | None = None,
+                   ) -> tuple[dict[str, dict[str, dict[str, np.ndarray]]], dict[str, dict[str, str]]]:  # fmt: skip
+    """``{class: {row name: estimate}}`` of every row, then routed row, that has one of
+    ``keys`` (modules :mod:`sepcore.evaluate.compare`, :mod:`sepcore.evaluate.routed`), and
+    the routed rows' choices; each mixture made once per rate and channels."""
+    from sepcore.evaluate.compare import build_separator, mixture_at, row_estimates
+    from sepcore.evaluate.routed import route_estimates
 
     mixes = {(sample_rate, pair.mix.shape[0]): pair.mix}
+
+    def mixture(rate: int, channels: int) -> np.ndarray:
+        if (rate, channels) not in mixes:
+            mixes[rate, channels] = mixture_at(track, pair.excluded, rate, channels)
+        return mixes[rate, channels]
+
     out: dict[str, dict[str, dict[str, np.ndarray]]] = {}
-    for row, separator in rows:
+    for row, sep in rows:
         if not set(keys) & set(row.classes):
             continue
-        layout = (int(separator.sample_rate), row.channels)
-        if layout not in mixes:
-            mixes[layout] = mixture_at(track, pair.excluded, *layout)
-        for key, est in row_estimates(separator, row, mixes[layout], pair.mix, sample_rate, keys).items():
+        mix_in = mixture(int(sep.sample_rate), row.channels)
+        for key, est in row_estimates(sep, row, mix_in, pair.mix, sample_rate, keys).items():
             out.setdefault(key, {})[row.name] = est
-    return out
+    routed, chosen = route_estimates(routes, separator or build_separator, mixture, pair.mix, sample_rate, keys)
+    for key, ests in routed.items():
+        out.setdefault(key, {}).update(ests)
+    return out, chosen
 
 
 def evaluate_activations(
