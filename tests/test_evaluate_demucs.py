@@ -13,8 +13,8 @@ from sepcore.data.classes import CLASSES
 from sepcore.evaluate import compare as EC
 from sepcore.evaluate import document as D
 from sepcore.evaluate import job as J
-from sepcore.io.audio import Audio, write_audio
 from tests.support.demucs import SOURCES, SOURCES_6, save_tiny_htdemucs
+from tests.support.slakh import write_slakh_track
 
 SR = 22050  # the project checkpoint's rate; the stems are written at 44.1 kHz
 FILE_SR = 44100
@@ -25,17 +25,6 @@ META = {"task": "separator", "target": None, "targets": STEMS[:-1], "stems": STE
 OTHER_6 = "demucs_other-bass-drums-guitar-piano-vocals"
 OTHER_4 = "demucs_other-bass-drums-vocals"
 
-_METADATA = """\
-audio_dir: stems
-stems:
-  S00: {audio_rendered: true, inst_class: Guitar, is_drum: false, program_num: 25}
-  S01: {audio_rendered: true, inst_class: Bass, is_drum: false, program_num: 33}
-  S02: {audio_rendered: true, inst_class: Drums, is_drum: true, program_num: 128}
-  S03: {audio_rendered: true, inst_class: Piano, is_drum: false, program_num: 0}
-  S04: {audio_rendered: true, inst_class: Organ, is_drum: false, program_num: 17}
-"""
-
-
 def _slakh(root, count: int = 2, seconds: float = 2.0) -> str:
     """``count`` Slakh-layout tracks, mono stems at 44.1 kHz: guitar, bass, drums, piano, organ (other)."""
     t = np.arange(int(seconds * FILE_SR)) / FILE_SR
@@ -45,11 +34,8 @@ def _slakh(root, count: int = 2, seconds: float = 2.0) -> str:
                  0.25 * np.sin(2 * np.pi * 82.4 * t), 0.2 * rng.standard_normal(t.size) * (np.mod(t, 0.5) < 0.08),
                  0.15 * np.sin(2 * np.pi * 523.3 * t) * np.exp(-np.mod(t, 0.25) * 8),
                  0.08 * np.sign(np.sin(2 * np.pi * 196 * t))]  # fmt: skip
-        folder = root / f"Track{i + 1:05d}"
-        (folder / "stems").mkdir(parents=True)
-        (folder / "metadata.yaml").write_text(_METADATA)
-        for k, audio in enumerate(stems):
-            write_audio(str(folder / "stems" / f"S{k:02d}.flac"), Audio(np.float32(audio)[None], FILE_SR), fmt="flac")
+        classes = zip(("Guitar", "Bass", "Drums", "Piano", "Organ"), (25, 33, 128, 0, 17), stems, strict=True)
+        write_slakh_track(root / f"Track{i + 1:05d}", list(classes), FILE_SR)
     return str(root)
 
 

@@ -16,22 +16,14 @@ from sepcore.evaluate import report as ER
 from sepcore.evaluate import routed as RT
 from sepcore.evaluate import tracks as T
 from sepcore.evaluate.config import ScoringConfig
-from sepcore.io.audio import Audio, write_audio
 from tests.support.reliability import tiny_checkpoint
+from tests.support.slakh import write_slakh_track
 
 SR = 22050
 STYLES = ["ballad", "funk", "rock"]
 GROUPS = {"soft": ["ballad"], "loud": ["funk", "rock"]}
 #: The stub router's style per track length (samples): the first track goes loud, the second soft.
 BY_LENGTH = {SR // 2: "funk", 3 * SR // 5: "ballad"}
-
-_METADATA = """\
-audio_dir: stems
-stems:
-  S00: {audio_rendered: true, inst_class: Guitar, is_drum: false, program_num: 25}
-  S01: {audio_rendered: true, inst_class: Drums, is_drum: true, program_num: 128}
-"""
-
 
 class StubRouter:
     """A Router whose vote is known: the style of the mixture's length (:data:`BY_LENGTH`)."""
@@ -60,11 +52,7 @@ def _slakh(root) -> str:
         t = np.arange(int(seconds * SR)) / SR
         rng = np.random.default_rng(i)
         stems = [0.2 * np.sin(2 * np.pi * 330 * t), 0.3 * rng.standard_normal(t.size) * (np.mod(t, 0.25) < 0.05)]
-        folder = root / f"Track{i + 1:05d}"
-        (folder / "stems").mkdir(parents=True)
-        (folder / "metadata.yaml").write_text(_METADATA)
-        for k, audio in enumerate(stems):
-            write_audio(str(folder / "stems" / f"S{k:02d}.flac"), Audio(np.float32(audio)[None], SR), fmt="flac")
+        write_slakh_track(root / f"Track{i + 1:05d}", list(zip(("Guitar", "Drums"), (25, 128), stems, strict=True)), SR)
     return str(root)
 
 
