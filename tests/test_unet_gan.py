@@ -136,42 +136,56 @@ def _steps(state: dict) -> set[int]:
     return {int(s["step"]) for s in state["state"].values()}
 
 
+def _stage_one(data: str, output) -> None:  # type: ignore[no-untyped-def]
+    """A stage-1 checkpoint in ``output/best`` as ``sep train`` writes one (its meta from the same
+    settings); stage 1 itself is the ordinary separator training the other train tests run."""
+    from ray_jobs.train import TrainConfig
+    from sepcore.train import outputs as O
+
+    cfg = TrainConfig.model_validate({"data": data, "output": str(output), "model": {
+        "name": "unet_gan", "log_input": False, "config": {"filters": [4, 8], "kernel": 3}}})  # fmt: skip
+    meta = O.inference_meta(cfg, O.read_manifest(data))
+    torch.manual_seed(0)
+    ckpt.save(str(output / "best"), ckpt.build(meta["model"]), {**meta, "metrics": {"val_loss": 1.0}}, epoch=4)
+
+
 @pytest.mark.usefixtures("local_ray")
 def test_stage_two_starts_from_stage_one_and_resumes_generator_critic_and_both_optimisers(tiny_shards, tmp_path, capsys):
     one, two = tmp_path / "stage1", tmp_path / "stage2"
+    _stage_one(tiny_shards, one)
+    stage1 = ckpt.load_state(str(one / "best"))
+    assert CRITIC not in (stage1[1]["optimizer"] or {}) and stage1[0]["stage"] == 1
     args = [f"data={tiny_shards}", "model.name=unet_gan", "model.log_input=false",
             "model.config={filters: [4, 8], kernel: 3}", "optim={batch_size: 4, max_steps_per_epoch: 3, loss: mse}",
             "validation={sdr_tracks: 0, max_steps: 1}", "gan={critic: {filters: [2, 2, 4, 4], kernel: 3, dense: 8}, critic_steps: 2}"]  # fmt: skip
-    assert train.main([*args, f"output={one}", "optim.epochs=1"]) == 0
-    stage1 = ckpt.load_state(str(one / "best"))
-    assert CRITIC not in stage1[1]["optimizer"] and stage1[0]["stage"] == 1
 
     # stage 2 from stage 1: the generator starts from its weights, a fresh critic beside it
     stage2 = [*args, "stage=2", f"init_from={one}", f"output={two}"]
     assert train.main([*stage2, "optim.epochs=1"]) == 0
     runs = storage.join(storage.normalize_uri(str(two)), "runs")
     meta, state = ckpt.load_state(ckpt.find_latest(runs))
-    assert meta["stage"] == 2 and meta["init"]["method"] == "init_from" and meta["init"]["epoch"] == 0
+    assert meta["stage"] == 2 and meta["init"]["method"] == "init_from" and meta["init"]["epoch"] == 4
     assert isinstance(meta["init"]["val_loss"], float)  # epoch 0 of the curves: stage 1's weights
     assert {"critic_loss", "wasserstein", "gradient_penalty"} <= set(meta["metrics"])
     trained = state["optimizer"]
     assert _steps(trained["optimizer"]) == {3} and _steps(trained[CRITIC_OPTIMIZER]) == {6}  # 3 steps x 2 critic steps
+    first_critic = trained[CRITIC]
 
-    # continued: both optimisers go on from their saved state (a fresh one would count 3 and 6 again)
+    # continued: the critic and both optimisers go on from their saved state (fresh ones would count 3 and 6 again)
     assert train.main([*stage2, "optim.epochs=2"]) == 0
     meta, state = ckpt.load_state(ckpt.find_latest(runs))
-    assert meta["epoch"] == 1 and meta["init"]["epoch"] == 0
+    assert meta["epoch"] == 1 and meta["init"]["epoch"] == 4
     trained = state["optimizer"]
     assert _steps(trained["optimizer"]) == {6} and _steps(trained[CRITIC_OPTIMIZER]) == {12}
+    assert any(not torch.equal(first_critic[k], v) for k, v in trained[CRITIC].items())
 
-    # stage 2 without stage 1's weights, or into stage 1's own output: refused
+    # stage 2 without stage 1's weights, into stage 1's own output, or from another model: refused
     assert train.main([*args, "stage=2", f"output={tmp_path / 'x'}"]) == 2
     assert train.main([*args, "stage=2", f"init_from={one}", f"output={one}"]) == 2
     assert train.main([*args, "model.config={filters: [4, 4], kernel: 3}", "stage=2", f"init_from={one}",
                        f"output={tmp_path / 'y'}"]) == 2  # fmt: skip
     err = capsys.readouterr().err
-    assert "set init_from" in err and "its own output" in err or "output of its own" in err
-    assert "another model" in err
+    assert "set init_from" in err and "output of its own" in err and "another model" in err
 
 
 def test_styles_keep_the_shards_and_split_entries_of_those_tracks(demo_data, tmp_path):
