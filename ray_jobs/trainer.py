@@ -252,18 +252,19 @@ def build_trainer(cfg: Any, read_cpus: float = 1.0, datasets: dict[str, Any] | N
         raise ConfigError("stage", "stage 2 trains a one-target generator (the drums): this data has several "
                           "stems; prepare it with target: drums")  # fmt: skip
     datasets = datasets or build_datasets(cfg, manifest, read_cpus)
-    if cfg.model.name == "frame_dnn":  # how the weights start: least squares (seed 000) or at random
+    init_from = getattr(cfg, "init_from", None)  # another run's weights (train's init_from; tune has none)
+    if cfg.model.name == "frame_dnn" and not init_from:  # how the weights start: least squares (seed 000) or at random
         if config["resume_from"] is not None:  # a resumed run keeps its weights and its record of their start
             config["meta"]["init"] = ckpt.read_meta(config["resume_from"]).get("init")
         elif cfg.model.init == "ls":
             config["initial_state"], config["meta"]["init"] = ls_initialise(cfg, config, manifest, read_cpus)
         else:
             config["meta"]["init"] = {"method": "random", "layers": layer_report(ckpt.build(config["meta"]["model"]), [])}
-    if getattr(cfg, "init_from", None):
+    if init_from:
         if config["resume_from"] is not None:  # a resumed run keeps its weights and its record of their start
             config["meta"]["init"] = ckpt.read_meta(config["resume_from"]).get("init")
         else:
-            config["initial_state"], config["meta"]["init"] = initial_weights(cfg.init_from, config["meta"])
+            config["initial_state"], config["meta"]["init"] = initial_weights(init_from, config["meta"])
     s, metric, output = cfg.scaling, cfg.validation.metric, config["output"]
     if in_trial and s.num_workers == 1:
         return InProcessTrainer(config, datasets, LocalRun(output, cfg.keep_checkpoints, metric, _tune_report),
