@@ -39,6 +39,11 @@ from sepcore.models.unet_gan import Critic, gradient_penalty
 CRITIC, CRITIC_OPTIMIZER = "critic", "critic_optimizer"
 
 
+def _critic_input(magnitude: torch.Tensor) -> torch.Tensor:
+    """The critic's input space: ``log1p`` of a (non-negative) magnitude, in float32."""
+    return torch.log1p(magnitude.float().clamp_min(0))
+
+
 class GanStep:
     """One stage-2 training step at a time (module docstring); holds the critic and its optimiser.
 
@@ -70,13 +75,6 @@ class GanStep:
         self.critic.load_state_dict(state[CRITIC])
         self.critic_optimizer.load_state_dict(state[CRITIC_OPTIMIZER])
 
-    def _critic_inputs(self, estimate: torch.Tensor, target: torch.Tensor, mix: torch.Tensor):  # type: ignore[no-untyped-def]
-        cond = torch.log1p(mix.float()) if self.critic.conditional else None
-        return torch.log1p(target.float()), torch.log1p(estimate.float().clamp_min(0)), cond
-
-    def _score(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        return self.critic(x, cond) if cond is not None else self.critic(x)
-
     def _average_critic_gradients(self) -> None:
         if self.world == 1:
             return
@@ -97,10 +95,11 @@ class GanStep:
         mix, target = batch[x], batch[y]
         with torch.no_grad():  # the generator is fixed during the critic's steps
             fake = self.model(mix) * mix
-        real_in, fake_in, cond = self._critic_inputs(fake, target, mix)
+        real_in, fake_in = _critic_input(target), _critic_input(fake)
+        cond = _critic_input(mix) if self.critic.conditional else None
         for _ in range(int(self.gan["critic_steps"])):
             self.critic_optimizer.zero_grad(set_to_none=True)
-            wasserstein = self._score(real_in, cond).mean() - self._score(fake_in, cond).mean()
+            wasserstein = self.critic(real_in, cond).mean() - self.critic(fake_in, cond).mean()
             gp = gradient_penalty(self.critic, real_in, fake_in, cond)
             critic_loss = -wasserstein + float(self.gan["gp_weight"]) * gp
             critic_loss.backward()
@@ -109,7 +108,7 @@ class GanStep:
         self.optimizer.zero_grad(set_to_none=True)
         mask = self.model(mix)
         supervised = mask_loss(mask, mix, target, kind=self.loss)
-        adversarial = -self._score(torch.log1p((mask * mix).float().clamp_min(0)), cond).mean()
+        adversarial = -self.critic(_critic_input(mask * mix), cond).mean()
         total = float(self.gan["supervised_weight"]) * supervised + float(self.gan["adversarial_weight"]) * adversarial
         total.backward()
         self.critic_optimizer.zero_grad(set_to_none=True)  # the generator's step left gradients on the critic
