@@ -2,10 +2,12 @@
 
     sep render -c configs/render_band.yaml tracks=24
     sep render midi=demo output=file:///tmp/demo tracks=40
+    sep render midi=file:///tmp/composed output=file:///tmp/arranged arrange=band
     python -m ray_jobs.render -c configs/render_demo.yaml
 
 See docs/render.md. The per-song work is :func:`sepcore.data.render.render_song`
-(a MIDI file) or :func:`sepcore.data.band.render_band_song` (a band-corpus song).
+(a MIDI file as it is) or :func:`sepcore.data.band.render_band_song` (a band-corpus song,
+or with ``arrange: band`` a MIDI file read as a lead sheet and arranged for a band).
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ from sepcore.io import storage
 
 class RenderConfig(JobConfig):
     midi: str = Field(
-        description="URI of a folder of .mid files, 'band' for the band corpus or 'demo' for the chorale corpus"
+        description="URI of a folder of .mid files (rendered as they are, or arranged: see arrange), "
+        "'band' for the band corpus or 'demo' for the chorale corpus"
+    )
+    arrange: Literal["none", "band"] = Field(
+        "none", description="'none': render each MIDI file as it is; 'band': read each file of the "
+        "midi folder as a lead sheet and arrange it for a band first (style per piece; band.styles, "
+        "band.seconds and band.require_roles apply)",
     )
     tracks: int | None = Field(None, ge=1, description="render at most this many songs (default: all; demo: 40)")
     seed: int = Field(0, description="seed of the built-in corpora (pieces, styles, instruments) and of the fonts")
@@ -57,7 +65,12 @@ class RenderConfig(JobConfig):
         from sepcore.data.soundfonts import resolve
 
         resolve(self.soundfonts, self.purpose)
-        if self.midi == "band":
+        if self.arrange == "band" and self.midi in ("band", "demo"):
+            raise ValueError(
+                f"arrange: band arranges a folder of .mid files; midi: {self.midi} is a built-in "
+                "corpus (use arrange: none)"
+            )
+        if self.midi == "band" or self.arrange == "band":
             B.eligible_collections(self.band)
             B.check_styles(self.band.styles)
         return self
@@ -78,6 +91,9 @@ def _render_one(name: str, song: Any, track_uri: str, params: dict[str, Any]) ->
 def _songs(cfg: RenderConfig) -> list[tuple[str, Any]]:
     if cfg.midi == "band":
         return [(s.name, s) for s in B.band_songs(cfg.band, cfg.tracks, cfg.seed)]
+    if cfg.arrange == "band":
+        uris = [uri for uri, _ in R.list_songs(cfg.midi, cfg.tracks, cfg.seed)]
+        return [(s.name, s) for s in B.file_songs(cfg.band, storage.normalize_uri(cfg.midi), uris, cfg.seed)]
     return R.list_songs(cfg.midi, cfg.tracks, cfg.seed, cfg.demo)
 
 

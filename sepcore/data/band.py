@@ -34,6 +34,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from sepcore.config import Config
+from sepcore.data.leadsheet import LeadSheet
 from sepcore.errors import RenderError
 
 #: The collection held out of every training render by default (the unseen test set).
@@ -69,6 +70,10 @@ class BandSong:
 
     The style is drawn from ``styles`` when the piece is read (:func:`song_midi`): only
     the styles that suit the piece's metre (:func:`sepcore.data.styles.styles_for`) count.
+    With ``midi_uri`` the lead sheet is read from that General MIDI file
+    (:func:`sepcore.compose.midi.leadsheet_from_midi`; ``piece_id`` is its path below the
+    folder rendered, see :func:`file_songs`) and the song is named by the URI; else it is
+    the songbook's piece ``piece_id``.
     """
 
     piece_id: str
@@ -77,10 +82,11 @@ class BandSong:
     seed: int
     seconds: float
     require: tuple[str, ...] = ()
+    midi_uri: str | None = None  # a General MIDI file to read the lead sheet from instead
 
     @property
     def name(self) -> str:
-        return f"band:{self.piece_id}"
+        return self.midi_uri if self.midi_uri is not None else f"band:{self.piece_id}"
 
 
 def _hash_int(*parts: object) -> int:
@@ -147,19 +153,52 @@ def band_songs(cfg: BandCorpusConfig, tracks: int | None, seed: int) -> list[Ban
     return songs
 
 
+def file_songs(cfg: BandCorpusConfig, folder: str, uris: Sequence[str], seed: int) -> list[BandSong]:
+    """One song per General MIDI file of ``uris`` below ``folder`` (``render arrange: band``),
+    in that order: its piece id is the file's path below ``folder`` (its file name for a file
+    directly in it), its seed drawn from ``seed`` and that id as for :func:`band_songs`;
+    ``cfg``'s styles, seconds and required roles apply."""
+    from sepcore.data.songbook import FILES
+
+    styles = tuple(check_styles(cfg.styles))
+    root = folder.rstrip("/") + "/"
+    songs = []
+    for uri in uris:
+        piece_id = uri[len(root):] if uri.startswith(root) else uri.rsplit("/", 1)[-1]
+        songs.append(BandSong(piece_id, FILES, styles, _hash_int("song", seed, piece_id) % 2**31, cfg.seconds,
+                              tuple(cfg.require_roles), midi_uri=uri))  # fmt: skip
+    return songs
+
+
+def _song_sheet(song: BandSong) -> LeadSheet:
+    """The lead sheet ``song`` arranges: read from its MIDI file, else the songbook's."""
+    if song.midi_uri is None:
+        from sepcore.data import songbook
+
+        return songbook.load_leadsheet(song.piece_id)
+    from sepcore.compose.midi import leadsheet_from_midi
+    from sepcore.io import storage
+
+    return leadsheet_from_midi(storage.read_bytes(song.midi_uri), song.midi_uri)
+
+
 def song_midi(song: BandSong) -> tuple[bytes, dict[str, Any], dict[str, dict[str, Any]]]:
     """Arrange ``song``: its MIDI bytes, the song's metadata for ``metadata.yaml`` and each
     part's (by MIDI track name: its ``role`` and whether it plays the melody).
 
-    Raises :class:`sepcore.errors.RenderError` naming the piece when it cannot be read.
+    Raises :class:`sepcore.errors.RenderError` naming the piece (or its MIDI file) when it
+    cannot be read, and when no style of ``song.styles`` plays its metre.
     """
-    from sepcore.data import arranger, songbook
+    from sepcore.data import arranger
     from sepcore.data.styles import styles_for
 
-    sheet = songbook.load_leadsheet(song.piece_id)
+    sheet = _song_sheet(song)
     fitting = [s for s in song.styles if s in styles_for(sheet.meter)]
     if not fitting:
-        raise RenderError(song.piece_id, f"no style of {list(song.styles)} plays {sheet.meter[0]}/{sheet.meter[1]}")
+        raise RenderError(
+            song.midi_uri or song.piece_id,
+            f"no style of {list(song.styles)} plays {sheet.meter[0]}/{sheet.meter[1]}",
+        )
     style = random.Random(song.seed).choice(fitting)
     arr = arranger.arrange(sheet, style, song.seed, song.seconds, song.require)
     meta = {
