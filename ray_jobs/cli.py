@@ -15,6 +15,7 @@ JOBS = {
     "evaluate": ("ray_jobs.evaluate", "score a checkpoint with mir_eval against oracle and mixture"),
     "classify": ("ray_jobs.classify", "train the LightGBM instrument-presence classifier"),
     "tune": ("ray_jobs.tune", "sweep FFT size, filters and silence ratio with Ray Tune"),
+    "compose": ("ray_jobs.compose", "compose new General MIDI pieces with the LSTM composer"),
 }
 
 

@@ -1,9 +1,10 @@
-"""train: a separator or activation model on prepared shards, with Ray Train.
+"""train: a separator or activation model on prepared shards, or the composer on note sequences, with Ray Train.
 
     sep train -c configs/train_hourglass_cpu_small.yaml
     sep train -c configs/train_hourglass.yaml scaling.num_workers=4 scaling.use_gpu=true
+    sep train -c configs/train_composer_cpu_small.yaml output=file:///tmp/composer
 
-See docs/train.md. The trainer is :func:`ray_jobs.trainer.build_trainer`; the per-worker
+See docs/train.md and docs/compose.md. The trainer is :func:`ray_jobs.trainer.build_trainer`; the per-worker
 loop is :mod:`sepcore.train.worker`.
 """
 
@@ -17,7 +18,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from ray_jobs.common import Job, JobConfig
-from ray_jobs.trainer import build_trainer
+from ray_jobs.trainer import build_composer_trainer, build_trainer
+from sepcore.compose.data import SequencesConfig
 from sepcore.errors import SepError
 from sepcore.io import storage
 from sepcore.train import outputs as O
@@ -35,7 +37,15 @@ log = logging.getLogger("sep.train")
 
 
 class TrainConfig(JobConfig):
-    data: str = Field(description="URI of prepared data (the output of sep prepare)")
+    data: str | None = Field(
+        None, description="URI of prepared data (the output of sep prepare); every model but the composer"
+    )
+    sequences: SequencesConfig = Field(
+        default_factory=lambda: SequencesConfig.model_validate({}),
+        description="composer: where its note sequences come from and their grid (docs/compose.md)",
+    )
+    window: int = Field(384, ge=8, description="composer: steps of a training window (longer pieces: a random "
+                        "bar-aligned window per epoch)")
     targets: list[str] | None = Field(
         None, description="stems a separator learns besides other (default: the data's targets; data "
         "prepared with targets: [...] only)"
@@ -73,6 +83,15 @@ class TrainConfig(JobConfig):
     def _check(self) -> TrainConfig:
         from sepcore.train.loop import TASK_OF_MODEL
 
+        if self.model.name == "composer":
+            if self.data is not None or self.stage != 1 or self.init_from or self.styles or self.targets:
+                raise ValueError("the composer trains on note sequences (the sequences section): data, targets, "
+                                 "styles, stage and init_from are for the separators")  # fmt: skip
+            if self.validation.metric != "val_loss":
+                raise ValueError("the composer is selected by val_loss (its held-out log-likelihood)")
+            return self
+        if self.data is None:
+            raise ValueError(f"data: the URI of prepared data is required to train {self.model.name}")
         if self.validation.metric == "val_sdr" and TASK_OF_MODEL[self.model.name] != "separator":
             raise ValueError("validation.metric val_sdr is for separators; use val_loss")
         if self.model.name in ("frame_dnn", "mask_dnn", "unet_gan") and self.model.log_input:
@@ -113,7 +132,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     if not cfg.resume:
         for name in O.RUN_OUTPUTS:
             storage.delete(storage.join(output, name), recursive=True)
-    trainer = build_trainer(cfg)
+    trainer = build_composer_trainer(cfg) if cfg.model.name == "composer" else build_trainer(cfg)
     stop = threading.Event()
     follower = threading.Thread(target=follow_epochs, args=(output, cfg.optim.epochs, stop), daemon=True)
     follower.start()

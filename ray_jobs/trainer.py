@@ -213,6 +213,46 @@ def train_loop(config: dict[str, Any]) -> None:
     train_worker(config, _Session())
 
 
+def run_config(cfg: Any, output: str, callbacks: list[Any]) -> Any:
+    """Ray Train's run settings of a training run into ``output``: its storage, failures recovered
+    and the ``keep_checkpoints`` best by the validation metric."""
+    import ray.train
+
+    metric = cfg.validation.metric
+    return ray.train.RunConfig(
+        name=f"run-{int(time.time())}", **storage_args(output), callbacks=callbacks,
+        failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute=metric,
+                                                     checkpoint_score_order=metric_mode(metric)),
+    )  # fmt: skip
+
+
+def composer_loop(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker of a composer run."""
+    from sepcore.compose.train import composer_worker
+
+    setup_logging()
+    composer_worker(config, _Session())
+
+
+def build_composer_trainer(cfg: Any) -> Any:
+    """The TorchTrainer of a composer run (``model.name: composer``): its note sequences are
+    read here and travel in the loop's config (no datasets)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from sepcore.compose.train import worker_config
+
+    config = worker_config(cfg)
+    s = cfg.scaling
+    return TorchTrainer(
+        composer_loop, train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
+                                               resources_per_worker=s.worker_resources()),
+        run_config=run_config(cfg, config["output"], []),
+    )  # fmt: skip
+
+
 def _tune_report(metrics: dict[str, Any]) -> None:
     """An epoch's metrics to Tune, with ``epochs`` (epochs done): ASHA's time axis."""
     import ray.tune
@@ -273,11 +313,5 @@ def build_trainer(cfg: Any, read_cpus: float = 1.0, datasets: dict[str, Any] | N
         train_loop, train_loop_config=config, datasets=datasets, dataset_config=data_config(),
         scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
                                                resources_per_worker=s.worker_resources()),
-        run_config=ray.train.RunConfig(
-            name=f"run-{int(time.time())}", **storage_args(output), callbacks=[_tune_callback()] if in_trial else [],
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute=metric,
-                checkpoint_score_order=metric_mode(metric)),
-        ),
+        run_config=run_config(cfg, output, [_tune_callback()] if in_trial else []),
     )  # fmt: skip

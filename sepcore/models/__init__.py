@@ -1,5 +1,6 @@
 """Models by name: the mask separators (hourglass, BLSTM, frame DNN, mask DNN, the drums U-Net
-``unet_gan``) and the activation CNN.
+``unet_gan``), the activation CNN and the LSTM composer of note sequences (``composer``,
+:mod:`sepcore.models.composer`, which has its own shapes).
 
 Pure PyTorch: no I/O, no argument parsing. Every model keeps its constructor
 arguments in ``model.config`` (plain ints, floats, strings, lists, None), so a
@@ -26,6 +27,7 @@ from torch import nn
 
 from sepcore.models.activation import ActivationCNN
 from sepcore.models.blstm import BLSTM
+from sepcore.models.composer import Composer
 from sepcore.models.frame_dnn import FrameDNN
 from sepcore.models.hourglass import Hourglass
 from sepcore.models.losses import activation_bce, mask_loss, masked_l1
@@ -56,6 +58,7 @@ register_model("blstm")(BLSTM)
 register_model("frame_dnn")(FrameDNN)
 register_model("mask_dnn")(MaskDNN)
 register_model("unet_gan")(UNetGenerator)
+register_model("composer")(Composer)
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
@@ -98,7 +101,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-#: Tiny configurations for smoke runs and tests: forward + backward well under a second
+#: Tiny configurations of the spectrogram models for smoke runs and tests: forward + backward well under a second
 #: on one CPU core with a batch of :data:`SMOKE_INPUT_SHAPES`.
 SMOKE_CONFIGS: dict[str, dict[str, Any]] = {
     "hourglass": dict(
@@ -126,6 +129,7 @@ __all__ = [
     "SMOKE_CONFIGS",
     "SMOKE_INPUT_SHAPES",
     "BLSTM",
+    "Composer",
     "ActivationCNN",
     "Hourglass",
     "activation_bce",

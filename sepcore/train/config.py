@@ -15,8 +15,8 @@ RESUMABLE_CHANGES = ("optim.epochs", "optim.early_stopping_patience", "optim.max
 
 
 class ModelConfig(Config):
-    name: Literal["hourglass", "blstm", "activation_cnn", "frame_dnn", "mask_dnn", "unet_gan"] = Field(
-        "hourglass", description="registered model")
+    name: Literal["hourglass", "blstm", "activation_cnn", "frame_dnn", "mask_dnn", "unet_gan", "composer"] = Field(
+        "hourglass", description="registered model (composer: the note-sequence LSTM, trained on sequences)")
     config: dict[str, Any] = Field(
         default_factory=dict,
         description="constructor arguments; sizes of the data (bins, channels, classes, frames) are filled in",

@@ -27,7 +27,8 @@ from torch import nn
 from sepcore.models.losses import MaskLoss, activation_bce, mask_loss
 
 TASK_OF_MODEL = {"hourglass": "separator", "blstm": "separator", "activation_cnn": "activation",
-                 "frame_dnn": "separator", "mask_dnn": "separator", "unet_gan": "separator"}  # fmt: skip
+                 "frame_dnn": "separator", "mask_dnn": "separator", "unet_gan": "separator",
+                 "composer": "composer"}  # fmt: skip
 def build_for_training(model_meta: dict[str, Any], optim: dict[str, Any],
                        place: Callable[[nn.Module], nn.Module], saved: dict[str, Any] | None = None,
                        scaler_device: str | None = None) -> tuple[nn.Module, Any, Any, Any]:  # fmt: skip

@@ -182,7 +182,8 @@ def inference_meta(cfg: Any, manifest: dict[str, Any]) -> dict[str, Any]:
 def run_settings(cfg: Any) -> dict[str, Any]:
     """The config as saved with every checkpoint (URIs normalised), to check a resume against."""
     plain = to_plain(cfg)
-    return {**plain, "data": storage.normalize_uri(cfg.data), "output": storage.normalize_uri(cfg.output)}
+    data = storage.normalize_uri(cfg.data) if cfg.data else None  # the composer trains on sequences
+    return {**plain, "data": data, "output": storage.normalize_uri(cfg.output)}
 
 
 def _with_defaults(cfg: Any, saved: dict[str, Any]) -> dict[str, Any]:
