@@ -66,3 +66,14 @@ def test_bad_styles_in_a_plain_spec_are_refused(band):
         sources.list_sources([{"kind": "slakh", "uri": band, "styles": "rock"}])
     with pytest.raises(ValueError, match="unknown key"):
         sources.list_sources([{"kind": "stems", "uri": band, "styles": ["rock"]}])
+
+
+def test_two_sources_with_the_same_track_ids_are_a_config_error(band):
+    from sepcore.errors import ConfigError
+
+    twice = [SourceConfig(kind="slakh", uri=band)] * 2
+    with pytest.raises(ConfigError, match=r"config key 'sources': track id 'slakh:Track00001' given twice.*different 'name'"):
+        list_tracks(twice, QAConfig.model_validate({}), SplitConfig.model_validate({}), 0)
+    named = [SourceConfig(kind="slakh", uri=band), SourceConfig(kind="slakh", uri=band, name="composed")]
+    tracks, _, _ = list_tracks(named, QAConfig.model_validate({}), SplitConfig.model_validate({}), 0)
+    assert len(tracks) == 2 * len(STYLES)

@@ -71,8 +71,7 @@ def batch_of(pieces: Sequence[Piece], inputs: Inputs, window: int | None,
     mask = np.zeros((len(cut), length), dtype=bool)
     for i, (p, start, end) in enumerate(cut):
         n = end - start - 1
-        # a window starts on a bar line: its positions are the piece's
-        x[i, :n] = inputs.encode(p.chords[start:end - 1], p.melody[start:end - 1], p.steps_per_bar, p.source)
+        x[i, :n] = inputs.encode(p.chords[start:end - 1], p.melody[start:end - 1], p.steps_per_bar, p.source, start)
         chords[i, :n], melody[i, :n], mask[i, :n] = p.chords[start + 1:end], p.melody[start + 1:end], True
     return {k: torch.from_numpy(v).to(device) for k, v in
             {"x": x, "chords": chords, "melody": melody, "mask": mask}.items()}  # fmt: skip

@@ -17,6 +17,7 @@ from typing import Any
 
 from sepcore.batch import Progress, check_settings, settings_fingerprint
 from sepcore.data.sources import SourceTrack, list_sources
+from sepcore.errors import ConfigError
 from sepcore.io import storage
 from sepcore.io.ledger import Ledger
 from sepcore.prepare import pairs as P
@@ -38,7 +39,10 @@ def list_tracks(sources: Sequence[SourceConfig], qa_cfg: QAConfig, split: SplitC
     """The tracks of ``sources`` with manual QA flags, the split of each, and listing errors."""
     errors: list = []
     specs = [{k: v for k, v in s.model_dump().items() if v is not None} for s in sources]
-    tracks = list_sources(specs, errors)
+    try:
+        tracks = list_sources(specs, errors)
+    except ValueError as exc:  # two sources with the same track ids: found once listed
+        raise ConfigError("sources", str(exc)) from exc
     if qa_cfg.flags_csv:
         manual = qa.read_flags_csv(storage.read_text(qa_cfg.flags_csv), qa_cfg.flags_csv)
         tracks = P.apply_manual_flags(tracks, manual)
