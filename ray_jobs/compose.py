@@ -57,10 +57,11 @@ class ComposeConfig(JobConfig):
                                tuple(self.tempo))  # type: ignore[arg-type]  # fmt: skip
 
 
-def _render_one(name: str, midi_uri: str, track_uri: str, params: dict[str, Any]) -> dict[str, Any]:
+def _render_one(midi_uri: str, track_uri: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Ray task body: render one piece's MIDI file as it is; never raises for a bad piece."""
     from sepcore.data import render as R
 
-    return {"track": track_uri, **guarded(name, R.render_song, midi_uri, None, track_uri, **params)}
+    return {"track": track_uri, **guarded(midi_uri, R.render_song, midi_uri, None, track_uri, **params)}
 
 
 def _render(cfg: ComposeConfig, output: str, records: list[dict[str, Any]]) -> tuple[dict[str, str], dict[str, str]]:
@@ -75,7 +76,7 @@ def _render(cfg: ComposeConfig, output: str, records: list[dict[str, Any]]) -> t
     tasks = ItemTasks(cfg.item_timeout_s, "item_timeout_s", num_cpus=1, max_retries=1)
     todo = [r for r in records if r["id"] not in done]
     for r in todo:
-        tasks.submit(r["id"], _render_one, r["midi"], r["midi"], storage.join(audio, r["id"]), params)
+        tasks.submit(r["id"], _render_one, r["midi"], storage.join(audio, r["id"]), params)
     progress = Progress("compose render", len(todo), len(records) - len(todo), "piece")
     failed = {}
     for fin in tasks.gather():
@@ -92,8 +93,13 @@ def run(cfg: ComposeConfig) -> dict[str, Any]:
     model, meta = C.load_composer(cfg.checkpoint)
     settings = cfg.settings()
     splits, _ = load_pieces(C.sequences_of(meta))
-    composed = C.compose(model, meta, splits["train"], cfg.pieces, settings)
-    records = [C.write_piece(output, p, grid_of(meta), cfg.melody_program, cfg.chord_program) for p in composed]
+    composed, records = [], []
+    progress = Progress("compose", cfg.pieces, 0, "piece")
+    for piece in C.compose(model, meta, splits["train"], cfg.pieces, settings):  # each written as it comes
+        composed.append(piece)
+        records.append(C.write_piece(output, piece, grid_of(meta), cfg.melody_program, cfg.chord_program))
+        progress.update(piece.piece_id, f"{records[-1]['bars']} bars, {records[-1]['seconds']:.0f} s")
+    progress.close()
     mixes, errors = _render(cfg, output, records) if cfg.render else ({}, {})
     metrics = C.measure(model, meta, splits, composed, settings) if cfg.measure else None
     history = meta.get("history", [])

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -66,14 +66,15 @@ def sequences_of(meta: dict[str, Any]) -> SequencesConfig:
 
 
 def compose(model: Composer, meta: dict[str, Any], starts: Sequence[Piece], count: int,
-            settings: ComposeSettings) -> list[Piece]:  # fmt: skip
-    """``count`` new pieces (indices 0..count-1 of ``settings.seed``)."""
+            settings: ComposeSettings) -> Iterator[Piece]:  # fmt: skip
+    """``count`` new pieces (indices 0..count-1 of ``settings.seed``), one at a time."""
     inputs = inputs_of(meta)
     source = None
     if settings.form == "blues":  # start from the blues set's pieces, as a blues, when it has any
         blues = [p for p in starts if p.source == "blues"]
         starts, source = (blues, "blues") if blues else (list(starts), None)
-    return [compose_piece(model, inputs, starts, i, settings, source) for i in range(count)]
+    for i in range(count):
+        yield compose_piece(model, inputs, starts, i, settings, source)
 
 
 def write_piece(output: str, piece: Piece, grid: Grid, melody_program: int = 0,
