@@ -335,6 +335,21 @@ def records(output: str) -> set[str]:
     return _names(os.path.join(storage.local_path(storage.normalize_uri(output)), "_records"), ".json")
 
 
+def finished(output: str) -> set[str]:
+    """Keys of the files a separate run recorded as done (status ok): what a rerun skips. A
+    file cut short by a killed driver may be recorded as an error (its decoder process was
+    killed first), and a rerun does it again."""
+    from sepcore.separate.state import DONE_STATUSES
+
+    folder = os.path.join(storage.local_path(storage.normalize_uri(output)), "_records")
+    done = set()
+    for name in records(output):
+        with open(os.path.join(folder, name + ".json"), encoding="utf-8") as f:
+            if json.load(f).get("status") in DONE_STATUSES:
+                done.add(name)
+    return done
+
+
 def stem_files(output: str) -> dict[str, bytes]:
     """Every file below ``<output>/stems``: relative path -> bytes.
 
