@@ -80,12 +80,6 @@ def nearest_chord(pcs: np.ndarray) -> int | None:
     return int(np.argmax(inter / union))
 
 
-def chord_name(k: int) -> str:
-    root, quality = CHORDS[k]
-    names = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
-    return f"{names[root]}{'' if quality == 'maj' else quality}"
-
-
 @dataclass(frozen=True)
 class Grid:
     """The step grid and the melody's units (see the module docstring)."""
