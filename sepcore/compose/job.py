@@ -33,7 +33,6 @@ from sepcore.compose.grid import (
     CHORD_ROOTS,
     CHORDS,
     Grid,
-    Inputs,
     Piece,
     to_leadsheet,
     transpose,
@@ -100,20 +99,11 @@ def in_c(pieces: Sequence[Piece], grid: Grid) -> list[Piece]:
     return [transpose(p, -p.key_tonic, grid) for p in pieces]
 
 
-def _model_rows(model: Composer, pieces: Sequence[Piece], inputs: Inputs) -> tuple[dict[str, float], dict[str, float]]:
-    grid = inputs.grid
-    lps = [piece_log_probs(model, p, inputs) for p in pieces]
-    nll = M.nll_per_step(np.concatenate([a for a, _ in lps]), np.concatenate([b for _, b in lps]))
-    preds = [piece_predictions(model, p, inputs) for p in pieces]
-    f1 = M.note_on_f1(np.concatenate([c for c, _ in preds]), np.concatenate([m for _, m in preds]),
-                      np.concatenate([p.chords[1:] for p in pieces]), np.concatenate([p.melody[1:] for p in pieces]),
-                      CHORD_PCS, grid.pitches)  # fmt: skip
-    return nll, f1
-
-
-def _baseline_rows(baseline: M.Baseline, pieces: Sequence[Piece], grid: Grid) -> tuple[dict[str, float], dict[str, float]]:
-    nll = M.held_out_nll(baseline, pieces)
-    preds = [baseline.predict(p) for p in pieces]
+def _rows(log_probs: Sequence[tuple[np.ndarray, np.ndarray]], preds: Sequence[tuple[np.ndarray, np.ndarray]],
+          pieces: Sequence[Piece], grid: Grid) -> tuple[dict[str, float], dict[str, float]]:  # fmt: skip
+    """Held-out NLL and note-on F1 of one predictor from its per-piece log-probabilities and
+    most likely next steps (steps ``1..T-1`` of each piece)."""
+    nll = M.nll_per_step(np.concatenate([a for a, _ in log_probs]), np.concatenate([b for _, b in log_probs]))
     f1 = M.note_on_f1(np.concatenate([c for c, _ in preds]), np.concatenate([m for _, m in preds]),
                       np.concatenate([p.chords[1:] for p in pieces]), np.concatenate([p.melody[1:] for p in pieces]),
                       CHORD_PCS, grid.pitches)  # fmt: skip
@@ -146,10 +136,11 @@ def measure(model: Composer, meta: dict[str, Any], splits: dict[str, list[Piece]
     for group, pieces in groups.items():
         if not pieces:
             continue
-        nll, score = _model_rows(model, pieces, inputs)
+        nll, score = _rows([piece_log_probs(model, p, inputs) for p in pieces],
+                           [piece_predictions(model, p, inputs) for p in pieces], pieces, grid)  # fmt: skip
         likelihood[group], f1[group] = {"composer": _rounded(nll)}, {"composer": _rounded(score)}
         for name, b in baselines.items():
-            nll, score = _baseline_rows(b, pieces, grid)
+            nll, score = _rows([b.logprob(p) for p in pieces], [b.predict(p) for p in pieces], pieces, grid)
             likelihood[group][name], f1[group][name] = _rounded(nll), _rounded(score)
         likelihood[group]["pieces"] = len(pieces)
         likelihood[group]["steps"] = int(sum(p.steps - 1 for p in pieces))
