@@ -16,6 +16,7 @@ JOBS = {
     "classify": ("ray_jobs.classify", "train the LightGBM instrument-presence classifier"),
     "tune": ("ray_jobs.tune", "sweep FFT size, filters and silence ratio with Ray Tune"),
     "compose": ("ray_jobs.compose", "compose new General MIDI pieces with the LSTM composer"),
+    "serve": ("ray_jobs.serve", "the web demonstrator on Ray Serve: upload a song, get its stems"),
 }
 
 

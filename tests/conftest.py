@@ -105,3 +105,22 @@ def ray_with_faults(local_ray: None):
     """``with ray_with_faults("item_hang:*x*"):`` runs the block on a local Ray started with
     ``SEP_FAULTS`` set (Ray's workers read it when they start); the shared Ray comes back after."""
     return lambda spec: own_ray(SEP_FAULTS=spec)
+
+
+@pytest.fixture
+def served(local_ray: None, demo_data: str):
+    """The ``sep serve`` application of tests/support/serve.py (started on first use; stopped
+    after the last test that uses it, by :func:`pytest_runtest_teardown`)."""
+    from tests.support import serve
+
+    return serve.served(demo_data)
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Stop the served application once the tests using it are over: its separator replica
+    holds a CPU the job tests after it need."""
+    uses = "served" in getattr(item, "fixturenames", ())
+    if uses and (nextitem is None or "served" not in getattr(nextitem, "fixturenames", ())):
+        from tests.support import serve
+
+        serve.stop()
