@@ -225,11 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sep serve: error: {exc}", file=sys.stderr)
         return 2
     setup_logging()
-    stopping = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.set())
     local = not os.environ.get("RAY_ADDRESS")
     init_ray(cfg.num_cpus)
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # after Ray's start-up, which installs its own
+        signal.signal(sig, lambda *_: stopping.set())
     try:
         url = start(cfg)
     except ConfigError as exc:

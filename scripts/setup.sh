@@ -13,6 +13,10 @@ ldconfig -p 2>/dev/null | grep -q 'libfluidsynth\.so\.3 ' || PACKAGES+=(libfluid
 [ -e /usr/share/sounds/sf2/TimGM6mb.sf2 ] || PACKAGES+=(timgm6mb-soundfont)
 [ -e /usr/share/sounds/sf2/OPL-3_FM_128M.sf2 ] || PACKAGES+=(opl3-soundfont)
 [ -e /usr/share/sounds/sf3/MuseScore_General_Full.sf3 ] || PACKAGES+=(musescore-general-soundfont)
+# the serve browser test (tests/test_serve_browser.py) drives Debian's headless chromium
+# through /usr/bin/chromedriver (Selenium's driver manager would try to download one).
+[ -x /usr/bin/chromium ] || PACKAGES+=(chromium)
+[ -x /usr/bin/chromedriver ] || PACKAGES+=(chromium-driver)
 if [ ${#PACKAGES[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then
         echo "setup: installing Debian packages: ${PACKAGES[*]}"
@@ -23,7 +27,7 @@ if [ ${#PACKAGES[@]} -gt 0 ]; then
         sudo apt-get update -qq
         sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
     else
-        echo "setup: error: the MIDI renderer needs the Debian packages: ${PACKAGES[*]}" >&2
+        echo "setup: error: the MIDI renderer and the browser test need the Debian packages: ${PACKAGES[*]}" >&2
         echo "setup: install them as root:  apt-get install ${PACKAGES[*]}" >&2
         exit 1
     fi

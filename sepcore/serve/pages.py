@@ -50,7 +50,7 @@ def separate_page(cards: list[dict[str, Any]], cfg: Any) -> str:
         + "".join(f'<label><input type=checkbox name=stems value="{escape(s)}" checked{"" if i == 0 else " disabled"}> {escape(s)}</label>'
                   for s in c["stems"]) + "</span>"
         for i, c in enumerate(cards))  # fmt: skip
-    prefixes = ", ".join(f"<code>{escape(p)}</code>" for p in cfg.prefixes())
+    prefixes = ", ".join(f"<code>{escape(p)}</code>" for p in cfg.allowed_prefixes)
     uri_box = (f'<p><label>or a URI below {prefixes}: <input type=text id=uri name=uri size=60></label></p>'
                if prefixes else '<input type=hidden id=uri name=uri value="">')  # fmt: skip
     body = f"""<h1>Separate a song</h1>

@@ -39,7 +39,7 @@ class Served:
     token: str
     model: str
     stems: list[str]
-    song: str  # local path of a rendered demo song (mono FLAC, 10-14 s)
+    song: str  # local path of a rendered demo song (mono FLAC, about 10-15 s)
     allowed: str  # local folder whose files a client may name by URI (holds song.flac)
     output: str  # the server's output URI
     library: str  # the separate output shown on the Library page
@@ -106,7 +106,8 @@ def served(demo_data: str) -> Served:
     allowed = os.path.join(root, "allowed")
     os.makedirs(allowed)
     shutil.copy(song, os.path.join(allowed, "song.flac"))
-    ckpt = tiny_checkpoint(os.path.join(root, "ckpt"))
+    # SEP_SERVE_TEST_CHECKPOINT: a trained model instead (scripts/screenshots.sh, for the docs' pictures)
+    ckpt = os.environ.get("SEP_SERVE_TEST_CHECKPOINT") or tiny_checkpoint(os.path.join(root, "ckpt"))
     library = _library_output(os.path.join(root, "library"), song)
     evaluation = _evaluation(os.path.join(root, "evaluation"))
     token = secrets.token_hex(16)
@@ -123,7 +124,8 @@ def served(demo_data: str) -> Served:
     finally:
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-    _APP = Served(url, token, MODEL, ["instrument", "rest"], song, allowed, storage.normalize_uri(cfg.output),
+    cards = requests.get(f"{url}/api/models", headers={"Authorization": f"Bearer {token}"}, timeout=30).json()
+    _APP = Served(url, token, MODEL, cards["models"][0]["stems"], song, allowed, storage.normalize_uri(cfg.output),
                   library, root, cfg)  # fmt: skip
     return _APP
 
