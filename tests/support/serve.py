@@ -107,12 +107,14 @@ def served(demo_data: str) -> Served:
     os.makedirs(allowed)
     shutil.copy(song, os.path.join(allowed, "song.flac"))
     # SEP_SERVE_TEST_CHECKPOINT: a trained model instead (scripts/screenshots.sh, for the docs' pictures)
-    ckpt = os.environ.get("SEP_SERVE_TEST_CHECKPOINT") or tiny_checkpoint(os.path.join(root, "ckpt"))
+    trained = os.environ.get("SEP_SERVE_TEST_CHECKPOINT")
+    ckpt = trained or tiny_checkpoint(os.path.join(root, "ckpt"))
+    model = os.path.basename(trained.rstrip("/")).removeprefix("train_") if trained else MODEL
     library = _library_output(os.path.join(root, "library"), song)
     evaluation = _evaluation(os.path.join(root, "evaluation"))
     token = secrets.token_hex(16)
     cfg = serve_job.load(None, [
-        f"models=[{{name: {MODEL}, checkpoint: '{ckpt}', evaluation: '{evaluation}'}}]",
+        f"models=[{{name: {model}, checkpoint: '{ckpt}', evaluation: '{evaluation}'}}]",
         f"port={_free_port()}", f"output={os.path.join(root, 'out')}", f"allowed_prefixes=['{allowed}']",
         f"max_upload_mb={MAX_UPLOAD_MB}", f"max_seconds={MAX_SECONDS}", f"library_outputs=['{library}']",
         "separator={num_cpus: 1, batch_size: 32}",
@@ -125,7 +127,7 @@ def served(demo_data: str) -> Served:
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     cards = requests.get(f"{url}/api/models", headers={"Authorization": f"Bearer {token}"}, timeout=30).json()
-    _APP = Served(url, token, MODEL, cards["models"][0]["stems"], song, allowed, storage.normalize_uri(cfg.output),
+    _APP = Served(url, token, model, cards["models"][0]["stems"], song, allowed, storage.normalize_uri(cfg.output),
                   library, root, cfg)  # fmt: skip
     return _APP
 
