@@ -42,8 +42,10 @@ def _kuberay(kind: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _cluster_specs() -> list[tuple[str, dict[str, Any]]]:
-    """Every RayCluster spec: the RayCluster's and each RayJob's rayClusterSpec."""
+    """Every RayCluster spec: the RayCluster's, each RayJob's rayClusterSpec and each
+    RayService's rayClusterConfig."""
     specs = [(name, d["spec"]) for name, d in _kuberay("RayCluster")]
+    specs += [(name, d["spec"]["rayClusterConfig"]) for name, d in _kuberay("RayService")]
     return specs + [(name, d["spec"]["rayClusterSpec"]) for name, d in _kuberay("RayJob")]
 
 
@@ -69,11 +71,12 @@ def test_every_manifest_parses_and_the_set_is_complete():
         "rayjob-separate.yaml": ["RayJob"],
         "rayjob-train.yaml": ["RayJob"],
         "rayjob-tune.yaml": ["RayJob"],
+        "rayservice-serve.yaml": ["RayService"],
         "serviceaccount.yaml": ["ServiceAccount"],
     }
     for name in ("aws.yaml", "runtime_env.yaml"):
         assert isinstance(yaml.safe_load((CLUSTER / name).read_text()), dict)
-    for _, doc in [*_kuberay("RayCluster"), *_kuberay("RayJob")]:
+    for _, doc in [*_kuberay("RayCluster"), *_kuberay("RayJob"), *_kuberay("RayService")]:
         assert doc["apiVersion"] == "ray.io/v1" and doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "sep"
 
 
@@ -176,6 +179,72 @@ def test_rayjob_entrypoints_name_existing_jobs_and_configs(file, job):
     assert spec["shutdownAfterJobFinishes"] is True and spec["activeDeadlineSeconds"] > 0
     runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
     RuntimeEnv(**runtime_env)  # a runtime_env Ray accepts
+
+
+SERVE_TOKEN_SECRET = "sep-serve-token"  # the Secret rayservice-serve.yaml's header creates
+
+
+def _rayservice() -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the RayService manifest, its serveConfigV2 parsed)."""
+    (doc,) = _docs(KUBERAY / "rayservice-serve.yaml")
+    return doc, yaml.safe_load(doc["spec"]["serveConfigV2"])
+
+
+def test_rayservice_deploys_the_serve_app_from_the_image():
+    from ray.serve.schema import ServeDeploySchema
+
+    _, serve_config = _rayservice()
+    ServeDeploySchema(**serve_config)  # a config Serve accepts: raises on an unknown field
+    (app,) = serve_config["applications"]
+    assert app["import_path"] == "ray_jobs.serve:app_builder" and app["route_prefix"] == "/"
+    RuntimeEnv(**app["runtime_env"])
+    assert app["runtime_env"]["working_dir"] == f"local://{APP_DIR}"  # the image's repository
+    assert not [k for k in app["runtime_env"].get("env_vars", {}) if "TOKEN" in k or k.startswith("AWS_")]
+    assert set(app["args"]) == {"config", "overrides"}
+    config = app["args"]["config"]
+    assert not Path(config).is_absolute() and (REPO / config).is_file(), f"{config} does not exist"
+    overrides = dict(o.split("=", 1) for o in app["args"]["overrides"])
+    # Bound beyond loopback inside the cluster, so the app requires its token; the app's
+    # port is the one Serve's proxies listen on (KubeRay's serve service points there).
+    assert overrides["host"] == serve_config["http_options"]["host"] == "0.0.0.0"
+    assert int(overrides["port"]) == serve_config["http_options"]["port"] == 8000
+
+
+def test_rayservice_app_builder_exists_and_its_overrides_validate():
+    from ray_jobs import serve as serve_job
+
+    doc, serve_config = _rayservice()
+    (app,) = serve_config["applications"]
+    module, attr = app["import_path"].split(":")
+    assert callable(getattr(importlib.import_module(module), attr, None)), f"no {app['import_path']}"
+    cfg = serve_job.load(str(REPO / app["args"]["config"]), app["args"]["overrides"])  # raises on a bad key
+    tree = cfg.model_dump(mode="json")
+    assert tree["host"] == "0.0.0.0"
+    locations = [("output", tree["output"])] + [
+        (f"{key}[{i}]", uri) for key in ("allowed_prefixes", "library_outputs") for i, uri in enumerate(tree[key])
+    ] + [(f"models[{i}].{key}", m[key]) for i, m in enumerate(tree["models"]) for key in ("checkpoint", "evaluation")
+         if m[key] is not None]  # fmt: skip
+    for key, uri in locations:
+        assert str(uri).startswith("s3://"), f"{key} is {uri!r}: on a cluster, locations are s3:// URIs"
+    gpus_per_worker = {g["groupName"]: float(_resources(g["template"]["spec"]["containers"][0])[1].get("nvidia.com/gpu", 0))
+                       for g in doc["spec"]["rayClusterConfig"]["workerGroupSpecs"]}  # fmt: skip
+    # Stated, not left to the default (1 when the cluster has a GPU as the app is built: a GPU
+    # worker may not be up yet then, and the replicas would stay on CPUs).
+    num_gpus = tree["separator"]["num_gpus"]
+    assert num_gpus is not None and 0 < num_gpus <= gpus_per_worker["gpu"], f"separator.num_gpus is {num_gpus}"
+
+
+def test_rayservice_pods_get_the_app_token_from_a_secret():
+    doc, _ = _rayservice()
+    header = (KUBERAY / "rayservice-serve.yaml").read_text()
+    assert f"kubectl create secret generic {SERVE_TOKEN_SECRET}" in header  # how to make it
+    containers = _containers(doc)
+    assert len(containers) == len(_groups(doc["spec"]["rayClusterConfig"]))
+    for c in containers:
+        (var,) = [v for v in c.get("env", []) if v["name"] == "SEP_SERVE_TOKEN"]
+        assert var == {"name": "SEP_SERVE_TOKEN",
+                       "valueFrom": {"secretKeyRef": {"name": SERVE_TOKEN_SECRET, "key": "token"}}}, c["name"]  # fmt: skip
+        assert {"containerPort": 8000, "name": "serve"} in c["ports"], c["name"]
 
 
 def test_runtime_env_installs_the_package_from_the_working_dir():

@@ -64,7 +64,8 @@ def run_job(separator: Any, settings: SeparationSettings, store: JobStore, job_i
     if job is None:
         raise SepError(f"job {job_id} is gone (expired or deleted) before it started")
     job = store.update(job_id, state="running", started=time.time(), attempts=int(job.get("attempts", 0)) + 1)
-    faults.maybe_fire("item", str(job.get("input_name")))  # SEP_FAULTS=item_crash:<pattern> in drills and tests
+    # drills and tests: SEP_FAULTS=item_crash:<pattern> matched against "<input name> attempt <n>"
+    faults.maybe_fire("item", f"{job.get('input_name')} attempt {job['attempts']}")
     start = time.monotonic()
     scratch = tempfile.mkdtemp(prefix="sep-serve-")
     try:

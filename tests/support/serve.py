@@ -4,8 +4,8 @@
 hourglass (``model``) on a free loopback port with a token, a rendered demo song
 (``song``), an allowed prefix holding a copy of it, a small ``sep separate``-style
 output for the Library page and an evaluation document for the Models page. Its
-separator replicas run with ``SEP_FAULTS=item_crash:*crash*``, so an upload named
-``crash...`` kills its replica (the retry test). tests/conftest.py stops it after the
+separator replicas run with ``SEP_FAULTS=item_crash:crash* attempt 1``, so an upload
+named ``crash...`` kills its replica on the first attempt (the retry test). tests/conftest.py stops it after the
 last test that uses it (:func:`stop`): its replica holds a CPU the job tests need.
 """
 
@@ -57,7 +57,7 @@ class Served:
 _APP: Served | None = None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -115,12 +115,12 @@ def served(demo_data: str) -> Served:
     token = secrets.token_hex(16)
     cfg = serve_job.load(None, [
         f"models=[{{name: {model}, checkpoint: '{ckpt}', evaluation: '{evaluation}'}}]",
-        f"port={_free_port()}", f"output={os.path.join(root, 'out')}", f"allowed_prefixes=['{allowed}']",
+        f"port={free_port()}", f"output={os.path.join(root, 'out')}", f"allowed_prefixes=['{allowed}']",
         f"max_upload_mb={MAX_UPLOAD_MB}", f"max_seconds={MAX_SECONDS}", f"library_outputs=['{library}']",
         "separator={num_cpus: 1, batch_size: 32}",
     ])  # fmt: skip
     saved = {k: os.environ.get(k) for k in ("SEP_SERVE_TOKEN", "SEP_FAULTS")}
-    os.environ.update({"SEP_SERVE_TOKEN": token, "SEP_FAULTS": "item_crash:*crash*"})
+    os.environ.update({"SEP_SERVE_TOKEN": token, "SEP_FAULTS": "item_crash:crash* attempt 1"})
     try:
         url = serve_job.start(cfg)
     finally:
