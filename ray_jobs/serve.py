@@ -1,4 +1,4 @@
-"""``sep serve``: the web demonstrator on Ray Serve: upload a song, get its stems back.
+"""serve: the web demonstrator on Ray Serve: upload a song, get its stems back.
 
     sep serve -c configs/serve.yaml
     SEP_SERVE_TOKEN=$(openssl rand -hex 16) sep serve -c configs/serve.yaml host=0.0.0.0
