@@ -64,7 +64,7 @@ def describe_models(cfg: ServeConfig) -> list[dict[str, Any]]:
             settings = W.separation_settings(cfg, entry.checkpoint, meta)
         except SepError as exc:
             raise ConfigError(f"models.{i}.checkpoint", f"{entry.name}: {exc}") from exc
-        cards.append(catalog.model_card(entry, meta, W.stems_of(settings)))
+        cards.append(catalog.model_card(entry, meta, settings.all_stems))
     return cards
 
 

@@ -32,6 +32,7 @@ import soundfile as sf
 from sepcore.errors import SepError
 from sepcore.io import storage
 from sepcore.io.decode import AudioTooLong, Decoded, DecodeError, EmptyAudio, decode_isolated
+from sepcore.separate.config import DecodeLimits
 
 log = logging.getLogger("sep.serve")
 
@@ -164,7 +165,8 @@ def check_input(local: str, name: str, scratch: str, max_seconds: float, timeout
     """Decode ``local`` (named ``name`` in messages) into ``scratch``; :class:`BadInput` when
     it is no audio, has no samples, or is longer than ``max_seconds``."""
     try:
-        return decode_isolated(local, os.path.join(scratch, "decoded.f32"), name, timeout_s, 4096, max_seconds)
+        return decode_isolated(local, os.path.join(scratch, "decoded.f32"), name, timeout_s,
+                               DecodeLimits().max_memory_mb, max_seconds)  # fmt: skip
     except EmptyAudio as exc:
         raise BadInput(f"{name} holds no audio samples") from exc
     except AudioTooLong as exc:

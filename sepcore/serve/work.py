@@ -51,14 +51,9 @@ def separation_settings(cfg: ServeConfig, checkpoint: str, meta: dict[str, Any])
     return SeparationSettings.of(view, meta)
 
 
-def stems_of(settings: SeparationSettings) -> tuple[str, ...]:
-    """The stems a client may ask for, in the model's order."""
-    return settings.all_stems
-
-
 def run_job(separator: Any, settings: SeparationSettings, store: JobStore, job_id: str,
             stems: list[str], cfg: ServeConfig) -> dict[str, Any]:  # fmt: skip
-    """Separate job ``job_id``'s input into ``stems`` (a subset of :func:`stems_of`) and
+    """Separate job ``job_id``'s input into ``stems`` (a subset of ``settings.all_stems``) and
     record the result; returns the job as recorded (state ``done`` or ``error``)."""
     job = store.read(job_id)
     if job is None:
