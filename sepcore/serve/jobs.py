@@ -19,7 +19,6 @@ says what is wrong; :func:`check_uri` keeps named inputs below the allowed prefi
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import secrets
@@ -33,15 +32,11 @@ from sepcore.errors import SepError
 from sepcore.io import storage
 from sepcore.io.decode import AudioTooLong, Decoded, DecodeError, EmptyAudio, decode_isolated
 from sepcore.separate.config import DecodeLimits
+from sepcore.separate.library import FLAC_MAX_CHANNELS
 
-log = logging.getLogger("sep.serve")
-
-STATES = ("queued", "running", "done", "error")
 JOB_FILE = "job.json"
 _ID = re.compile(r"^[0-9a-f]{32}$")
 _EXT = re.compile(r"^\.[A-Za-z0-9]{1,5}$")
-#: Most channels the mixture player's FLAC holds.
-FLAC_MAX_CHANNELS = 8
 
 
 class BadInput(SepError):
@@ -121,7 +116,7 @@ class JobStore:
         return self.uri(job_id, relative) if relative else None
 
     def expire(self, now: float | None = None) -> int:
-        """Delete every expired job (and folders left without a job.json for a day); returns how many."""
+        """Delete every expired job; returns how many."""
         deleted = 0
         for uri in storage.list_files(self.root, suffix=JOB_FILE):
             job_id = storage.basename(storage.parent(uri))

@@ -26,6 +26,7 @@ import soundfile as sf
 from sepcore import faults
 from sepcore.errors import SepError
 from sepcore.io import storage
+from sepcore.report.html import AUDIO_TYPES
 from sepcore.separate.config import DecodeLimits, Inference, SeparationSettings
 from sepcore.separate.library import LibraryFile, separate_file
 from sepcore.serve.config import ServeConfig
@@ -33,7 +34,7 @@ from sepcore.serve.jobs import JobStore
 
 log = logging.getLogger("sep.serve")
 
-MEDIA_TYPES = {".flac": "audio/flac", ".wav": "audio/wav", ".png": "image/png", ".zip": "application/zip"}
+MEDIA_TYPES = {**{f".{ext}": kind for ext, kind in AUDIO_TYPES.items()}, ".png": "image/png", ".zip": "application/zip"}
 #: Spectrogram images: FFT size, frequency rows kept and most time columns.
 SPEC_FFT, SPEC_ROWS, SPEC_COLUMNS = 2048, 512, 1200
 #: Their colour scale, dB relative to a full-scale sine.
