@@ -69,6 +69,8 @@ def test_resample_changes_rate_and_length_and_keeps_a_tone():
     spectrum = np.abs(np.fft.rfft(out.samples[0]))
     assert np.argmax(spectrum) == 440  # 1 Hz bins over one second
     assert resample(tone, rate) is tone
+    # A channel alone (the 1-D path) is resampled exactly as the same channel of a pair.
+    np.testing.assert_array_equal(resample(Audio(tone.samples[:1], rate), 22050).samples[0], out.samples[0])
 
 
 def test_to_channels_downmix_and_upmix():
@@ -82,6 +84,9 @@ def test_to_channels_downmix_and_upmix():
     np.testing.assert_array_equal(up.samples[0], up.samples[1])
     with pytest.raises(ValueError):
         to_channels(six, 3)
+    pair = np.random.default_rng(0).standard_normal((2, 1000)).astype(np.float32)
+    down = to_channels(Audio(pair, 8000), 1).samples  # two channels: the same float32 values as mean()
+    assert np.array_equal(down, pair.mean(axis=0, keepdims=True, dtype=np.float32)) and down.dtype == np.float32
 
 
 def test_canonical_classes():

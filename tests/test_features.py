@@ -15,6 +15,7 @@ from sepcore.prepare.features import (
     Stft,
     chunk_count,
     chunk_frames,
+    frame_power,
     ideal_binary_mask,
     ideal_ratio_mask,
     make_feature,
@@ -268,6 +269,26 @@ def test_activation_frames_match_feature_frames(name: str) -> None:
     assert act.shape == (3, feature(stems[0]).shape[2])
 
 
+@pytest.mark.parametrize("samples", [1, 383, 384, 385, 5000])
+def test_frame_power_by_hops_is_the_direct_mean_power(samples: int) -> None:
+    x = np.random.default_rng(samples).standard_normal((3, 2, samples)).astype(np.float32)
+    for frame_length, hop in ((1536, 384), (1000, 300)):  # whole hops per frame, and not
+        half = frame_length // 2
+        padded = np.pad(np.square(x.astype(np.float64)).mean(axis=-2), ((0, 0), (half, half)))
+        frames = 1 + samples // hop
+        want = np.stack([padded[:, t * hop : t * hop + frame_length].sum(-1) for t in range(frames)], -1)
+        np.testing.assert_allclose(frame_power(x, frame_length, hop), want / frame_length, rtol=1e-9, atol=1e-15)
+
+
+def test_chunks_do_not_depend_on_the_memory_layout() -> None:
+    spec = np.random.default_rng(0).random((2, 5, 150), dtype=np.float32)
+    for frames, hop in ((64, None), (16, 5), (8, 20)):
+        c, f = chunk_frames(spec, frames, hop), chunk_frames(np.asfortranarray(spec), frames, hop)
+        assert np.array_equal(c, f) and c.flags.c_contiguous
+        step = hop or frames
+        np.testing.assert_array_equal(c[1], spec[:, :, step : step + frames])
+
+
 def test_rms_activation_of_silence() -> None:
     for reference in ("full_scale", "track_max"):
         act = rms_activation(np.zeros((4, 2, 10000), dtype=np.float32), reference=reference)
@@ -281,8 +302,11 @@ def test_to_storage_float16() -> None:
     x = np.array([[-100.0, 65504.0]], dtype=np.float32)
     stored = to_storage(x, "float16")
     assert stored.dtype == np.float16 and np.isfinite(stored).all()
+    assert to_storage(np.array([65519.0], dtype=np.float32), "float16")[0] == 65504  # rounds to the largest
     with pytest.raises(ValueError, match="float16 overflow"):
         to_storage(np.array([70000.0], dtype=np.float32), "float16")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        to_storage(np.array([1.0, np.inf], dtype=np.float32), "float16")
     with pytest.raises(ValueError, match="float16 overflow"):
         to_storage(np.array([-1e6]), "float16")
     assert to_storage(np.array([1e6]), "float32").dtype == np.float32

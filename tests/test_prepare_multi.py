@@ -80,6 +80,27 @@ def test_sources_are_the_class_sums_and_add_up_to_the_mix(tracks):
         P.make_sources(tracks[0], PrepareSpec(target="guitar", sample_rate=RATE))
 
 
+def test_a_track_without_a_target_in_its_metadata_is_skipped_before_decoding(tmp_path, tracks):
+    from dataclasses import replace
+
+    from sepcore.errors import AudioError
+
+    def unreadable(track: SourceTrack) -> SourceTrack:  # every stem file is garbage
+        stems = []
+        for k, stem in enumerate(track.stems):
+            (tmp_path / f"{track.track_id[-1]}{k}.wav").write_bytes(b"RIFF????WAVEjunk")
+            stems.append(replace(stem, uri=str(tmp_path / f"{track.track_id[-1]}{k}.wav")))
+        return replace(track, stems=tuple(stems))
+
+    with pytest.raises(P.SkipTrack, match="no usable stem of bass, drums, guitar"):
+        P.make_pair(unreadable(tracks[3]), _spec())  # D: vocals only, nothing is read
+    guitar = PrepareSpec(target="guitar", sample_rate=RATE, channels=2, detect_flags=False)
+    with pytest.raises(P.SkipTrack, match="no usable 'guitar' stem"):
+        P.make_pair(unreadable(tracks[2]), guitar)  # C: no guitar
+    with pytest.raises(AudioError, match=r"B0\.wav"):
+        P.make_pair(unreadable(tracks[1]), guitar)  # B has a guitar: its files are read
+
+
 def test_targets_column_holds_the_stft_of_each_stem(tracks):
     spec = _spec(outputs=("target", "activations"))
     track = tracks[1]  # B: no drums

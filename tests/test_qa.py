@@ -70,6 +70,23 @@ def test_loudness_is_gated_so_pauses_do_not_make_a_stem_inaudible():
     assert detect_flags(x, RATE) == set()
 
 
+@pytest.mark.parametrize("channels, rate", [(1, 22050), (2, 44100), (5, 48000), (2, 8000)])
+def test_loudness_is_pyloudnorms(channels, rate):
+    import warnings
+
+    import pyloudnorm
+
+    rng = np.random.default_rng(channels)
+    x = rng.standard_normal((channels, int(3.37 * rate))) * 0.05
+    x[:, : rate // 2] *= 1e-3  # a quiet start: blocks below the relative gate
+    x[:, -rate // 3 :] = 0.0  # and a silent end: below the absolute gate
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = pyloudnorm.Meter(rate).integrated_loudness(x.T.copy())
+    assert loudness_lufs(x, rate) == pytest.approx(reference, abs=1e-6)
+    assert loudness_lufs(x * 1e-5, rate) == float("-inf")  # every block under -70 LUFS
+
+
 def test_short_stems_use_ungated_loudness():
     short = _tone(0.5, seconds=0.1)
     assert loudness_lufs(short, RATE) == pytest.approx(-0.691 + 10 * np.log10(2 * 0.125), abs=0.1)

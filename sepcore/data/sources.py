@@ -409,8 +409,12 @@ def list_sources(
 
 
 def _conform(audio: Audio, sample_rate: int, channels: int) -> np.ndarray:
-    out = to_channels(resample(audio, sample_rate), channels)
-    return np.ascontiguousarray(out.samples, dtype=np.float32)
+    """``audio`` at ``sample_rate`` with ``channels``: a downmix to mono comes first, so a
+    stereo stem is resampled once as one channel, not twice (resampling is linear: the same
+    signal to float32 rounding)."""
+    if channels == 1:
+        return resample(to_channels(audio, 1), sample_rate).samples
+    return to_channels(resample(audio, sample_rate), channels).samples
 
 
 def _read(uri: str, streams: Sequence[int] | None) -> list[Audio]:

@@ -96,8 +96,12 @@ def resample(audio: Audio, sample_rate: int, quality: str = "HQ") -> Audio:
         return audio
     import soxr
 
-    out = soxr.resample(audio.samples.T, audio.sample_rate, sample_rate, quality=quality)
-    return Audio(np.ascontiguousarray(out.T, dtype=np.float32), sample_rate)
+    x = audio.samples
+    if x.shape[0] == 1:  # one channel as a 1-D array: no transposed copies
+        out = soxr.resample(x[0], audio.sample_rate, sample_rate, quality=quality)[None]
+    else:
+        out = soxr.resample(x.T, audio.sample_rate, sample_rate, quality=quality).T
+    return Audio(np.ascontiguousarray(out, dtype=np.float32), sample_rate)
 
 
 def to_channels(audio: Audio, channels: int) -> Audio:
@@ -109,7 +113,10 @@ def to_channels(audio: Audio, channels: int) -> Audio:
     if channels == audio.channels:
         return audio
     if channels == 1:
-        return Audio(audio.samples.mean(axis=0, keepdims=True, dtype=np.float32), audio.sample_rate)
+        x = audio.samples
+        if x.shape[0] == 2 and x.dtype == np.float32:  # the same float32 values as mean(), in one pass
+            return Audio(((x[0] + x[1]) * np.float32(0.5))[None], audio.sample_rate)
+        return Audio(x.mean(axis=0, keepdims=True, dtype=np.float32), audio.sample_rate)
     if channels == 2:
         x = audio.samples
         pair = np.repeat(x, 2, axis=0) if x.shape[0] == 1 else x[:2]

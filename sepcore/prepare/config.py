@@ -159,8 +159,12 @@ class AugmentConfig(Config):
 
 
 class ActorsConfig(Config):
+    fuse: bool = Field(
+        True, description="instrument targets: one pool of 'feature' actors runs both steps of a track (no "
+        "hand-over of its audio between processes); false: a mixing pool and a feature pool",
+    )
     mix: int = Field(2, ge=1, description="most mixing actors")
-    feature: int = Field(2, ge=1, description="most feature actors")
+    feature: int = Field(2, ge=1, description="most feature actors (with fuse: of the one pool)")
     cpus: float = Field(
         0.5, gt=0, description="CPUs reserved per actor (0.5: both pools can grow on every core)"
     )

