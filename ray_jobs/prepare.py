@@ -11,13 +11,21 @@ is :mod:`sepcore.prepare.steps`, the documents and summaries :mod:`sepcore.prepa
 from __future__ import annotations
 
 import json
+import pickle
 import sys
 from typing import Any, Literal
 
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from ray_jobs.common import Job, JobConfig
-from ray_jobs.prepare_mix import TrackActor, one_thread, pool, run_random_mix, track_dataset
+from ray_jobs.prepare_mix import (
+    TrackActor,
+    WarmPool,
+    one_thread,
+    pool,
+    run_random_mix,
+    track_dataset,
+)
 from sepcore.batch import ItemWatchdog, clear_timeouts, timeout_ledger, verdict
 from sepcore.config import to_plain
 from sepcore.data.sources import SourceTrack
@@ -99,11 +107,14 @@ class FeatureActor:
 def _pipeline(cfg: PrepareConfig, spec: PrepareSpec, tracks: list[SourceTrack], splits: dict[str, str],
               donors: dict[str, list[SourceTrack]] | None, output: str | None = None, done: Ledger | None = None,
               ledger: str | None = None) -> Any:  # fmt: skip
-    """Mixing and feature actors over ``tracks``; ``donors``: the remix donors of each augmented
+    """Track actors (or mixing and feature actors) over ``tracks``; ``donors``: the remix donors of each augmented
     split (None without augmentation); ``ledger`` (a :func:`timeout_ledger`) enables the time
     limit per track (a stream without an output has none)."""
     a, limit = cfg.actors, cfg.item_timeout_s
     ds = track_dataset(tracks, splits)
+    if a.fuse:  # both steps in one actor: the track's audio never leaves the process
+        both = (steps.track_step, limit, ledger, spec, spec.extractor(), output, done, donors)
+        return ds.flat_map(TrackActor, fn_constructor_args=both, compute=pool(a.feature), num_cpus=a.cpus)
     mix = (steps.pair_row, limit, ledger, spec, donors)
     ds = ds.map(TrackActor, fn_constructor_args=mix, compute=pool(a.mix), num_cpus=a.cpus)
     return ds.flat_map(FeatureActor, fn_constructor_args=(spec, output, done, limit, ledger),
@@ -127,15 +138,32 @@ def _donors(cfg: PrepareConfig, tracks: list[SourceTrack], splits: dict[str, str
     return donor_pool(tracks, splits, cfg.augment) if cfg.augment.remix_copies else None
 
 
+def _warm_pool(cfg: PrepareConfig, spec: PrepareSpec, output: str, done: Ledger, timeouts: str) -> WarmPool:
+    """The track workers, started before the tracks are listed (their imports overlap it)."""
+    args = (steps.track_step, cfg.item_timeout_s, timeouts, spec, spec.extractor(), output, done)
+    return WarmPool(cfg.actors.feature, cfg.actors.cpus, args)
+
+
 def _run_tracks(cfg: PrepareConfig, spec: PrepareSpec, tracks: list[SourceTrack], splits: dict[str, str],
-                output: str, done: Ledger, timeouts: str, listing: list[dict[str, str]]) -> dict[str, Any]:  # fmt: skip
-    """Instrument-target mode: the tracks not done before -> shards; the summary."""
+                output: str, done: Ledger, timeouts: str, listing: list[dict[str, str]],
+                warm: WarmPool | None = None) -> dict[str, Any]:  # fmt: skip
+    """Instrument-target mode: the tracks not done before -> shards; the summary. ``warm``: the
+    fused workers (``actors.fuse``), else Ray Data's mixing and feature pools."""
     finished = done.records()
     todo = [t for t in tracks if t.track_id not in finished]
     progress = M.TrackProgress(len(todo), len(tracks) - len(todo))
     donors = _donors(cfg, tracks, splits)
-    for row in _pipeline(cfg, spec, todo, splits, donors, output, done, timeouts).iter_rows() if todo else []:
-        progress.update(json.loads(row["result"]))
+    if warm is not None:
+        import ray
+
+        items = [(pickle.dumps(t), splits[t.track_id]) for t in todo]
+        refs = None if donors is None else ray.put(donors)
+        results = (r["result"] for rows in warm.run(items, refs) for r in rows)
+    else:
+        rows = _pipeline(cfg, spec, todo, splits, donors, output, done, timeouts).iter_rows() if todo else []
+        results = (r["result"] for r in rows)
+    for result in results:
+        progress.update(json.loads(result))
     progress.close()
     return M.finish_tracks(output, spec, done, to_plain(cfg), progress.errors + listing, len(tracks) - len(todo))
 
@@ -143,10 +171,19 @@ def _run_tracks(cfg: PrepareConfig, spec: PrepareSpec, tracks: list[SourceTrack]
 def run(cfg: PrepareConfig) -> dict[str, Any]:
     spec = PrepareSpec.of(cfg)
     output, done = M.open_output(cfg.output, spec.settings())
-    tracks, splits, listing_errors = M.list_tracks(cfg.sources, cfg.qa, cfg.split, cfg.seed)
-    mode = run_random_mix if cfg.target == "random_mix" else _run_tracks
-    summary = mode(cfg, spec, tracks, splits, output, done, timeout_ledger(output),
-                   [{"item": "listing", "error": e} for e in listing_errors])  # fmt: skip
+    timeouts = timeout_ledger(output)
+    fused = cfg.target != "random_mix" and cfg.actors.fuse
+    warm = _warm_pool(cfg, spec, output, done, timeouts) if fused else None
+    try:
+        tracks, splits, listing_errors = M.list_tracks(cfg.sources, cfg.qa, cfg.split, cfg.seed)
+        listing = [{"item": "listing", "error": e} for e in listing_errors]
+        if cfg.target == "random_mix":
+            summary = run_random_mix(cfg, spec, tracks, splits, output, done, timeouts, listing)
+        else:
+            summary = _run_tracks(cfg, spec, tracks, splits, output, done, timeouts, listing, warm)
+    finally:
+        if warm is not None:
+            warm.close()
     clear_timeouts(output)
     counts = summary["counts"]
     return {**summary, **verdict(counts["failed"], counts["tracks"], cfg.max_failed_fraction, "tracks")}

@@ -1,7 +1,8 @@
 """prepare, random-mix mode (seed 001): solo segments -> balanced, shuffled random mixes.
 
 Called by ``ray_jobs.prepare`` when ``target: random_mix`` (see docs/prepare.md); it also
-holds the Ray pieces both modes use (:class:`TrackActor`, :func:`track_dataset`, :func:`pool`).
+holds the Ray pieces both modes use (:class:`TrackActor`, :class:`WarmPool`, :func:`track_dataset`,
+:func:`pool`).
 Segments never cross splits, so no track reaches two splits.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import pickle
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sepcore.batch import ItemWatchdog
@@ -54,13 +55,87 @@ class TrackActor:
         self.fn, self.args = fn, args
         self.watchdog = ItemWatchdog(limit_s, "item_timeout_s", ledger)
 
-    def __call__(self, row: dict[str, Any]) -> Any:
+    def __call__(self, row: dict[str, Any], **kwargs: Any) -> Any:
         track: SourceTrack = pickle.loads(row["track"])
         timed_out = self.watchdog.recorded(track.track_id)
         if timed_out is not None:  # this call is Ray's retry after the time limit ended the actor
-            return self.fn(track, row["split"], *self.args, error=timed_out)
+            return self.fn(track, row["split"], *self.args, error=timed_out, **kwargs)
         with self.watchdog.running(track.track_id):
-            return self.fn(track, row["split"], *self.args)
+            return self.fn(track, row["split"], *self.args, **kwargs)
+
+
+class TrackWorker:
+    """A process of :class:`WarmPool`: ``fn(track, split, *args, pool=donors)`` per track, within
+    the time limit per track (as :class:`TrackActor`).
+
+    ``fn``'s imports are done when the worker starts (:func:`sepcore.prepare.steps.warm_up`), so
+    they overlap the driver's listing. The donors (None, or an object reference in a list, so Ray
+    passes it unresolved) are fetched once per process, also after a restart.
+    """
+
+    def __init__(self, fn: Callable[..., Any], limit_s: float, ledger: str | None, spec: PrepareSpec, *args: Any):
+        steps.warm_up(spec)
+        self.actor = TrackActor(fn, limit_s, ledger, spec, *args)
+        self.donors: tuple[Any, Any] | None = None
+
+    def ready(self) -> bool:
+        return True
+
+    def __call__(self, track: bytes, split: str, donors: list[Any] | None) -> Any:
+        import ray
+
+        if donors is not None and (self.donors is None or self.donors[0] != donors[0]):
+            self.donors = (donors[0], ray.get(donors[0]))
+        pool = None if donors is None or self.donors is None else self.donors[1]
+        return self.actor({"track": track, "split": split}, pool=pool)
+
+
+class WarmPool:
+    """A fixed pool of ``size`` :class:`TrackWorker` processes, started at once (before the
+    tracks are listed), each kept busy with ``depth`` tracks in flight.
+
+    Ray Data's executor costs seconds per run on a small machine (8-9 s measured on 2 cores
+    for a trivial actor map); this is one actor per process and a :func:`ray.wait` loop. A
+    worker that ends (its time limit) is restarted by Ray and its calls retried
+    (``max_restarts=-1``, ``max_task_retries=-1``); only started workers get tracks, so a
+    pool larger than the cluster's CPUs still finishes.
+    """
+
+    def __init__(self, size: int, cpus: float, worker_args: tuple[Any, ...], depth: int = 2):
+        import ray
+
+        remote: Any = ray.remote(TrackWorker).options(num_cpus=cpus, max_restarts=-1, max_task_retries=-1)
+        self.workers: list[Any] = [remote.remote(*worker_args) for _ in range(size)]
+        self.depth = depth
+
+    def run(self, items: list[tuple[bytes, str]], donors: Any = None) -> Iterator[Any]:
+        """Each ``(pickled track, split)``'s result, as they finish; ``donors``: None or the
+        donors' object reference."""
+        import ray
+
+        todo = list(reversed(items))
+        waiting = {w.ready.remote(): w for w in self.workers}  # not started yet
+        running: dict[Any, Any] = {}  # call -> its worker
+        load: dict[Any, int] = {}
+        arg = None if donors is None else [donors]
+        while todo or running:
+            for w in [w for w, n in load.items() if n < self.depth]:
+                while todo and load[w] < self.depth:
+                    running[w.__call__.remote(*todo.pop(), arg)] = w
+                    load[w] += 1
+            ready, _ = ray.wait([*running, *waiting], num_returns=1)
+            for ref in ready:
+                if ref in waiting:
+                    load[waiting.pop(ref)] = 0
+                    continue
+                load[running.pop(ref)] -= 1
+                yield ray.get(ref)
+
+    def close(self) -> None:
+        import ray
+
+        for w in self.workers:
+            ray.kill(w)
 
 
 class BatchActor:

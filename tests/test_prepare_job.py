@@ -134,10 +134,16 @@ def test_stream_dataset_yields_the_same_rows_lazily(demo_data, tmp_path):
     assert rows and {r["split"] for r in rows} <= {"train", "validation", "test"}
     mix = decode_column([r["mix"] for r in rows], [1, 769, 64], "float16")
     assert mix.shape == (len(rows), 1, 769, 64)
-    # Same rows as the written shards of the same configuration.
+    # Same rows as the written shards of the same configuration, also from separate mixing and
+    # feature pools (the stream runs both steps in one actor, as the job does by default).
     out = tmp_path / "written"
-    assert prepare.main(_args(demo_data, out, "target=piano")) == 0
+    assert prepare.main(_args(demo_data, out, "target=piano", "actors={fuse: false}")) == 0
     assert len(rows) == _json(out, "summary.json")["counts"]["rows"]
+    written = {}
+    for shard in _json(out, "dataset.json")["shards"]:
+        for r in pq.read_table(storage.local_path(shard["uri"])).to_pylist():
+            written[(r["track_id"], r["chunk"])] = (r["mix"], r["target"], r["activations"])
+    assert {(r["track_id"], r["chunk"]): (r["mix"], r["target"], r["activations"]) for r in rows} == written
 
 
 def test_random_mixes_with_levels_and_disjoint_splits(demo_data, tmp_path):
