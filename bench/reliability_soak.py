@@ -104,7 +104,7 @@ class Killer(threading.Thread):
         marks = sorted(random.sample(range(self.total // 10, self.total * 9 // 10), self.kills))
         while not self.stop.is_set() and self.done < self.kills:
             if len(records(self.output)) >= marks[self.done] and len(in_progress(self.output)) == 2:
-                actors = ray_actor_processes("MapWorker")
+                actors = ray_actor_processes("Separator")
                 if actors:
                     os.kill(random.choice(sorted(actors)), signal.SIGKILL)
                     self.done += 1

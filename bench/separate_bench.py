@@ -1,6 +1,7 @@
 """Benchmark of the separate job: x real time per CPU core, and peak memory on a long file.
 
     .venv/bin/python bench/separate_bench.py --data out/demo/data --songs 12 --cpus 2
+    .venv/bin/python bench/separate_bench.py --songs 84 --skip-memory   # a one-hour library
     .venv/bin/python bench/separate_bench.py --memory-minutes 60 --skip-throughput
 
 (a) For the small hourglass and the small BLSTM (the ``*_cpu_small`` training configs;
@@ -11,11 +12,15 @@
       separator actor per CPU, one torch thread each; the job's own timing, from the
       first row to the last, actor start-up and model loading included);
       the summary's ``startup_s`` (until the first actor was ready) also gives the rate
-      after start-up, which is what a library of thousands of songs sees;
+      after start-up, which is what a library of thousands of songs sees, and its
+      ``actor_startup`` each actor's start-up: from the request to ready, the part
+      before its constructor (Python, Ray, the job's modules, torch), the model (from the
+      object store: the driver loads it once) and its CPU seconds;
     * through a plain single-process loop doing the same work per file
       (:func:`sepcore.separate.library.separate_file`: isolated decode, resample, separate,
       write, upload), one torch thread on one core.
-    Prints both, per core, and their ratio.
+    Prints both, per core, and their ratio. ``--songs`` more than the demo's mixes cycles
+    through them (84 songs of the 35-51 s demo mixes: about an hour).
 (b) Peak memory of separating one long file (``--memory-minutes``, 44.1 kHz stereo
     FLAC, built by repeating a demo mix) in a fresh process: the separating process's
     peak RSS and the decoder child's, against the same for a 5-minute file.
@@ -176,7 +181,8 @@ def main() -> int:
     from tests.support.library import make_library
 
     work = args.work or tempfile.mkdtemp(prefix="sep-separate-bench-")
-    mixes = [u for u in storage.list_files(args.data) if u.endswith("/mix.flac")][: args.songs]
+    found = [u for u in storage.list_files(args.data) if u.endswith("/mix.flac")]
+    mixes = [found[i % len(found)] for i in range(args.songs)]  # cycled past the demo's mixes
     library = os.path.join(work, "library")
     if not os.path.isdir(library):  # built aside and renamed: a killed build is not reused
         shutil.rmtree(library + ".part", ignore_errors=True)
@@ -198,6 +204,10 @@ def main() -> int:
                   f"{steady_per_core:.1f}x per core); plain loop {plain:.1f}x on 1 core "
                   f"(wall {wall:.1f} s, model loaded before); ratio {ray_per_core / plain:.2f} "
                   f"(after start-up {steady_per_core / plain:.2f})")
+            for a in summary.get("actor_startup", []):
+                print(f"  actor {a['pid']}: ready {a['ready_s']:.2f} s after the request (its process "
+                      f"{a['process_s']:.2f} s: before its constructor {a['import_s']:.2f} s, model "
+                      f"{a['model_s']:.2f} s, rest {a['init_s']:.2f} s), {a['cpu_s']:.2f} CPU s")  # fmt: skip
     if not args.skip_memory:
         minutes = [float(m) for m in args.memory_minutes.split(",")]
         memory(work, mixes[0], model_checkpoint("hourglass", work), minutes)

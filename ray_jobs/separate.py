@@ -15,12 +15,12 @@ import time
 from typing import Any, Literal
 
 from pydantic import Field
+from torch import nn
 
 from ray_jobs.common import Job, JobConfig
 from sepcore.batch import ItemWatchdog
 from sepcore.errors import ConfigError, SepError
 from sepcore.io import storage
-from sepcore.models import checkpoint
 from sepcore.separate import separator as SP
 from sepcore.separate import state as S
 from sepcore.separate.config import DecodeLimits, DemucsOptions, Inference, SeparationSettings
@@ -83,25 +83,33 @@ class SeparateConfig(JobConfig):
 
 
 class Separator:
-    """Ray Data actor: loads the separator once (a checkpoint's model or a Demucs model),
-    separates one file per row."""
+    """Separator actor: makes the separator of the driver's model once (a checkpoint's model
+    or a Demucs model), separates one file per call."""
 
-    def __init__(self, cfg: SeparateConfig, settings: SeparationSettings, info: dict[str, str]):
+    def __init__(self, cfg: SeparateConfig, settings: SeparationSettings, info: dict[str, str],
+                 model: nn.Module, meta: dict[str, Any]):  # fmt: skip
         import ray
         import torch
 
+        init_at = time.time()
         torch.set_num_threads(cfg.inference.threads)
         device = cfg.inference.torch_device()
         self.settings = settings.model_copy(update={"device": device})
-        self.model, meta = SP.build(cfg.checkpoint, self.settings, device)
-        if str(meta.get("model_sha256", ""))[:16] != info["model_id"]:  # rewritten since the plan
-            raise checkpoint.CheckpointError(cfg.checkpoint, "the weights changed while the job ran "
-                                             f"(model id {info['model_id']}); run it again")  # fmt: skip
+        # the driver's model, from the object store: loaded once per job, not per actor
+        self.model = SP.from_model(model, meta, self.settings, device)
+        model_at = time.time()
         self.info = {**info, "settings": settings.key(), "node": ray.get_runtime_context().get_node_id()}
         self.cfg, self.output = cfg, storage.normalize_uri(cfg.output)
         self.watchdog = ItemWatchdog(cfg.item_timeout_s, "item_timeout_s")
+        self.startup: dict[str, Any] | None = S.actor_startup(init_at, model_at)  # sent with the first row
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        row = self._separate(row)
+        if self.startup is not None:
+            row, self.startup = {**row, "actor_startup": self.startup}, None
+        return row
+
+    def _separate(self, row: dict[str, Any]) -> dict[str, Any]:
         source = row["source"]
         row = {**row, **self.info, "attempts": S.count_start(self.output, source)}
         if row["attempts"] != 1:  # started before: it may have run out of time in this run
@@ -119,31 +127,40 @@ class Separator:
         S.record(self.output, row, start, status="error", error_class=S.ITEM_TIMEOUT, error=message)
 
 
-def _separate(cfg: SeparateConfig, settings: SeparationSettings, info: dict[str, str],
-              todo: list[dict[str, Any]], done_before: int) -> tuple[list[dict[str, Any]], float, float, int]:  # fmt: skip
-    """Separate the ``todo`` rows; their rows, seconds of audio, start-up seconds and actors."""
+def _separate(cfg: SeparateConfig, settings: SeparationSettings, info: dict[str, str], model: nn.Module,
+              meta: dict[str, Any], todo: list[dict[str, Any]], done_before: int) -> S.RunProgress:  # fmt: skip
+    """Separate the ``todo`` rows with ``model`` (:func:`sepcore.separate.separator.load`) on a pool
+    of :class:`Separator` actors, one file per call; the run's progress: its rows, seconds of
+    audio and start-up.
+
+    Plain actors rather than a Ray Data actor pool: the same one-file rows, but no Ray Data
+    in the actors (its import, with pandas) and none of its helper actors (statistics,
+    autoscaling, locations: three more processes starting with the pool). An actor that
+    dies (a file past ``item_timeout_s`` ends its process) is restarted and its call retried
+    (``max_restarts``, ``max_task_retries``: -1, as Ray Data's pools)."""
     import ray
+    from ray.util import ActorPool
 
     size, gpus = cfg.inference.pool(ray.cluster_resources())
     size = min(size, len(todo))
     log.info("separate: %d separator actor(s), %g CPU and %g GPU each", size, cfg.inference.cpus_per_actor, gpus)
-    ds = ray.data.from_items(todo, override_num_blocks=len(todo)).map(
-        Separator, fn_constructor_args=(cfg, settings, info), compute=ray.data.ActorPoolStrategy(size=size),
-        num_cpus=cfg.inference.cpus_per_actor, num_gpus=gpus,
-    )  # fmt: skip
     progress = S.RunProgress(len(todo), done_before)
-    for row in ds.iter_rows():
+    actor = ray.remote(Separator).options(num_cpus=cfg.inference.cpus_per_actor, num_gpus=gpus,
+                                          max_restarts=-1, max_task_retries=-1)  # fmt: skip
+    model_ref = ray.put(model)  # once in the object store, for every actor and restart
+    pool = ActorPool([actor.remote(cfg, settings, info, model_ref, meta) for _ in range(size)])
+    for row in pool.map_unordered(lambda a, row: a.__call__.remote(row), todo):
         progress.update(row)
     progress.close()
-    return progress.rows, progress.audio_s, progress.startup, size
+    return progress
 
 
 def run(cfg: SeparateConfig) -> dict[str, Any]:
     import ray
 
     output = storage.normalize_uri(cfg.output)
-    try:
-        meta = SP.describe(cfg.checkpoint)
+    try:  # loaded once here; the actors get it through the object store
+        model, meta = SP.load(cfg.checkpoint)
     except SepError as exc:
         raise ConfigError("checkpoint", str(exc)) from exc
     settings = SeparationSettings.of(cfg, meta)
@@ -156,15 +173,17 @@ def run(cfg: SeparateConfig) -> dict[str, Any]:
     log.info("separate: %d files, %d done before, %d to separate (model %s, target %s)",
              len(files), len(rows), len(todo), info["model_id"], info["target"])  # fmt: skip
     t0 = time.monotonic()
-    done, audio_s, startup, actors = _separate(cfg, settings, info, todo, len(rows)) if todo else ([], 0.0, 0.0, 0)
+    progress = _separate(cfg, settings, info, model, meta, todo, len(rows)) if todo else S.RunProgress(0, len(rows))
     wall = time.monotonic() - t0
-    rows.update((r["source"], r) for r in done)
+    rows.update((r["source"], r) for r in progress.rows)
     ordered = [rows[f.uri] for f in files if f.uri in rows]
     manifest = S.write_manifest(output, ordered)
     S.clear_run(output)
     cpus = float(ray.cluster_resources().get("CPU", 1))
-    return S.summary(len(files), ordered, audio_s, wall, startup, cpus, actors, model_id=info["model_id"],
-                     target=info["target"], manifest=manifest)  # fmt: skip
+    actors = min(cfg.inference.pool(ray.cluster_resources())[0], len(todo))
+    return S.summary(len(files), ordered, progress.audio_s, wall, progress.startup, cpus, actors,
+                     progress.actors(), model_id=info["model_id"], target=info["target"],
+                     manifest=manifest)  # fmt: skip
 
 
 JOB = Job("separate", SeparateConfig, run, __doc__.split("\n\n")[0])

@@ -23,8 +23,9 @@ A separator has
 ``audio`` is ``(channels, samples)`` at ``sample_rate``; the stems have the audio's channels.
 
 :func:`describe` reads what a ``checkpoint`` reference is (its meta) without the weights
-when it can; :func:`build` makes the separator of a reference with the separate job's
-settings.
+when it can; :func:`load` loads its model once (the separate job's driver: its actors get
+the model through Ray's object store, not from storage) and :func:`from_model` makes the
+separator of a loaded model with the separate job's settings; :func:`build` is the two.
 """
 
 from __future__ import annotations
@@ -112,20 +113,35 @@ def describe(ref: str) -> dict[str, Any]:
     return checkpoint.read_meta(checkpoint.resolve(ref))
 
 
-def build(ref: str, settings: Any, device: str | torch.device = "cpu") -> tuple[Separator, dict[str, Any]]:
-    """The separator of a ``checkpoint`` reference with the separate job's ``settings``, and its meta.
-
-    Demucs: :class:`~sepcore.separate.demucs.DemucsSeparator` with ``settings.demucs``;
-    otherwise the checkpoint's mask model (:func:`sepcore.models.checkpoint.load_model`) as a
-    :class:`MaskSeparator`.
-    """
+def load(ref: str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The model of a ``checkpoint`` reference and its meta, loaded once: a Demucs model
+    (:func:`sepcore.separate.demucs.load`, on the CPU) or the checkpoint's mask model
+    (:func:`sepcore.models.checkpoint.load_model`, on ``device``). Raises
+    :class:`~sepcore.models.checkpoint.CheckpointError` naming the reference."""
     from sepcore.models import checkpoint
 
-    settings = settings.model_copy(update={"device": str(device)})
     if D.is_demucs(ref):
-        model, meta = D.load(ref)
+        return D.load(ref)
+    return checkpoint.load_model(ref, device)
+
+
+def from_model(model: nn.Module, meta: dict[str, Any], settings: Any,
+               device: str | torch.device = "cpu") -> Separator:  # fmt: skip
+    """The separator of a model :func:`load` gave (with its ``meta``) and the separate job's
+    ``settings``, on ``device``.
+
+    Demucs (``meta["kind"] == "demucs"``): :class:`~sepcore.separate.demucs.DemucsSeparator`
+    with ``settings.demucs``; otherwise the mask model as a :class:`MaskSeparator`.
+    """
+    settings = settings.model_copy(update={"device": str(device)})
+    if meta.get("kind") == "demucs":
         opts = settings.demucs
-        sep = D.DemucsSeparator(model, opts.segment, opts.overlap, opts.shifts, device)
-        return sep, meta
-    model, meta = checkpoint.load_model(ref, device)
-    return MaskSeparator.of(model, settings), meta
+        return D.DemucsSeparator(model, opts.segment, opts.overlap, opts.shifts, device)
+    return MaskSeparator.of(model.to(device).eval(), settings)
+
+
+def build(ref: str, settings: Any, device: str | torch.device = "cpu") -> tuple[Separator, dict[str, Any]]:
+    """The separator of a ``checkpoint`` reference with the separate job's ``settings``, and its
+    meta: :func:`from_model` of :func:`load`."""
+    model, meta = load(ref, device)
+    return from_model(model, meta, settings, device), meta

@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,7 @@ from sepcore.errors import SepError
 from sepcore.io import storage
 from sepcore.separate.config import DecodeLimits, SeparationSettings
 from sepcore.separate.library import LibraryFile, output_dir, separate_file
+from sepcore.separate.separator import Separator
 
 log = logging.getLogger("sep.separate")
 
@@ -131,7 +133,7 @@ def record(output: str, row: dict[str, Any], start: float, **fields: Any) -> dic
     return row
 
 
-def separate_row(model: nn.Module, row: dict[str, Any], output: str, settings: SeparationSettings,
+def separate_row(model: nn.Module | Separator, row: dict[str, Any], output: str, settings: SeparationSettings,
                  scratch: str | None, limits: DecodeLimits) -> dict[str, Any]:  # fmt: skip
     """Separate one file of the library (a :func:`plan` row) into its stems: the row with
     the result's fields and ``status`` ok, or ``status`` error, ``error_class`` and ``error``."""
@@ -251,11 +253,13 @@ def every_file_failed(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def summary(files: int, rows: list[dict[str, Any]], audio_s: float, wall: float, startup: float,
-            cpus: float, actors: int, **info: Any) -> dict[str, Any]:  # fmt: skip
+            cpus: float, actors: int, startups: Sequence[dict[str, Any]] = (), **info: Any) -> dict[str, Any]:  # fmt: skip
     """The summary's counts, figures, nodes, ``info``, retries and failures of a run's manifest ``rows``.
 
     ``audio_s`` seconds of audio separated in ``wall`` seconds, ``startup`` of them until
-    the first of the ``actors`` was ready, on ``cpus`` CPUs.
+    the first of the ``actors`` was ready, on ``cpus`` CPUs; ``startups``, each actor's
+    start-up (:func:`startup_figures`): the figures give the longest (``actor_startup_s``,
+    from the request to ready) and the summary the list (``actor_startup``).
     """
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "error", "skipped")}
     tried = [r for r in rows if r["status"] != "skipped"]
@@ -270,7 +274,9 @@ def summary(files: int, rows: list[dict[str, Any]], audio_s: float, wall: float,
             "startup_s": round(startup, 2),
             "x_realtime_after_startup": round(audio_s / (wall - startup) if wall > startup else 0.0, 2),
             "actors": actors,
+            "actor_startup_s": max((a["ready_s"] for a in startups), default=0.0),
         },
+        "actor_startup": list(startups),
         "nodes": sorted({r["node"] for r in tried if r.get("node")}),
         **info,
         "retried": sum((r.get("attempts") or 1) > 1 for r in tried),
@@ -294,19 +300,65 @@ def run_info(meta: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def process_started_at() -> float | None:
+    """When this process started, as ``time.time()`` (Linux: from ``/proc``; else None)."""
+    try:
+        with open("/proc/self/stat") as fh:
+            ticks = int(fh.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+
+
+def actor_startup(init_at: float, model_at: float) -> dict[str, Any]:
+    """A separator actor's start-up, measured when it is ready: ``pid``; ``process_at``
+    (its process started: Python, Ray, the job's modules and torch come before its
+    constructor), ``init_at`` (the constructor began), ``model_at`` (the model was in
+    place) and ``ready_at``, all ``time.time()``; ``cpu_s``, the CPU seconds it used."""
+    return {"pid": os.getpid(), "process_at": process_started_at(), "init_at": init_at,
+            "model_at": model_at, "ready_at": time.time(), "cpu_s": time.process_time()}  # fmt: skip
+
+
+def startup_figures(startups: list[dict[str, Any]], requested_at: float) -> list[dict[str, Any]]:
+    """Per actor (:func:`actor_startup`, in the order they became ready), seconds from
+    ``requested_at`` (the driver asked for the actors, ``time.time()``) to ready
+    (``ready_s``), and of that, from its process's start (or the request, when the process
+    was started before) to its constructor (``import_s``: Python, Ray and the modules),
+    the model (``model_s``) and the rest of the constructor (``init_s``); ``cpu_s``."""
+    rows = []
+    for a in sorted(startups, key=lambda a: a["ready_at"]):
+        begun = max(a["process_at"] or requested_at, requested_at)
+        rows.append({"pid": a["pid"], "ready_s": round(a["ready_at"] - requested_at, 2),
+                     "process_s": round(a["ready_at"] - begun, 2),
+                     "import_s": round(a["init_at"] - begun, 2),
+                     "model_s": round(a["model_at"] - a["init_at"], 2),
+                     "init_s": round(a["ready_at"] - a["model_at"], 2),
+                     "cpu_s": round(a["cpu_s"], 2)})  # fmt: skip
+    return rows
+
+
 class RunProgress:
     """Progress lines of the files separated in a run, with the running x real time.
 
-    Keeps the finished ``rows``, the seconds of audio separated (``audio_s``) and the
-    start-up seconds (``startup``: until the first actor was ready, paid once per run).
+    Keeps the finished ``rows``, the seconds of audio separated (``audio_s``), the
+    start-up seconds (``startup``: until the first actor was ready, paid once per run) and
+    each actor's start-up (``startups``: :func:`actor_startup`, from its first row's
+    ``actor_startup``; :meth:`actors` gives the figures).
     """
 
     def __init__(self, todo: int, done_before: int):
         self.progress = Progress("separate", todo, done_before, "file")
         self.rows: list[dict[str, Any]] = []
+        self.startups: list[dict[str, Any]] = []  # each actor's first row brings its start-up
         self.audio_s, self.startup, self.t0 = 0.0, 0.0, time.monotonic()
+        self.requested_at = time.time()
 
     def update(self, row: dict[str, Any]) -> None:
+        startup = row.pop("actor_startup", None)
+        if startup:
+            self.startups.append(startup)
         self.rows.append(row)
         elapsed = time.monotonic() - self.t0
         if len(self.rows) == 1:
@@ -318,6 +370,10 @@ class RunProgress:
             self.progress.update(row["relative"], state)
         else:
             self.progress.update(row["relative"], f"{row['status']}: {row['error']}", failed=True)
+
+    def actors(self) -> list[dict[str, Any]]:
+        """:func:`startup_figures` of the actors that sent a row, since this run asked for them."""
+        return startup_figures(self.startups, self.requested_at)
 
     def close(self) -> None:
         self.progress.close()

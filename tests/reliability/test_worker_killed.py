@@ -51,7 +51,7 @@ class Killer(threading.Thread):
         while not self.stop.is_set():
             busy = in_progress(self.output)
             if len(records(self.output)) >= self.after and len(busy) == 2:
-                actors = ray_actor_processes("MapWorker")
+                actors = ray_actor_processes("Separator")
                 if actors:
                     pid = min(actors)
                     os.kill(pid, signal.SIGKILL)
