@@ -84,17 +84,18 @@ class TrackWorker:
     def __call__(self, track: bytes, split: str, donors: list[Any] | None) -> Any:
         import ray
 
-        if donors is not None and (self.donors is None or self.donors[0] != donors[0]):
+        if donors is None:
+            return self.actor({"track": track, "split": split})
+        if self.donors is None or self.donors[0] != donors[0]:
             self.donors = (donors[0], ray.get(donors[0]))
-        pool = None if donors is None or self.donors is None else self.donors[1]
-        return self.actor({"track": track, "split": split}, pool=pool)
+        return self.actor({"track": track, "split": split}, pool=self.donors[1])
 
 
 class WarmPool:
     """A fixed pool of ``size`` :class:`TrackWorker` processes, started at once (before the
     tracks are listed), each kept busy with ``depth`` tracks in flight.
 
-    Ray Data's executor costs seconds per run on a small machine (8-9 s measured on 2 cores
+    Ray Data's executor costs seconds per run on a small machine (8-9 s measured on one core
     for a trivial actor map); this is one actor per process and a :func:`ray.wait` loop. A
     worker that ends (its time limit) is restarted by Ray and its calls retried
     (``max_restarts=-1``, ``max_task_retries=-1``); only started workers get tracks, so a

@@ -132,9 +132,7 @@ def feature_rows(row: dict[str, Any], spec: P.PrepareSpec, extractor: FeatureExt
     ok = row["status"] == "ok"
     with watchdog.running(row["track_id"]) if ok else contextlib.nullcontext():
         rows, result = chunk_rows(row, spec, extractor)
-    if output is None or done is None:
-        return rows
-    return [{"result": json.dumps(commit_track(output, done, result, rows))}]
+    return _rows_or_result(rows, result, output, done)
 
 
 def track_step(track: SourceTrack, split: str, spec: P.PrepareSpec, extractor: FeatureExtractor,
@@ -145,6 +143,12 @@ def track_step(track: SourceTrack, split: str, spec: P.PrepareSpec, extractor: F
     ``output`` one result row after writing the shard and done-record (as :func:`feature_rows`).
     """
     rows, result = chunk_pairs(*mix_step(track, split, spec, pool, error), spec, extractor)
+    return _rows_or_result(rows, result, output, done)
+
+
+def _rows_or_result(rows: list[dict[str, Any]], result: dict[str, Any], output: str | None,
+                    done: Ledger | None) -> list[dict[str, Any]]:  # fmt: skip
+    """The chunk rows (a stream), or with ``output`` the one result row of :func:`commit_track`."""
     if output is None or done is None:
         return rows
     return [{"result": json.dumps(commit_track(output, done, result, rows))}]
