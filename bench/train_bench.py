@@ -1,21 +1,29 @@
 """Training overhead: samples/s of ``sep train``'s loop against a plain PyTorch loop (issue 26).
 
-    taskset -c 1 .venv/bin/python bench/train_bench.py                       # BLSTM cpu_small
-    taskset -c 1 .venv/bin/python bench/train_bench.py --config configs/train_hourglass_cpu_small.yaml
+    .venv/bin/python bench/train_bench.py --worker-core 1          # BLSTM cpu_small; the model has core 1 to itself
+    taskset -c 1 .venv/bin/python bench/train_bench.py             # everything, Ray's own processes too, on core 1
+    .venv/bin/python bench/train_bench.py --worker-core 1 --config configs/train_hourglass_cpu_small.yaml
 
 (a) ``sep``: the real train job (``python -m ray_jobs.train``, a Ray Train TorchTrainer with
     one worker of one CPU and one torch thread) for ``--epochs`` epochs of ``--steps`` steps.
     Its figure is the job's own ``samples_per_s`` of each epoch (``metrics.jsonl``: training
     samples over the training loop's wall time, so validation and checkpoints are left out);
-    the first epoch (Ray Data's start-up) is left out and the median of the others is taken.
+    the first epoch (start-up) is left out and the median of the others is taken.
 (b) ``plain``: one process, the same model, optimiser, loss, batch size and seed; every
     training row of the same shards decoded once into one float32 tensor (not timed), then
     random batches indexed from it; one torch thread; the same steps, timed per epoch the
     same way (median of the epochs after the first). No validation, no checkpoints.
 
+Where they run: with ``--worker-core N`` the Ray Train worker's threads are moved to core N
+as soon as it starts and everything else of the job (driver, raylet, GCS, dashboard, Ray
+Train's and Ray Data's actors, read tasks) is kept on the other cores; the plain loop then
+runs on core N too. Both models thus get one core of their own, as a one-CPU worker has on
+a cluster node, and the ratio is the loop's own overhead. Without it, the job and the plain
+loop inherit this process's cores: under ``taskset -c 1`` Ray's own processes share the one
+core with the model, and the ratio also pays for them.
+
 Both read the shards the job's config names (``--data`` to change); the job writes under
-``--output`` only. Run the whole script under ``taskset -c 1`` (one core): Ray, its workers
-and the plain loop then share that core, as a one-CPU worker would.
+``--output`` only.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -44,15 +53,58 @@ def job_args(config: str, output: str, epochs: int, steps: int, num_cpus: int, d
     return args + ([f"data={data}"] if data else [])
 
 
-def run_sep(args: list[str], output: str) -> list[dict[str, Any]]:
-    """Run the train job in a child process (it inherits this process's CPU affinity); its epochs' metrics."""
+def pin_worker(core: int, stop: threading.Event) -> None:
+    """Until ``stop``: every thread of this process's descendants named ``ray::RayTrainWorker`` onto
+    ``core`` (checked every 0.5 s; the threads it starts later inherit the core)."""
+    while not stop.wait(0.5):
+        for pid in descendants(os.getpid()):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    if not fh.read().startswith(b"ray::RayTrainWorker"):
+                        continue
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    if os.sched_getaffinity(int(tid)) != {core}:
+                        os.sched_setaffinity(int(tid), {core})
+            except (OSError, ValueError):  # gone meanwhile
+                continue
+
+
+def descendants(root: int) -> list[int]:
+    """The processes below ``root`` (children, their children, ...)."""
+    children: dict[int, list[int]] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(pid))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def run_sep(args: list[str], output: str, worker_core: int | None) -> list[dict[str, Any]]:
+    """Run the train job in a child process (on this process's cores; see the module docstring for
+    ``worker_core``); its epochs' metrics."""
     from sepcore.train.outputs import read_history
 
     t0 = time.monotonic()
     # A core shared with other work can starve the raylet's heartbeats: give it more slack than Ray's 15 s.
     env = {"RAY_health_check_failure_threshold": "40", **os.environ}
-    done = subprocess.run([sys.executable, "-m", "ray_jobs.train", *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env)  # fmt: skip
+    stop, before = threading.Event(), os.sched_getaffinity(0)
+    if worker_core is not None:  # the job starts off the worker's core; only the worker is moved onto it
+        os.sched_setaffinity(0, before - {worker_core})
+        threading.Thread(target=pin_worker, args=(worker_core, stop), daemon=True).start()
+    try:
+        done = subprocess.run([sys.executable, "-m", "ray_jobs.train", *args], capture_output=True, text=True,
+                              cwd=ROOT, env=env)  # fmt: skip
+    finally:
+        stop.set()
+        os.sched_setaffinity(0, before)
     if done.returncode != 0:
         sys.exit(f"sep train failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     print(f"  sep train: {time.monotonic() - t0:.1f} s wall in all (Ray start-up, validation, checkpoints included)")
@@ -111,6 +163,17 @@ def run_plain(cfg: Any, epochs: int, steps: int) -> list[float]:
     return rates
 
 
+def on_core(core: int | None, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` with this process on ``core`` (None: where it is), its cores given back after."""
+    before = os.sched_getaffinity(0)
+    if core is not None:
+        os.sched_setaffinity(0, {core})
+    try:
+        return fn(*args)
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def steady(rates: list[float]) -> float:
     """The median of the epochs after the first (all of them when there is only one)."""
     return statistics.median(rates[1:] if len(rates) > 1 else rates)
@@ -121,14 +184,14 @@ def bench(config: str, args: argparse.Namespace) -> dict[str, Any]:
     from sepcore.config import load_config
 
     output = os.path.join(args.output, os.path.splitext(os.path.basename(config))[0])
-    jargs = job_args(config, output, args.epochs, args.steps, args.num_cpus, args.data)
+    jargs = job_args(config, output, args.epochs, args.steps, args.num_cpus, args.data) + args.set
     cfg = load_config(TrainConfig, config, jargs[2:])
     print(f"{config}: {cfg.model.name}, batch {cfg.optim.batch_size}, {args.epochs} epochs x {args.steps} steps, "
           f"1 worker, 1 CPU, 1 torch thread")  # fmt: skip
     print("  command: .venv/bin/python -m ray_jobs.train " + " ".join(f"'{a}'" if " " in a else a for a in jargs))
-    history = [] if args.skip_sep else run_sep(jargs, output)
+    history = [] if args.skip_sep else run_sep(jargs, output, args.worker_core)
     sep_rates = [float(h["samples_per_s"]) for h in history]
-    plain_rates = [] if args.skip_plain else run_plain(cfg, args.epochs, args.steps)
+    plain_rates = [] if args.skip_plain else on_core(args.worker_core, run_plain, cfg, args.epochs, args.steps)
     result = {"config": config, "sep_per_epoch": [round(r, 2) for r in sep_rates],
               "plain_per_epoch": [round(r, 2) for r in plain_rates]}  # fmt: skip
     print(f"  sep   samples/s per epoch: {', '.join(f'{r:.1f}' for r in sep_rates)}")
@@ -147,15 +210,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=4, help="epochs of each loop; the first is left out")
     parser.add_argument("--steps", type=int, default=40, help="training steps per epoch")
     parser.add_argument("--num-cpus", type=int, default=2, help="logical CPUs of the job's local Ray: the "
-                        "worker's one and one for Ray Data's reading tasks (the process is pinned by taskset)")  # fmt: skip
+                        "worker's one and one for Ray Data's reading tasks")  # fmt: skip
+    parser.add_argument("--worker-core", type=int, default=None, help="give the Ray Train worker this core "
+                        "to itself and run the plain loop there (default: both on this process's cores)")  # fmt: skip
     parser.add_argument("--data", default=None, help="prepared shards (default: the config's data)")
     parser.add_argument("--output", default="/tmp/sep_train_bench", help="where the train job writes")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="more overrides of the job (e.g. loader.cache_mb=0: read the shards every epoch)")  # fmt: skip
     parser.add_argument("--skip-sep", action="store_true", help="the plain loop only")
     parser.add_argument("--skip-plain", action="store_true", help="the train job only")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    if hasattr(os, "sched_getaffinity"):
-        print(f"CPU cores this process may use: {sorted(os.sched_getaffinity(0))}")
+    cores = sorted(os.sched_getaffinity(0))
+    print(f"CPU cores this process may use: {cores}")
+    if args.worker_core is not None:
+        if args.worker_core not in cores or len(cores) < 2:
+            sys.exit(f"--worker-core {args.worker_core}: needs that core and another among {cores}")
+        print(f"the Ray Train worker and the plain loop on core {args.worker_core}, the rest of Ray on the others")
     results = [bench(c, args) for c in args.config]
     if args.json:
         with open(args.json, "w") as fh:

@@ -166,3 +166,63 @@ def test_a_stems_training_job_saves_a_checkpoint_that_separates_every_stem(tiny_
     assert sorted(parts) == sorted(stems)
     total = sum(parts.values())
     assert np.linalg.norm(total - audio) / np.linalg.norm(audio) < 1e-4
+
+
+def test_a_held_split_serves_every_row_once_per_epoch_as_the_shards_decode():
+    shapes = {"mix": [1, 5, 4], "target": [1, 5, 4]}
+    rng = np.random.default_rng(0)
+    rows = {c: rng.random((11, *shapes[c])).astype(np.float16) for c in shapes}
+    reads = [{c: np.array([r.tobytes() for r in rows[c][i : i + 3]], dtype=object) for c in shapes}
+             for i in range(0, 11, 3)]  # read in batches of 3, trained in batches of 4  # fmt: skip
+    held = W.HeldSplit(iter(reads), shapes, "float16", ("mix", "target"))
+    assert held.rows == 11 and held.columns["mix"].dtype == torch.float16  # held as stored
+    in_order = list(held.batches(4, None, torch.device("cpu")))
+    assert [b["mix"].shape[0] for b in in_order] == [4, 4, 3]
+    decoded = L.decode_batch({c: [r.tobytes() for r in rows[c]] for c in shapes}, shapes, "float16", shapes)
+    for c in shapes:  # the order read, float32, equal to decoding the rows one batch at a time
+        assert torch.equal(torch.cat([b[c] for b in in_order]), decoded[c]) and in_order[0][c].dtype == torch.float32
+    epochs = [list(held.batches(4, np.random.default_rng(s), torch.device("cpu"))) for s in (1, 2)]
+    orders = []
+    for batches in epochs:  # each epoch: every row once, mixture and target of the same row together
+        mix, target = (torch.cat([b[c] for b in batches]) for c in ("mix", "target"))
+        order = [int(np.flatnonzero((decoded["mix"] == m).all(dim=(1, 2, 3)))[0]) for m in mix]
+        assert sorted(order) == list(range(11)) and torch.equal(target, decoded["target"][order])
+        orders.append(order)
+    assert orders[0] != orders[1] != list(range(11))
+    in_order[0]["mix"] += 1.0  # a batch is a copy: training cannot change the held rows
+    assert torch.equal(held.columns["mix"][:4].float(), decoded["mix"][:4])
+
+
+def test_a_worker_that_holds_its_splits_reads_each_once_and_trains_as_well(tmp_path):
+    class Counted(_Rows):
+        reads = 0
+
+        def iter_batches(self, batch_size: int, **kw: object):
+            Counted.reads += 1
+            return super().iter_batches(batch_size, **kw)
+
+    losses = {}
+    for cache in (False, True):
+        config = {**_worker_config(tmp_path / str(cache), max_minutes=None, epochs=6), "loader": None, "cache": cache}
+        config["optim"]["lr"] = 1e-2
+        reports: list[dict] = []
+        Counted.reads = 0
+        data = {"train": Counted(64, config["shapes"], 0), "validation": Counted(16, config["shapes"], 1)}
+        W.train_worker(config, W.LocalSession(W.LocalRun(str(tmp_path / str(cache)), 1, "val_loss", reports.append),
+                                              data))  # fmt: skip
+        assert [r["train_samples"] for r in reports] == [64] * 6  # every row once per epoch
+        assert Counted.reads == (2 if cache else 12)  # held: each split read once; else read every epoch
+        losses[cache] = [r["val_loss"] for r in reports]
+    assert losses[True][-1] < 0.5 * losses[True][0] and losses[False][-1] < 0.5 * losses[False][0]
+
+
+def test_each_worker_holds_its_share_of_the_splits_when_it_fits_loader_cache_mb():
+    manifest = {"shapes": {"mix": [1, 1024, 64], "target": [1, 1024, 64]}, "dtype": "float16",
+                "shards": [{"split": "train", "rows": 48}, {"split": "validation", "rows": 16},
+                           {"split": "test", "rows": 1000}]}  # 64 rows of 256 KiB in the two splits: 16 MiB  # fmt: skip
+
+    def held(workers: int, cache_mb: float) -> bool:
+        cfg = SimpleNamespace(scaling=SimpleNamespace(num_workers=workers), loader=SimpleNamespace(cache_mb=cache_mb))
+        return O.held_in_memory(cfg, manifest)
+
+    assert held(1, 16) and not held(1, 15.9) and held(2, 8) and not held(4, 0)

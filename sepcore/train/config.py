@@ -11,7 +11,7 @@ from sepcore.config import Config
 #: Settings that may change when a run is continued (raising optim.epochs is how it is
 #: continued); any other difference from the checkpoints' settings is refused.
 RESUMABLE_CHANGES = ("optim.epochs", "optim.early_stopping_patience", "optim.max_minutes", "scaling.*",
-                     "max_failures", "keep_checkpoints", "num_cpus", "output", "resume")  # fmt: skip
+                     "max_failures", "keep_checkpoints", "num_cpus", "output", "resume", "loader.cache_mb")  # fmt: skip
 
 
 class ModelConfig(Config):
@@ -110,6 +110,11 @@ class LoaderConfig(Config):
     snippets_per_song: int | None = Field(
         None, ge=1, description="train on this many chunks of each training song, drawn at random once per run "
         "(seed): the same rows every epoch; songs with fewer chunks keep all (seed 000: 100; null: all)"
+    )
+    cache_mb: float = Field(
+        2048.0, ge=0, description="each worker reads its share of the splits once and holds it in memory (the "
+        "stored dtype) when that is at most this many MiB; its epochs then draw batches from memory in a new "
+        "random order each time (0: read and decode the shards every epoch)"
     )
 
     @model_validator(mode="after")

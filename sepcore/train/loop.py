@@ -75,12 +75,13 @@ def training_state(optimizer: Any, scheduler: Any, scaler: Any) -> dict[str, Any
 def decode_batch(batch: dict[str, Any], shapes: dict[str, Sequence[int]], dtype: str,
                  columns: Iterable[str], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:  # fmt: skip
     """Bytes columns of a batch of rows -> float32 tensors ``(batch, *shape)``."""
-    out = {}
-    for name in columns:
-        values = batch[name]
-        arr = np.stack([np.frombuffer(v, dtype=dtype) for v in values]).reshape(len(values), *shapes[name])
-        out[name] = torch.from_numpy(arr.astype(np.float32)).to(device)
-    return out
+    return {name: torch.from_numpy(stack_rows(batch[name], shapes[name], dtype).astype(np.float32)).to(device)
+            for name in columns}  # fmt: skip
+
+
+def stack_rows(values: Sequence[bytes], shape: Sequence[int], dtype: str) -> np.ndarray:
+    """A column of rows stored as bytes -> one array ``(rows, *shape)`` in the stored ``dtype`` (one copy)."""
+    return np.frombuffer(b"".join(values), dtype=dtype).reshape(len(values), *shape)
 
 
 def columns_for(task: str, multi: bool = False) -> tuple[str, str]:

@@ -263,9 +263,20 @@ def worker_config(cfg: Any, manifest: dict[str, Any]) -> dict[str, Any]:
         "shapes": manifest["shapes"], "dtype": manifest["dtype"], "seed": cfg.seed,
         "threads": s.threads or max(1, round(s.cpus_per_worker)), "output": output,
         "val_tracks": validation_tracks(manifest, cfg.validation.sdr_tracks) if meta["task"] == "separator" else [],
-        "resume_from": latest, "keep_checkpoints": cfg.keep_checkpoints,
+        "resume_from": latest, "keep_checkpoints": cfg.keep_checkpoints, "cache": held_in_memory(cfg, manifest),
         "gan": cfg.gan.model_dump() if getattr(cfg, "stage", 1) == 2 else None,
     }  # fmt: skip
+
+
+def held_in_memory(cfg: Any, manifest: dict[str, Any]) -> bool:
+    """Whether each worker holds its share of the splits in memory (``loader.cache_mb``). The share
+    is counted from the manifest's rows, an upper bound (snippets and a capped validation hold fewer)."""
+    share = split_bytes(manifest) / cfg.scaling.num_workers / 2**20
+    held = share <= cfg.loader.cache_mb
+    log.info("train: each worker %s its share of the splits (%.0f MiB at most; loader.cache_mb %g)",
+             "reads once and holds in memory" if held else "reads and decodes every epoch", share,
+             cfg.loader.cache_mb)  # fmt: skip
+    return held
 
 
 def input_stats_source(cfg: Any, manifest: dict[str, Any]) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import numpy as np
@@ -83,9 +83,17 @@ def train_worker(config: dict[str, Any], session: Session) -> None:
     rng = np.random.default_rng([config["seed"], rank, state["epoch"]])
     fold = config.get("fold")
 
+    held = {split: HeldSplit(session.batches(split, HeldSplit.READ_ROWS, False), config["shapes"], config["dtype"],
+                             columns, split) for split in ("train", "validation")} if config.get("cache") else {}  # fmt: skip
+
+    def decoded(split: str, shuffle: bool) -> Iterable[dict[str, torch.Tensor]]:
+        if split in held:  # a new random order each epoch (rng carries the run's seed, rank and epoch)
+            return held[split].batches(opt_cfg["batch_size"], rng if shuffle else None, device)
+        return (L.decode_batch(b, config["shapes"], config["dtype"], columns, device)
+                for b in session.batches(split, opt_cfg["batch_size"], shuffle))  # fmt: skip
+
     def batches(split: str, shuffle: bool) -> Iterable[dict[str, torch.Tensor]]:
-        for b in session.batches(split, opt_cfg["batch_size"], shuffle):
-            batch = L.decode_batch(b, config["shapes"], config["dtype"], columns, device)
+        for batch in decoded(split, shuffle):
             if fold is not None:
                 batch[columns[1]] = fold_stems(batch[columns[1]], fold)
             yield L.loader_augment(batch, loader, rng, columns) if split == "train" and loader else batch
@@ -180,6 +188,47 @@ class Budget:
         if self.limit is None:
             return False
         return broadcast_flag(self.spent(reserve=True), self.world)
+
+
+class HeldSplit:
+    """One worker's rows of a split, read once through its session and held in memory in the
+    stored dtype (``loader.cache_mb``), so that later epochs do not read and decode the shards
+    again: each epoch's batches are gathered from here and cast to float32 one batch at a time.
+
+    Shape: each column ``(rows, *shape)``; a batch ``(batch, *shape)`` float32 on ``device``.
+    """
+
+    #: Rows per batch while reading (larger than a training batch: fewer, cheaper pulls).
+    READ_ROWS = 128
+
+    def __init__(self, batches: Iterable[dict[str, Any]], shapes: dict[str, Any], dtype: str,
+                 columns: Iterable[str], name: str = "split"):  # fmt: skip
+        t0 = time.monotonic()
+        parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+        for b in batches:
+            for c, part in parts.items():
+                part.append(L.stack_rows(b[c], shapes[c], dtype))
+        self.columns = {c: torch.from_numpy(np.concatenate(part) if part else np.empty((0, *shapes[c]), dtype))
+                        for c, part in parts.items()}  # fmt: skip
+        self.rows = next(iter(self.columns.values())).shape[0]
+        mib = sum(t.numel() * t.element_size() for t in self.columns.values()) / 2**20
+        log.info("train: %d rows of %s held in memory (%.0f MiB) in %.1f s", self.rows, name, mib,
+                 time.monotonic() - t0)  # fmt: skip
+
+    def batches(self, batch_size: int, rng: np.random.Generator | None, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
+        """The rows in batches of ``batch_size`` (the last may be short): in a random order drawn
+        from ``rng``, or in the order read without it."""
+        order = None if rng is None else torch.from_numpy(rng.permutation(self.rows))
+        for start in range(0, self.rows, batch_size):
+            take = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
+            yield {c: _to_device(col[take], device) for c, col in self.columns.items()}
+
+
+def _to_device(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Rows gathered on the CPU -> a float32 copy on ``device`` (to a GPU through pinned memory, cast there)."""
+    if device.type == "cuda":
+        return rows.pin_memory().to(device, non_blocking=True).float()
+    return rows.to(torch.float32, copy=True)
 
 
 def fold_stems(targets: torch.Tensor, fold: list[list[int]]) -> torch.Tensor:
