@@ -137,7 +137,10 @@ def _train(cfg: ClassifyConfig, datasets: dict[str, Any], names: list[str], clas
         train_loop, train_loop_config=cfg.loop_config(names, classes), datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         scaling_config=ray.train.ScalingConfig(**cfg.scaling.scaling_args()),
-        run_config=ray.train.RunConfig(name=f"run-{int(time.time())}", **storage_args(output)),
+        # LightGBM's network binds the ports Ray found free a moment before; another process can take
+        # one first ("Binding port N failed", seen once in CI): the workers then start again, on new ports.
+        run_config=ray.train.RunConfig(name=f"run-{int(time.time())}", **storage_args(output),
+                                       failure_config=ray.train.FailureConfig(max_failures=1)),
     )  # fmt: skip
     try:
         result = trainer.fit()

@@ -273,8 +273,8 @@ def held_in_memory(cfg: Any, manifest: dict[str, Any]) -> bool:
     is counted from the manifest's rows, an upper bound (snippets and a capped validation hold fewer)."""
     share = split_bytes(manifest) / cfg.scaling.num_workers / 2**20
     held = share <= cfg.loader.cache_mb
-    log.info("train: each worker %s its share of the splits (%.0f MiB at most; loader.cache_mb %g)",
-             "reads once and holds in memory" if held else "reads and decodes every epoch", share,
+    log.info("train: the splits are %s (%.0f MiB per worker at most; loader.cache_mb %g)",
+             "read once and held in each worker's memory" if held else "read and decoded every epoch", share,
              cfg.loader.cache_mb)  # fmt: skip
     return held
 

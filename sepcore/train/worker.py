@@ -208,8 +208,11 @@ class HeldSplit:
         for b in batches:
             for c, part in parts.items():
                 part.append(L.stack_rows(b[c], shapes[c], dtype))
-        self.columns = {c: torch.from_numpy(np.concatenate(part) if part else np.empty((0, *shapes[c]), dtype))
-                        for c, part in parts.items()}  # fmt: skip
+        self.columns: dict[str, torch.Tensor] = {}
+        for c in list(parts):  # one column at a time, its parts let go as it is joined
+            part = parts.pop(c)
+            self.columns[c] = torch.from_numpy(np.concatenate(part) if part else np.empty((0, *shapes[c]), dtype))
+            del part
         self.rows = next(iter(self.columns.values())).shape[0]
         mib = sum(t.numel() * t.element_size() for t in self.columns.values()) / 2**20
         log.info("train: %d rows of %s held in memory (%.0f MiB) in %.1f s", self.rows, name, mib,
