@@ -291,7 +291,9 @@ def build_trainer(cfg: Any, read_cpus: float = 1.0, datasets: dict[str, Any] | N
     if config.get("gan") and config["meta"].get("stems"):
         raise ConfigError("stage", "stage 2 trains a one-target generator (the drums): this data has several "
                           "stems; prepare it with target: drums")  # fmt: skip
-    datasets = datasets or build_datasets(cfg, manifest, read_cpus)
+    if config["cache"] and datasets is None:  # each worker reads its share of the shards itself: no Ray Data
+        config["shares"], datasets = O.split_shares(cfg, manifest), {}
+    datasets = datasets if datasets is not None else build_datasets(cfg, manifest, read_cpus)
     init_from = getattr(cfg, "init_from", None)  # another run's weights (train's init_from; tune has none)
     if cfg.model.name == "frame_dnn" and not init_from:  # how the weights start: least squares (seed 000) or at random
         if config["resume_from"] is not None:  # a resumed run keeps its weights and its record of their start
@@ -310,7 +312,7 @@ def build_trainer(cfg: Any, read_cpus: float = 1.0, datasets: dict[str, Any] | N
         return InProcessTrainer(config, datasets, LocalRun(output, cfg.keep_checkpoints, metric, _tune_report),
                                 s.use_gpu)  # fmt: skip
     return TorchTrainer(
-        train_loop, train_loop_config=config, datasets=datasets, dataset_config=data_config(),
+        train_loop, train_loop_config=config, datasets=datasets or None, dataset_config=data_config() if datasets else None,
         scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
                                                resources_per_worker=s.worker_resources()),
         run_config=run_config(cfg, output, [_tune_callback()] if in_trial else []),

@@ -226,3 +226,40 @@ def test_each_worker_holds_its_share_of_the_splits_when_it_fits_loader_cache_mb(
         return O.held_in_memory(cfg, manifest)
 
     assert held(1, 16) and not held(1, 15.9) and held(2, 8) and not held(4, 0)
+
+
+def test_workers_read_equal_runs_of_a_split_from_its_shards(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shards, n = [], 0
+    for i, rows in enumerate((4, 3, 5)):  # row k of the split holds k in both columns
+        uri = str(tmp_path / f"shard_{i}.parquet")
+        values = [np.float32(k).tobytes() for k in range(n, n + rows)]
+        pq.write_table(pa.table({"mix": values, "target": values, "track_id": [f"t{i}"] * rows}), uri)
+        shards.append([uri, rows])
+        n += rows
+
+    def read(share: dict, world: int) -> list[list[int]]:
+        got = []
+        for rank in range(world):
+            rows = [int(np.frombuffer(v, np.float32)[0]) for b in W.read_share(share, rank, world, ["mix", "target"])
+                    for v in b["mix"]]  # fmt: skip
+            got.append(rows)
+        return got
+
+    whole = {"shards": shards, "keep": None, "limit": None}
+    assert read(whole, 1) == [list(range(12))]
+    assert read(whole, 2) == [list(range(6)), list(range(6, 12))]  # across shard boundaries
+    assert read({**whole, "limit": 7}, 2) == [[0, 1, 2], [3, 4, 5]]  # the first 7 rows; the odd one left out
+    assert read(whole, 5) == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    keep = {shards[0][0]: [1, 3], shards[1][0]: [0, 1, 2], shards[2][0]: [4]}
+    kept = {"shards": [[u, len(keep[u])] for u, _ in shards], "keep": keep, "limit": None}
+    assert read(kept, 2) == [[1, 3, 4], [5, 6, 11]]
+    manifest = {"shards": [{"uri": u, "split": "train" if i < 2 else "validation", "rows": r, "track_id": f"t{i}"}
+                           for i, (u, r) in enumerate(shards)]}  # fmt: skip
+    cfg = SimpleNamespace(loader=SimpleNamespace(snippets_per_song=2), seed=0, scaling=SimpleNamespace(num_workers=2),
+                          optim=SimpleNamespace(batch_size=2), validation=SimpleNamespace(max_steps=1))  # fmt: skip
+    shares = O.split_shares(cfg, manifest)
+    assert [r for _, r in shares["train"]["shards"]] == [2, 2] and shares["train"]["keep"] == O.snippet_rows(manifest, 2, 0)
+    assert shares["validation"] == {"shards": [shards[2]], "keep": None, "limit": 4}

@@ -279,6 +279,23 @@ def held_in_memory(cfg: Any, manifest: dict[str, Any]) -> bool:
     return held
 
 
+def split_shares(cfg: Any, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What each worker reads itself of the splits it holds in memory (:func:`held_in_memory`), per
+    split: ``shards`` as ``[uri, rows]`` in the manifest's order (rows after the snippets kept),
+    ``keep`` (``loader.snippets_per_song``'s rows, training only) and ``limit``, the rows of all
+    workers together (``validation.max_steps``). See :func:`sepcore.train.worker.read_share`."""
+    keep = snippet_rows(manifest, cfg.loader.snippets_per_song, cfg.seed) if cfg.loader.snippets_per_song else None
+    shares = {}
+    for split in ("train", "validation"):
+        kept = keep if split == "train" else None
+        shards = [[sh["uri"], len(kept[sh["uri"]]) if kept is not None else int(sh["rows"])]
+                  for sh in manifest["shards"] if sh["split"] == split]  # fmt: skip
+        capped = split == "validation" and cfg.validation.max_steps is not None
+        limit = cfg.validation.max_steps * cfg.optim.batch_size * cfg.scaling.num_workers if capped else None
+        shares[split] = {"shards": shards, "keep": kept, "limit": limit}
+    return shares
+
+
 def input_stats_source(cfg: Any, manifest: dict[str, Any]) -> dict[str, Any] | None:
     """The training shards whose rows start a model's input scaling (``model.input_stats``), or None."""
     if not cfg.model.input_stats or cfg.model.name != "blstm" or cfg.model.config.get("input_norm") is False:

@@ -83,8 +83,11 @@ def train_worker(config: dict[str, Any], session: Session) -> None:
     rng = np.random.default_rng([config["seed"], rank, state["epoch"]])
     fold = config.get("fold")
 
-    held = {split: HeldSplit(session.batches(split, HeldSplit.READ_ROWS, False), config["shapes"], config["dtype"],
-                             columns, split) for split in ("train", "validation")} if config.get("cache") else {}  # fmt: skip
+    held = {}
+    for split in ("train", "validation") if config.get("cache") else ():  # read once: from the shards or the session
+        shares = config.get("shares")
+        rows = read_share(shares[split], rank, world, columns) if shares else session.batches(split, HeldSplit.READ_ROWS, False)
+        held[split] = HeldSplit(rows, config["shapes"], config["dtype"], columns, split)
 
     def decoded(split: str, shuffle: bool) -> Iterable[dict[str, torch.Tensor]]:
         if split in held:  # a new random order each epoch (rng carries the run's seed, rank and epoch)
@@ -225,6 +228,28 @@ class HeldSplit:
         for start in range(0, self.rows, batch_size):
             take = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
             yield {c: _to_device(col[take], device) for c, col in self.columns.items()}
+
+
+def read_share(share: dict[str, Any], rank: int, world: int, columns: Iterable[str]) -> Iterator[dict[str, list[bytes]]]:
+    """A worker's rows of a split read straight from the shards (no Ray Data): ``columns``, one batch per shard.
+
+    ``share`` is :func:`sepcore.train.outputs.split_shares`'s entry of the split. Of its rows in
+    the manifest's order (the first ``limit``), worker ``rank`` reads the ``rank``-th of
+    ``world`` equal runs of ``rows // world``; the rest (fewer than ``world`` rows) is left out,
+    as Ray Data's equal split leaves it, so that every worker takes as many steps.
+    """
+    from sepcore.train.outputs import read_kept_rows, read_shards
+
+    total = sum(rows for _, rows in share["shards"])
+    each = min(total, share["limit"] if share["limit"] is not None else total) // world
+    lo, hi, start = rank * each, (rank + 1) * each, 0
+    for uri, rows in share["shards"]:
+        a, b = max(lo, start), min(hi, start + rows)
+        if a < b:
+            table = read_kept_rows({"uri": [uri]}, share["keep"]) if share["keep"] else read_shards({"uri": [uri]})
+            table = table.slice(a - start, b - a)
+            yield {name: table.column(name).to_pylist() for name in columns}
+        start += rows
 
 
 def _to_device(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
