@@ -63,7 +63,7 @@ def build_datasets(cfg: Any, manifest: dict[str, Any], read_cpus: float = 1.0,
     import ray
 
     datasets = {}
-    keep = O.snippet_rows(manifest, cfg.loader.snippets_per_song, cfg.seed) if cfg.loader.snippets_per_song else None
+    keep, limit = O.kept_rows(cfg, manifest), O.validation_rows(cfg)
     for split in ("train", "validation"):
         train, uris = split == "train", [sh["uri"] for sh in manifest["shards"] if sh["split"] == split]
         if materialize and uris:
@@ -72,8 +72,8 @@ def build_datasets(cfg: Any, manifest: dict[str, Any], read_cpus: float = 1.0,
             ds = ds.randomize_block_order() if train else ds
         else:
             ds = shard_dataset(uris, train, read_cpus, keep if train else None)
-        if not train and cfg.validation.max_steps is not None:
-            ds = ds.limit(cfg.validation.max_steps * cfg.optim.batch_size * cfg.scaling.num_workers)
+        if not train and limit is not None:
+            ds = ds.limit(limit)
         ds.context.execution_options.preserve_order = not train
         datasets[split] = ds
     return datasets
@@ -104,7 +104,7 @@ def ls_initialise(cfg: Any, config: dict[str, Any], manifest: dict[str, Any],
     torch.manual_seed(cfg.seed)  # the random layers: the same start with every init
     model = ckpt.build(config["meta"]["model"])
     uris = [sh["uri"] for sh in manifest["shards"] if sh["split"] == "train"]
-    keep = O.snippet_rows(manifest, cfg.loader.snippets_per_song, cfg.seed) if cfg.loader.snippets_per_song else None
+    keep = O.kept_rows(cfg, manifest)
     ds = shard_dataset(uris, False, read_cpus, keep)
     if fits_in_memory(manifest):  # read once for every layer's pass (else each pass reads the shards)
         ds = ds.materialize()

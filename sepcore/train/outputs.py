@@ -284,16 +284,27 @@ def split_shares(cfg: Any, manifest: dict[str, Any]) -> dict[str, dict[str, Any]
     split: ``shards`` as ``[uri, rows]`` in the manifest's order (rows after the snippets kept),
     ``keep`` (``loader.snippets_per_song``'s rows, training only) and ``limit``, the rows of all
     workers together (``validation.max_steps``). See :func:`sepcore.train.worker.read_share`."""
-    keep = snippet_rows(manifest, cfg.loader.snippets_per_song, cfg.seed) if cfg.loader.snippets_per_song else None
+    keep = kept_rows(cfg, manifest)
     shares = {}
     for split in ("train", "validation"):
         kept = keep if split == "train" else None
         shards = [[sh["uri"], len(kept[sh["uri"]]) if kept is not None else int(sh["rows"])]
                   for sh in manifest["shards"] if sh["split"] == split]  # fmt: skip
-        capped = split == "validation" and cfg.validation.max_steps is not None
-        limit = cfg.validation.max_steps * cfg.optim.batch_size * cfg.scaling.num_workers if capped else None
+        limit = validation_rows(cfg) if split == "validation" else None
         shares[split] = {"shards": shards, "keep": kept, "limit": limit}
     return shares
+
+
+def kept_rows(cfg: Any, manifest: dict[str, Any]) -> dict[str, list[int]] | None:
+    """The training rows kept of each shard with ``loader.snippets_per_song`` (:func:`snippet_rows`), else None."""
+    return snippet_rows(manifest, cfg.loader.snippets_per_song, cfg.seed) if cfg.loader.snippets_per_song else None
+
+
+def validation_rows(cfg: Any) -> int | None:
+    """The validation rows of all workers together with ``validation.max_steps`` (None: the whole split)."""
+    if cfg.validation.max_steps is None:
+        return None
+    return int(cfg.validation.max_steps * cfg.optim.batch_size * cfg.scaling.num_workers)
 
 
 def input_stats_source(cfg: Any, manifest: dict[str, Any]) -> dict[str, Any] | None:

@@ -83,10 +83,10 @@ def train_worker(config: dict[str, Any], session: Session) -> None:
     rng = np.random.default_rng([config["seed"], rank, state["epoch"]])
     fold = config.get("fold")
 
-    held = {}
-    for split in ("train", "validation") if config.get("cache") else ():  # read once: from the shards or the session
-        shares = config.get("shares")
-        rows = read_share(shares[split], rank, world, columns) if shares else session.batches(split, HeldSplit.READ_ROWS, False)
+    held, shares = {}, config.get("shares")
+    for split in ("train", "validation") if config.get("cache") else ():  # read once: the shards, or the session's
+        rows: Iterable[dict[str, Any]] = (read_share(shares[split], rank, world, columns) if shares
+                                          else session.batches(split, HeldSplit.READ_ROWS, False))  # fmt: skip
         held[split] = HeldSplit(rows, config["shapes"], config["dtype"], columns, split)
 
     def decoded(split: str, shuffle: bool) -> Iterable[dict[str, torch.Tensor]]:
@@ -194,9 +194,10 @@ class Budget:
 
 
 class HeldSplit:
-    """One worker's rows of a split, read once through its session and held in memory in the
-    stored dtype (``loader.cache_mb``), so that later epochs do not read and decode the shards
-    again: each epoch's batches are gathered from here and cast to float32 one batch at a time.
+    """One worker's rows of a split, read once (:func:`read_share`, or a Tune trial's session) and
+    held in memory in the stored dtype (``loader.cache_mb``), so that later epochs do not read and
+    decode the shards again: each epoch's batches are gathered from here and cast to float32 one
+    batch at a time.
 
     Shape: each column ``(rows, *shape)``; a batch ``(batch, *shape)`` float32 on ``device``.
     """
@@ -221,7 +222,8 @@ class HeldSplit:
         log.info("train: %d rows of %s held in memory (%.0f MiB) in %.1f s", self.rows, name, mib,
                  time.monotonic() - t0)  # fmt: skip
 
-    def batches(self, batch_size: int, rng: np.random.Generator | None, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(self, batch_size: int, rng: np.random.Generator | None,
+                device: torch.device) -> Iterator[dict[str, torch.Tensor]]:  # fmt: skip
         """The rows in batches of ``batch_size`` (the last may be short): in a random order drawn
         from ``rng``, or in the order read without it."""
         order = None if rng is None else torch.from_numpy(rng.permutation(self.rows))
@@ -230,13 +232,15 @@ class HeldSplit:
             yield {c: _to_device(col[take], device) for c, col in self.columns.items()}
 
 
-def read_share(share: dict[str, Any], rank: int, world: int, columns: Iterable[str]) -> Iterator[dict[str, list[bytes]]]:
-    """A worker's rows of a split read straight from the shards (no Ray Data): ``columns``, one batch per shard.
+def read_share(share: dict[str, Any], rank: int, world: int,
+               columns: Iterable[str]) -> Iterator[dict[str, list[bytes]]]:  # fmt: skip
+    """A worker's rows of a split read straight from the shards (no Ray Data): ``columns``, one
+    batch per shard.
 
     ``share`` is :func:`sepcore.train.outputs.split_shares`'s entry of the split. Of its rows in
     the manifest's order (the first ``limit``), worker ``rank`` reads the ``rank``-th of
-    ``world`` equal runs of ``rows // world``; the rest (fewer than ``world`` rows) is left out,
-    as Ray Data's equal split leaves it, so that every worker takes as many steps.
+    ``world`` equal runs of ``rows // world``; the remainder (fewer than ``world`` rows) is left
+    out, as Ray Data's equal split leaves it, so that every worker takes as many steps.
     """
     from sepcore.train.outputs import read_kept_rows, read_shards
 
