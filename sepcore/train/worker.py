@@ -214,9 +214,8 @@ class HeldSplit:
                 part.append(L.stack_rows(b[c], shapes[c], dtype))
         self.columns: dict[str, torch.Tensor] = {}
         for c in list(parts):  # one column at a time, its parts let go as it is joined
-            part = parts.pop(c)
-            self.columns[c] = torch.from_numpy(np.concatenate(part) if part else np.empty((0, *shapes[c]), dtype))
-            del part
+            part = parts.pop(c) or [np.empty((0, *shapes[c]), dtype)]
+            self.columns[c] = torch.from_numpy(np.concatenate(part))
         self.rows = next(iter(self.columns.values())).shape[0]
         mib = sum(t.numel() * t.element_size() for t in self.columns.values()) / 2**20
         log.info("train: %d rows of %s held in memory (%.0f MiB) in %.1f s", self.rows, name, mib,
@@ -245,7 +244,7 @@ def read_share(share: dict[str, Any], rank: int, world: int,
     from sepcore.train.outputs import read_kept_rows, read_shards
 
     total = sum(rows for _, rows in share["shards"])
-    each = min(total, share["limit"] if share["limit"] is not None else total) // world
+    each = (total if share["limit"] is None else min(total, share["limit"])) // world
     lo, hi, start = rank * each, (rank + 1) * each, 0
     for uri, rows in share["shards"]:
         a, b = max(lo, start), min(hi, start + rows)
